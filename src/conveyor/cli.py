@@ -1,0 +1,179 @@
+"""The ``conveyor`` command: thin Typer commands that parse options, call one library function and print the result.
+
+Every command takes ``--json`` and then prints exactly one JSON object on stdout; exit status 0 means success.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from conveyor.config import Settings, get_settings
+from conveyor.errors import ConveyorError
+
+app = typer.Typer(
+    name="conveyor",
+    help="An MLOps assembly line for biomedical image classification.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object (the summary) on stdout.")]
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+def _emit_json(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(payload, default=str, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def _errors(as_json: bool) -> Iterator[None]:
+    """Turn a ConveyorError into a clear message (and a JSON object with --json) and exit status 1."""
+    try:
+        yield
+    except ConveyorError as exc:
+        if as_json:
+            _emit_json({"error": str(exc), "type": type(exc).__name__})
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+
+
+@contextmanager
+def _progress(description: str, enabled: bool) -> Iterator[tuple[Callable[[int], None], Callable[[Any], None]]]:
+    """A progress bar on stderr; yields (on_start(total), on_item(_)) callbacks."""
+    if not enabled or not err.is_terminal:
+        yield (lambda _total: None), (lambda _item: None)
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task(description, total=None)
+        yield (lambda total: progress.update(task, total=total)), (lambda _item: progress.advance(task))
+
+
+@app.command()
+def init(as_json: JsonOption = False) -> None:
+    """Create the workspace (folders, conveyor.yaml, metadata DB)."""
+    from conveyor.workspace import init_workspace
+
+    settings = _settings()
+    with _errors(as_json):
+        home = init_workspace(settings)
+    if as_json:
+        _emit_json({"home": str(home.resolve()), "db_url": settings.resolved_db_url})
+    else:
+        out.print(f"workspace ready at [bold]{home.resolve()}[/]")
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path, typer.Argument(help="A folder (<label>/ or train|test/<label>/ inside) or a .zip of one.")],
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="CSV with columns path,label[,split] (paths relative to PATH)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Take labelled images in: validate, store once, dedupe, quarantine, split."""
+    from conveyor.data.ingest import ingest as run_ingest
+
+    settings = _settings()
+    with _errors(as_json), _progress("ingesting", not as_json) as (on_start, on_file):
+        summary = run_ingest(path, settings, labels_csv=labels, on_start=on_start, on_file=on_file)
+    if as_json:
+        _emit_json(summary.to_dict())
+        return
+    _print_ingest(summary)
+
+
+def _print_ingest(summary: Any) -> None:
+    table = Table(title=f"ingest of {summary.source}")
+    for column in ("class", "seen", "stored", "duplicates", "conflicts", "quarantined"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for label, counts in sorted(summary.by_class.items()):
+        table.add_row(label, *(str(counts[k]) for k in ("seen", "stored", "duplicates", "conflicts", "quarantined")))
+    table.add_row(
+        "[bold]all[/]",
+        *(f"[bold]{getattr(summary, k)}[/]" for k in ("seen", "stored", "duplicates", "conflicts", "quarantined")),
+    )
+    out.print(table)
+    if summary.nothing_new:
+        out.print(f"nothing new: all {summary.seen} files were ingested before")
+    elif summary.already_ingested:
+        out.print(f"resumed: {summary.already_ingested} files were decided by an earlier run, {summary.new} now")
+    if summary.rejected:
+        shown = summary.rejected[:20]
+        rejects = Table(title=f"quarantined ({len(summary.rejected)})")
+        for column in ("file", "reason", "detail"):
+            rejects.add_column(column)
+        for row in shown:
+            rejects.add_row(row["path"], row["reason"], row["detail"])
+        out.print(rejects)
+        if len(summary.rejected) > len(shown):
+            out.print(f"... and {len(summary.rejected) - len(shown)} more (see quarantine/ or use --json)")
+    if summary.missing_from_csv:
+        out.print(f"[yellow]{len(summary.missing_from_csv)} files listed in the labels CSV do not exist[/]")
+    out.print(f"dataset version [bold]{summary.dataset_version}[/]")
+
+
+@app.command()
+def datasets(as_json: JsonOption = False) -> None:
+    """List the dataset versions, oldest first."""
+    from conveyor.data.versions import list_versions
+    from conveyor.workspace import open_workspace
+
+    with _errors(as_json):
+        versions = list_versions(open_workspace(_settings()))
+    if as_json:
+        _emit_json({"versions": [v.__dict__ for v in versions]})
+        return
+    table = Table(title="dataset versions")
+    for column in ("id", "created", "images", "classes (train/test)"):
+        table.add_column(column)
+    for v in versions:
+        classes = ", ".join(f"{k} {c['train']}/{c['test']}" for k, c in v.by_class.items())
+        table.add_row(v.id, v.created_at.strftime("%Y-%m-%d %H:%M:%S"), str(v.n_images), classes)
+    out.print(table)
+
+
+@app.command()
+def demo(
+    n_per_class: Annotated[int, typer.Option(help="Images per class in the generated set.")] = 60,
+    seed: Annotated[int, typer.Option(help="Seed of the generator; the same seed gives the same images.")] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Generate the embedded demo data into the workspace and ingest it."""
+    from conveyor.data.ingest import ingest as run_ingest
+    from conveyor.data.synthetic import SyntheticSpec, generate_dataset
+
+    settings = _settings()
+    target = settings.home / "demo" / "original"
+    with _errors(as_json):
+        if not target.exists():
+            generate_dataset(target, SyntheticSpec(n_per_class=n_per_class, seed=seed))
+        with _progress("ingesting demo data", not as_json) as (on_start, on_file):
+            summary = run_ingest(target, settings, on_start=on_start, on_file=on_file)
+    if as_json:
+        _emit_json({"ingest": summary.to_dict()})
+        return
+    out.print(f"demo data: {target}")
+    _print_ingest(summary)
+
+
+def main() -> None:
+    """Entry point of the ``conveyor`` script."""
+    app()

@@ -1,0 +1,151 @@
+"""Settings: one class, read from ``conveyor.yaml`` in the workspace and from the environment.
+
+Precedence, highest first: arguments given in code, environment variables (``CONVEYOR_*``; nested fields with
+``__``, e.g. ``CONVEYOR_INGEST__MAX_PIXELS``), ``$CONVEYOR_HOME/conveyor.yaml``, the defaults below. Nothing happens at
+import: folders are made by :func:`conveyor.workspace.init_workspace`, connections by the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+__all__ = ["IngestSettings", "PreprocessSettings", "Settings", "get_settings"]
+
+CONFIG_FILE_NAME = "conveyor.yaml"
+
+
+class IngestSettings(BaseModel):
+    """Limits and rules applied to every file an ingest sees."""
+
+    min_side: int = Field(32, ge=1, description="Smallest accepted width or height, in pixels.")
+    max_pixels: int = Field(
+        100_000_000, ge=1, description="Largest accepted width x height x frames; checked before decoding."
+    )
+    max_file_bytes: int = Field(1 << 30, ge=1, description="Largest accepted file (or zip member), in bytes.")
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of each class put in the test split.")
+    near_duplicate_bits: int = Field(
+        32,
+        ge=0,
+        le=256,
+        description="Perceptual-hash distance (bits of 256) at or under which images are near-duplicates.",
+    )
+    commit_every: int = Field(200, ge=1, description="Files recorded per database transaction.")
+
+
+class PreprocessSettings(BaseModel):
+    """The stateless preprocessing every model sees; recorded with every dataset version and model."""
+
+    grayscale: bool = True
+    trim: bool = Field(True, description="Crop to the bounding box of the foreground (wide black MRI margins).")
+    trim_threshold: float = Field(0.05, ge=0.0, lt=1.0, description="Foreground: above this share of the maximum.")
+    size: tuple[int, int] = Field((128, 128), description="Output (height, width).")
+    normalise: Literal["minmax", "percentile"] = "minmax"
+    percentiles: tuple[float, float] = (1.0, 99.0)
+
+    @field_validator("size")
+    @classmethod
+    def _positive_size(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) < 8:
+            raise ValueError(f"preprocess.size must be at least 8x8, got {value}")
+        return value
+
+    @field_validator("percentiles")
+    @classmethod
+    def _ordered_percentiles(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0.0 <= low < high <= 100.0:
+            raise ValueError(f"preprocess.percentiles must satisfy 0 <= low < high <= 100, got {value}")
+        return value
+
+    def config_hash(self) -> str:
+        """A short stable id of this configuration, used to key cached results."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+class Settings(BaseSettings):
+    """Everything conveyor can be told; see the module docstring for where values come from."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CONVEYOR_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    home: Path = Field(Path("workspace"), description="The workspace folder (CONVEYOR_HOME).")
+    db_url: str | None = Field(None, description="SQLAlchemy URL of the metadata DB; default a SQLite file in home.")
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; default a SQLite store in home (MLFLOW_TRACKING_URI also works).",
+    )
+    ingest: IngestSettings = IngestSettings()
+    preprocess: PreprocessSettings = PreprocessSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        init_kwargs: dict[str, Any] = getattr(init_settings, "init_kwargs", {})
+        home = Path(init_kwargs.get("home") or os.environ.get("CONVEYOR_HOME") or "workspace")
+        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=home / CONFIG_FILE_NAME)
+        return (init_settings, env_settings, yaml_source)
+
+    @property
+    def resolved_db_url(self) -> str:
+        """The metadata DB URL: the setting, or a SQLite file in the workspace."""
+        return self.db_url or f"sqlite:///{(self.home / 'conveyor.db').resolve()}"
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        """The MLflow tracking URI: the setting, ``MLFLOW_TRACKING_URI``, or a SQLite store in the workspace."""
+        return (
+            self.mlflow_tracking_uri
+            or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+        )
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.home / "raw"
+
+    @property
+    def incoming_dir(self) -> Path:
+        return self.home / "incoming"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.home / "quarantine"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.home / "features"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once. Entry points call this; library functions take ``settings``."""
+    return Settings()

@@ -1,0 +1,25 @@
+"""Taking images in: sources, decoding, validation, deduplication, quarantine, splits, dataset versions."""
+
+from conveyor.data.decode import FORMATS, REASONS, DecodedImage, DecodeLimits, decode_image, sniff_format
+from conveyor.data.ingest import IngestSummary, ingest, inspect_image
+from conveyor.data.sources import Source, SourceFile, open_source
+from conveyor.data.versions import dataset_members, latest_version, list_versions, record_dataset_version
+
+__all__ = [
+    "FORMATS",
+    "REASONS",
+    "DecodeLimits",
+    "DecodedImage",
+    "IngestSummary",
+    "Source",
+    "SourceFile",
+    "dataset_members",
+    "decode_image",
+    "ingest",
+    "inspect_image",
+    "latest_version",
+    "list_versions",
+    "open_source",
+    "record_dataset_version",
+    "sniff_format",
+]

@@ -1,0 +1,219 @@
+"""Enumerate the files of an ingest source with their labels: a class-per-folder tree, a tree with train/test
+folders, a labels CSV, or a .zip of any of these.
+
+Nothing is extracted to disk: zip members are read into memory by name, so a member called ``../../x`` can never
+write outside the workspace; it is reported as ``unsafe_path`` instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import posixpath
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from conveyor.errors import SourceError
+
+__all__ = ["SPLIT_FOLDERS", "Source", "SourceFile", "open_source"]
+
+#: Folder names (any capitalisation) that mean a given split rather than a class.
+SPLIT_FOLDERS = {
+    "train": "train",
+    "training": "train",
+    "test": "test",
+    "testing": "test",
+}
+LABELS_CSV_NAME = "labels.csv"
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One input file. ``problem`` is set when the path alone already says it cannot be used."""
+
+    relpath: str
+    label: str | None
+    given_split: str | None
+    size: int
+    read: Callable[[], bytes] = field(repr=False, compare=False)
+    problem: tuple[str, str] | None = None
+    #: A stable stand-in for the sha256 when the content must not be read (a file over the size limit).
+    stand_in_id: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass
+class Source:
+    """An opened source: its stable key (kind and absolute path), its files sorted by path, and CSV rows whose file
+    does not exist."""
+
+    key: str
+    files: list[SourceFile]
+    missing: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer()
+
+    _closer: Callable[[], None] | None = None
+
+
+def open_source(path: Path, labels_csv: Path | None = None) -> Source:
+    """Open ``path`` (a folder or a .zip) and list its files with labels.
+
+    Labels come from ``labels_csv`` (columns ``path,label``, optional ``split``; paths relative to the source) when
+    given, else from a ``labels.csv`` at the source's top, else from the folder structure.
+
+    Raises:
+        SourceError: the path does not exist, is not a folder or zip, or the CSV is malformed.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or folder")
+    if path.is_dir():
+        entries = list(_walk_folder(path))
+        key = f"dir:{path.resolve()}"
+        closer = None
+        top_csv = path / LABELS_CSV_NAME
+        csv_text = (
+            labels_csv.read_text(encoding="utf-8-sig")
+            if labels_csv
+            else top_csv.read_text(encoding="utf-8-sig")
+            if top_csv.is_file()
+            else None
+        )
+        csv_name = str(labels_csv) if labels_csv else str(top_csv)
+        if labels_csv is None and top_csv.is_file():
+            entries = [e for e in entries if e[0] != LABELS_CSV_NAME]
+    elif zipfile.is_zipfile(path):
+        try:
+            archive = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise SourceError(f"{path}: cannot open the zip archive: {exc}") from exc
+        entries = _zip_entries(archive)
+        key = f"zip:{path.resolve()}"
+        closer = archive.close
+        csv_name = str(labels_csv) if labels_csv else f"{path}!{LABELS_CSV_NAME}"
+        csv_text = labels_csv.read_text(encoding="utf-8-sig") if labels_csv else None
+        if labels_csv is None:
+            inner = [e for e in entries if e[0] == LABELS_CSV_NAME]
+            if inner:
+                csv_text = inner[0][2]().decode("utf-8-sig")
+                entries = [e for e in entries if e[0] != LABELS_CSV_NAME]
+    else:
+        raise SourceError(f"{path}: not a folder or a .zip archive")
+
+    if csv_text is not None:
+        labels = _parse_labels_csv(csv_text, csv_name)
+        files = [_label_from_csv(entry, labels) for entry in entries]
+        present = {e[0] for e in entries}
+        missing = sorted(p for p in labels if p not in present)
+    else:
+        files = [_label_from_folders(entry) for entry in entries]
+        missing = []
+    files.sort(key=lambda f: f.relpath)
+    source = Source(key=key, files=files, missing=missing)
+    source._closer = closer
+    return source
+
+
+# An entry is (relpath, size, reader, stand_in_id, problem).
+_Entry = tuple[str, int, Callable[[], bytes], Callable[[], str] | None, tuple[str, str] | None]
+
+
+def _walk_folder(root: Path) -> Iterator[_Entry]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = Path(dirpath) / name
+            if not full.is_file():  # broken symlink, socket
+                continue
+            stat = full.stat()
+            relpath = full.relative_to(root).as_posix()
+            yield (
+                relpath,
+                stat.st_size,
+                full.read_bytes,
+                partial(str, f"unhashed:{stat.st_size}:{stat.st_mtime_ns}"),
+                None,
+            )
+
+
+def _zip_entries(archive: zipfile.ZipFile) -> list[_Entry]:
+    infos = [i for i in archive.infolist() if not i.is_dir()]
+    names = [i.filename for i in infos]
+    # Many archives wrap everything in one folder (``dataset/yes/...``): look through it.
+    tops = {n.split("/", 1)[0] for n in names if not n.startswith("__MACOSX/")}
+    prefix = ""
+    if len(tops) == 1 and all("/" in n for n in names if not n.startswith("__MACOSX/")):
+        candidate = next(iter(tops)) + "/"
+        inner = [n[len(candidate) :] for n in names if n.startswith(candidate)]
+        if all("/" in n for n in inner):  # the wrapper holds only folders: it is not a class folder
+            prefix = candidate
+    entries: list[_Entry] = []
+    for info in infos:
+        name = info.filename
+        normal = posixpath.normpath(name.replace("\\", "/"))
+        problem = None
+        if normal.startswith("../") or normal == ".." or normal.startswith("/") or ":" in normal.split("/", 1)[0]:
+            problem = ("unsafe_path", f"zip member {name!r} points outside the archive")
+        elif prefix and normal.startswith(prefix):
+            normal = normal[len(prefix) :]
+        entries.append(
+            (
+                normal if problem is None else name,
+                info.file_size,
+                partial(archive.read, info),
+                partial(str, f"unhashed:{info.file_size}:{info.CRC:08x}"),
+                problem,
+            )
+        )
+    return entries
+
+
+def _label_from_folders(entry: _Entry) -> SourceFile:
+    relpath, size, read, stand_in, problem = entry
+    parts = relpath.split("/")
+    given_split = None
+    if len(parts) > 1 and parts[0].lower() in SPLIT_FOLDERS:
+        given_split = SPLIT_FOLDERS[parts[0].lower()]
+        parts = parts[1:]
+    label = parts[0].strip() if len(parts) > 1 else None
+    if problem is None and not label:
+        problem = (
+            "no_label",
+            f"{relpath} is not inside a class folder: expected [train|test/]<label>/<file>",
+        )
+    return SourceFile(relpath, label or None, given_split, size, read, problem, stand_in)
+
+
+def _parse_labels_csv(text: str, name: str) -> dict[str, tuple[str, str | None]]:
+    reader = csv.DictReader(text.splitlines())
+    fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+    if "path" not in fields or "label" not in fields:
+        raise SourceError(f"{name}: the header must name the columns 'path' and 'label', found {reader.fieldnames}")
+    labels: dict[str, tuple[str, str | None]] = {}
+    for line_no, row in enumerate(reader, start=2):
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        path, label, split = row.get("path", ""), row.get("label", ""), row.get("split", "") or None
+        if not path or not label:
+            raise SourceError(f"{name}, line {line_no}: both 'path' and 'label' must be filled, got {row}")
+        if split is not None:
+            if split.lower() not in SPLIT_FOLDERS:
+                raise SourceError(f"{name}, line {line_no}: split {split!r} is not one of train, test")
+            split = SPLIT_FOLDERS[split.lower()]
+        path = posixpath.normpath(path.replace("\\", "/"))
+        if path in labels and labels[path][0] != label:
+            raise SourceError(f"{name}, line {line_no}: {path} is listed twice, as {labels[path][0]!r} and {label!r}")
+        labels[path] = (label, split)
+    return labels
+
+
+def _label_from_csv(entry: _Entry, labels: dict[str, tuple[str, str | None]]) -> SourceFile:
+    relpath, size, read, stand_in, problem = entry
+    label, split = labels.get(relpath, (None, None))
+    if problem is None and label is None:
+        problem = ("no_label", f"{relpath} is not listed in the labels CSV")
+    return SourceFile(relpath, label, split, size, read, problem, stand_in)

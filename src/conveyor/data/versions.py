@@ -1,0 +1,120 @@
+"""Dataset versions: a recorded state of the labelled data.
+
+A version's id is derived from the set of (sha256, label, split) of the images fit for training (split assigned, no
+unresolved label conflict), so the same data always has the same id, and any change gives a new one. Its members are
+recorded, so training on an old version reads exactly the images it had.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, insert, select
+
+from conveyor.config import Settings
+from conveyor.errors import NotFoundError
+from conveyor.store.db import session_scope
+from conveyor.store.models import DatasetMember, DatasetVersion, Image
+
+__all__ = [
+    "DatasetRecord",
+    "dataset_members",
+    "latest_version",
+    "list_versions",
+    "record_dataset_version",
+    "version_id",
+]
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """One dataset version as listed to users."""
+
+    id: str
+    created_at: datetime
+    n_images: int
+    by_class: dict[str, dict[str, int]]
+    preprocess: dict[str, Any]
+
+
+def version_id(members: list[tuple[str, str, str]]) -> str:
+    """The id of a set of (sha256, label, split): the first 16 hex digits of a sha256 over them, sorted."""
+    digest = hashlib.sha256()
+    for sha, label, split in sorted(members):
+        digest.update(f"{sha}\t{label}\t{split}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def record_dataset_version(engine: Engine, settings: Settings, ingest_id: int | None) -> str:
+    """Record the current state as a version (unless it is already recorded) and return its id."""
+    with session_scope(engine) as session:
+        members = [
+            (r.sha256, r.label, r.split)
+            for r in session.execute(
+                select(Image.sha256, Image.label, Image.split).where(
+                    Image.split.is_not(None), Image.conflict.is_(False)
+                )
+            )
+        ]
+        vid = version_id(members)
+        if session.get(DatasetVersion, vid) is not None:
+            return vid
+        by_class: dict[str, dict[str, int]] = {}
+        for _sha, label, split in members:
+            counts = by_class.setdefault(label, {"train": 0, "test": 0})
+            counts[split] += 1
+        session.add(
+            DatasetVersion(
+                id=vid,
+                n_images=len(members),
+                by_class=dict(sorted(by_class.items())),
+                preprocess=settings.preprocess.model_dump(mode="json"),
+                ingest_id=ingest_id,
+            )
+        )
+        session.flush()
+        rows = [{"version_id": vid, "sha256": s, "label": label, "split": split} for s, label, split in members]
+        for start in range(0, len(rows), 1000):
+            session.execute(insert(DatasetMember), rows[start : start + 1000])
+    return vid
+
+
+def list_versions(engine: Engine) -> list[DatasetRecord]:
+    """Every recorded version, oldest first."""
+    with session_scope(engine) as session:
+        rows = session.scalars(select(DatasetVersion).order_by(DatasetVersion.created_at, DatasetVersion.id)).all()
+        return [DatasetRecord(r.id, r.created_at, r.n_images, r.by_class, r.preprocess) for r in rows]
+
+
+def latest_version(engine: Engine) -> str:
+    """The id of the newest version.
+
+    Raises:
+        NotFoundError: nothing has been ingested yet.
+    """
+    versions = list_versions(engine)
+    if not versions:
+        raise NotFoundError("no dataset version yet: run `conveyor ingest PATH` first")
+    return versions[-1].id
+
+
+def dataset_members(engine: Engine, version: str | None = None) -> list[tuple[str, str, str]]:
+    """(sha256, label, split) of every image of ``version`` (default: the latest), sorted by sha256.
+
+    Raises:
+        NotFoundError: no such version.
+    """
+    vid = version or latest_version(engine)
+    with session_scope(engine) as session:
+        if session.get(DatasetVersion, vid) is None:
+            known = ", ".join(v.id for v in list_versions(engine)[-5:]) or "none"
+            raise NotFoundError(f"dataset version {vid!r} does not exist (latest: {known})")
+        rows = session.execute(
+            select(DatasetMember.sha256, DatasetMember.label, DatasetMember.split)
+            .where(DatasetMember.version_id == vid)
+            .order_by(DatasetMember.sha256)
+        ).all()
+        return [(r.sha256, r.label, r.split) for r in rows]

@@ -1,0 +1,87 @@
+"""The workspace: one folder holding a project's state (see DESIGN.md), and the lock that serialises writers."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from conveyor.config import CONFIG_FILE_NAME, Settings
+from conveyor.errors import ConveyorError
+from conveyor.store.db import create_schema, get_engine
+
+__all__ = ["atomic_write", "init_workspace", "open_workspace", "workspace_lock"]
+
+_CONFIG_TEMPLATE = """\
+# conveyor settings. Every value can also come from the environment: CONVEYOR_<NAME>, nested with __
+# (e.g. CONVEYOR_INGEST__MAX_PIXELS=50000000). Commented values are the defaults.
+# db_url: postgresql://user@127.0.0.1:5432/conveyor     # default: sqlite file conveyor.db here
+# mlflow_tracking_uri: http://127.0.0.1:5000          # default: sqlite file mlflow.db here
+# ingest:
+#   min_side: 32
+#   max_pixels: 100000000
+#   max_file_bytes: 1073741824
+#   test_fraction: 0.2
+#   near_duplicate_bits: 32
+# preprocess:
+#   grayscale: true
+#   trim: true
+#   trim_threshold: 0.05
+#   size: [128, 128]
+#   normalise: minmax          # or percentile
+#   percentiles: [1.0, 99.0]
+"""
+
+_FOLDERS = ("raw", "incoming", "quarantine", "features", "reports", "logs", "mlartifacts")
+
+
+def init_workspace(settings: Settings) -> Path:
+    """Create the workspace folders, a commented ``conveyor.yaml`` and the DB tables; safe to run again."""
+    home = settings.home
+    for name in _FOLDERS:
+        (home / name).mkdir(parents=True, exist_ok=True)
+    config = home / CONFIG_FILE_NAME
+    if not config.exists():
+        atomic_write(config, _CONFIG_TEMPLATE.encode())
+    create_schema(get_engine(settings.resolved_db_url))
+    return home
+
+
+def open_workspace(settings: Settings) -> Engine:
+    """The metadata DB engine of an initialised workspace (initialising it on first use)."""
+    init_workspace(settings)
+    return get_engine(settings.resolved_db_url)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a reader, or a crash, sees either nothing or all of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def workspace_lock(home: Path, *, wait: bool = False) -> Iterator[None]:
+    """Hold the workspace's writer lock, so two ingests never store the same file at once.
+
+    Raises:
+        ConveyorError: another process holds it and ``wait`` is false.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ConveyorError(
+                f"another conveyor command is writing to the workspace {home}; wait for it to finish"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
