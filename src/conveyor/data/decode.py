@@ -7,6 +7,7 @@ Formats are told by their first bytes, never by the file name: a PNG named ``.jp
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -149,8 +150,12 @@ def _decode_pillow(data: bytes, fmt: str, limits: DecodeLimits) -> DecodedImage:
             image = ImageOps.exif_transpose(image)
     except InvalidImageError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise InvalidImageError("too_many_pixels", str(exc)) from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own hard limit, reached before ours could be checked
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(found.group(1)):,} pixels" if found else "the image"
+        raise InvalidImageError(
+            "too_many_pixels", f"{pixels} exceeds the limit of {limits.max_pixels:,} (refused before decoding)"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise InvalidImageError("corrupt", f"the {fmt.upper()} header cannot be read") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -178,10 +178,10 @@ def _ingest_source(
             (row.relpath, row.sha256): Outcome(row.outcome, row.reason, row.detail, row.label)
             for row in session.scalars(select(IngestFile).where(IngestFile.source_key == source.key))
         }
-        known: dict[str, str] = dict(session.execute(select(Image.sha256, Image.label)).tuples().all())
-        conflicts: set[tuple[str, str]] = set(
-            session.execute(select(LabelConflict.sha256, LabelConflict.label)).tuples().all()
-        )
+        known: dict[str, str] = {sha: label for sha, label in session.execute(select(Image.sha256, Image.label))}
+        conflicts: set[tuple[str, str]] = {
+            (sha, label) for sha, label in session.execute(select(LabelConflict.sha256, LabelConflict.label))
+        }
         run = Ingest(source=source.key)
         session.add(run)
         session.flush()

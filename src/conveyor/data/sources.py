@@ -85,8 +85,10 @@ def open_source(path: Path, labels_csv: Path | None = None) -> Source:
             else None
         )
         csv_name = str(labels_csv) if labels_csv else str(top_csv)
-        if labels_csv is None and top_csv.is_file():
-            entries = [e for e in entries if e[0] != LABELS_CSV_NAME]
+        csv_path = labels_csv if labels_csv is not None else top_csv
+        if csv_path.is_file() and csv_path.resolve().is_relative_to(path.resolve()):  # the labels are no input
+            inside = csv_path.resolve().relative_to(path.resolve()).as_posix()
+            entries = [e for e in entries if e[0] != inside]
     elif zipfile.is_zipfile(path):
         try:
             archive = zipfile.ZipFile(path)

@@ -1,0 +1,272 @@
+"""Ingest loses nothing: every input ends stored, duplicate, conflict or quarantined, and the counts add up."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from conveyor.config import Settings
+from conveyor.data.ingest import ingest
+from conveyor.data.versions import dataset_members, list_versions
+from conveyor.errors import ConveyorError
+from conveyor.store.db import get_engine, session_scope
+from conveyor.store.models import Image, IngestFile, LabelConflict
+from conveyor.workspace import workspace_lock
+from tests.helpers import encode, gradient, pattern, png_bytes, png_claiming_size, pydicom_file, write
+
+REAL_SET = Path(__file__).resolve().parents[3] / "shared" / "data" / "brain_mri_yes_no"
+
+EVERY_REASON = {
+    "zero_bytes": 1,
+    "not_an_image": 1,
+    "unsupported_format": 1,
+    "truncated": 1,
+    "corrupt": 1,
+    "too_small": 1,
+    "blank": 1,
+    "too_many_pixels": 1,
+    "too_large": 1,
+    "dicom_no_pixels": 1,
+    "dicom_unsupported_syntax": 1,
+    "no_label": 1,
+}
+
+
+def build_bad_corpus(root: Path) -> Path:
+    """One file of each kind of bad input, valid files with awkward names, a duplicate and a label conflict."""
+    write(root / "no" / "scan with spaces.png", png_bytes(seed=1))
+    write(root / "yes" / "ünïcødé 脳 スキャン.png", png_bytes(seed=2))
+    write(root / "no" / "..dots..png", png_bytes(seed=3))
+    write(root / "no" / "photo.JPG", encode(gradient(80, 60, seed=4), "JPEG"))
+    write(root / "no" / "ct.dcm", pydicom_file("CT_small.dcm"))
+    write(root / "no" / "MR_without_extension", pydicom_file("MR_small.dcm"))
+    write(root / "no" / "copy of scan.png", png_bytes(seed=1))  # stored first (sorted), then the other is a duplicate
+    write(root / "yes" / "same bytes, other label.png", png_bytes(seed=1))  # label conflict
+    write(root / "yes" / "empty.png", b"")
+    write(root / "yes" / "notes.png", b"these are notes, not pixels\n")
+    write(root / "yes" / "animation.gif", encode(gradient(seed=5), "GIF"))
+    write(root / "yes" / "cut.jpg", encode(gradient(128, 128, seed=6), "JPEG")[:1500])
+    write(root / "yes" / "garbage.png", b"\x89PNG\r\n\x1a\n" + b"garbage" * 50)
+    write(root / "yes" / "tiny.png", png_bytes(16, 16))
+    write(root / "yes" / "blank.png", encode(gradient(seed=7) * 0))
+    write(root / "yes" / "bomb.png", png_claiming_size(40_000, 40_000))
+    write(root / "yes" / "huge.tif", b"II*\x00" + os.urandom(2_100_000))
+    write(root / "no" / "plan.dcm", pydicom_file("rtplan.dcm"))
+    write(root / "no" / "jpeg-ls.dcm", pydicom_file("MR_small_jpeg_ls_lossless.dcm"))
+    write(root / "stray.png", png_bytes(seed=8))
+    return root
+
+
+def comparable(summary_dict: dict[str, object]) -> dict[str, object]:
+    """A summary without the fields that say which run decided what."""
+    return {k: v for k, v in summary_dict.items() if k not in ("ingest_id", "new", "already_ingested")}
+
+
+def test_bad_corpus_every_file_ends_in_exactly_one_place(tmp_path: Path, db_settings: Settings) -> None:
+    summary = ingest(build_bad_corpus(tmp_path / "src"), db_settings)
+    assert (summary.seen, summary.stored, summary.duplicates, summary.conflicts, summary.quarantined) == (20, 6, 1, 1, 12)
+    assert summary.seen == summary.stored + summary.duplicates + summary.conflicts + summary.quarantined
+    assert summary.by_reason == EVERY_REASON
+    assert summary.by_class == {
+        "no": {"seen": 8, "stored": 5, "duplicates": 1, "conflicts": 0, "quarantined": 2},
+        "yes": {"seen": 11, "stored": 1, "duplicates": 0, "conflicts": 1, "quarantined": 9},
+        "(no label)": {"seen": 1, "stored": 0, "duplicates": 0, "conflicts": 0, "quarantined": 1},
+    }
+    with session_scope(get_engine(db_settings.resolved_db_url)) as session:
+        assert session.scalar(select(func.count()).select_from(IngestFile)) == 20
+        assert session.scalar(select(func.count()).select_from(Image)) == 6
+
+
+def test_each_rejection_names_the_file_and_what_is_wrong(tmp_path: Path, settings: Settings) -> None:
+    summary = ingest(build_bad_corpus(tmp_path / "src"), settings)
+    rejected = {row["path"]: (row["reason"], row["detail"]) for row in summary.rejected}
+    assert rejected["yes/tiny.png"] == ("too_small", "16x16 is below the minimum side of 32 pixels")
+    assert rejected["yes/bomb.png"] == (
+        "too_many_pixels",
+        "1,600,000,000 pixels exceeds the limit of 1,000,000 (refused before decoding)",
+    )
+    assert rejected["yes/huge.tif"] == ("too_large", "2,100,004 bytes exceeds the limit of 2,000,000")
+
+
+def test_quarantined_file_is_copied_with_its_reason_beside_it(tmp_path: Path, settings: Settings) -> None:
+    ingest(build_bad_corpus(tmp_path / "src"), settings)
+    notes = {json.loads(p.read_text())["path"]: p for p in (settings.home / "quarantine").glob("*.reason.json")}
+    assert len(notes) == 12
+    note = json.loads(notes["yes/cut.jpg"].read_text())
+    assert (note["reason"], note["copied"]) == ("truncated", True)
+    copy = notes["yes/cut.jpg"].with_name(notes["yes/cut.jpg"].name.removesuffix(".reason.json"))
+    assert copy.read_bytes() == (tmp_path / "src" / "yes" / "cut.jpg").read_bytes()
+    assert json.loads(notes["yes/huge.tif"].read_text())["copied"] is False  # too large to copy
+
+
+def test_stored_files_are_named_by_content_and_format(tmp_path: Path, settings: Settings) -> None:
+    write(tmp_path / "src" / "a" / "looks like.jpg", png_bytes(seed=1))  # a PNG behind a .jpg name
+    ingest(tmp_path / "src", settings)
+    with session_scope(get_engine(settings.resolved_db_url)) as session:
+        image = session.scalars(select(Image)).one()
+    assert image.format == "png"
+    assert image.raw_path == f"raw/{image.sha256[:2]}/{image.sha256}.png"
+    assert (settings.home / image.raw_path).read_bytes() == png_bytes(seed=1)
+
+
+def test_label_conflict_keeps_the_image_out_of_the_dataset(tmp_path: Path, settings: Settings) -> None:
+    write(tmp_path / "src" / "yes" / "a.png", png_bytes(seed=1))
+    write(tmp_path / "src" / "yes" / "b.png", png_bytes(seed=2))
+    write(tmp_path / "src" / "no" / "a again.png", png_bytes(seed=1))
+    summary = ingest(tmp_path / "src", settings)
+    engine = get_engine(settings.resolved_db_url)
+    with session_scope(engine) as session:
+        conflict = session.scalars(select(LabelConflict)).one()
+    assert (conflict.label, conflict.relpath) == ("yes", "yes/a.png")  # "no/a again.png" came first
+    members = dataset_members(engine, summary.dataset_version)
+    assert [label for _, label, _ in members] == ["yes"]
+
+
+def test_running_the_same_ingest_again_changes_nothing(tmp_path: Path, db_settings: Settings) -> None:
+    source = build_bad_corpus(tmp_path / "src")
+    first = ingest(source, db_settings)
+    again = ingest(source, db_settings)
+    assert (again.new, again.already_ingested, again.nothing_new) == (0, 20, True)
+    assert comparable(again.to_dict()) == comparable(first.to_dict())
+    assert len(list_versions(get_engine(db_settings.resolved_db_url))) == 1
+
+
+def test_interrupted_ingest_resumes_without_loss_or_double_counting(tmp_path: Path) -> None:
+    source = build_bad_corpus(tmp_path / "src")
+    clean = ingest(source, Settings(home=tmp_path / "clean", ingest={"max_file_bytes": 2_000_000, "max_pixels": 10**6}))  # type: ignore[arg-type]
+    resumed_settings = Settings(
+        home=tmp_path / "resumed",
+        ingest={"max_file_bytes": 2_000_000, "max_pixels": 10**6, "commit_every": 3},  # type: ignore[arg-type]
+    )
+    seen: list[str] = []
+
+    def crash_after_seven(item: object) -> None:
+        seen.append(str(item))
+        if len(seen) == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest(source, resumed_settings, on_file=crash_after_seven)
+    resumed = ingest(source, resumed_settings)
+    assert 0 < resumed.already_ingested < 20
+    assert comparable(resumed.to_dict()) == comparable(clean.to_dict())
+    with session_scope(get_engine(resumed_settings.resolved_db_url)) as session:
+        assert session.scalar(select(func.count()).select_from(IngestFile)) == 20
+        assert session.scalar(select(func.count()).select_from(Image).where(Image.split.is_(None))) == 0
+
+
+def test_killed_ingest_process_resumes(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    for i in range(300):
+        write(source / ("a" if i % 2 else "b") / f"{i:03d}.png", png_bytes(96, 96, seed=i))
+    home = tmp_path / "ws"
+    env = {**os.environ, "CONVEYOR_HOME": str(home), "CONVEYOR_INGEST__COMMIT_EVERY": "5"}
+    process = subprocess.Popen([sys.executable, "-m", "conveyor", "ingest", str(source), "--json"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    rows = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with sqlite3.connect(home / "conveyor.db", timeout=1) as db:
+                rows = db.execute("select count(*) from ingest_files").fetchone()[0]
+        except sqlite3.Error:
+            rows = 0
+        if rows >= 20:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    process.wait(timeout=30)
+    summary = ingest(source, Settings(home=home))
+    assert (summary.seen, summary.stored, summary.quarantined) == (300, 300, 0)
+    with sqlite3.connect(home / "conveyor.db") as db:
+        assert db.execute("select count(*) from ingest_files").fetchone()[0] == 300
+        assert db.execute("select count(*) from images where split is null").fetchone()[0] == 0
+
+
+def test_later_data_never_moves_an_assigned_split(tmp_path: Path, settings: Settings) -> None:
+    for i in range(20):
+        write(tmp_path / "first" / ("a" if i % 2 else "b") / f"{i}.png", png_bytes(seed=i))
+    first = ingest(tmp_path / "first", settings)
+    engine = get_engine(settings.resolved_db_url)
+    before = {sha: split for sha, _, split in dataset_members(engine, first.dataset_version)}
+    for i in range(20, 50):
+        write(tmp_path / "second" / ("a" if i % 2 else "b") / f"{i}.png", png_bytes(seed=i))
+    second = ingest(tmp_path / "second", settings)
+    after = {sha: split for sha, _, split in dataset_members(engine, second.dataset_version)}
+    assert second.dataset_version != first.dataset_version
+    assert {sha: after[sha] for sha in before} == before
+    assert len(after) == 50
+
+
+def test_a_reencoded_copy_of_a_test_image_goes_to_test(tmp_path: Path, settings: Settings) -> None:
+    for i in range(10):
+        write(tmp_path / "first" / "a" / f"{i}.png", encode(pattern(96, 96, seed=i)))
+    ingest(tmp_path / "first", settings)
+    engine = get_engine(settings.resolved_db_url)
+    with session_scope(engine) as session:
+        test_sha = session.scalars(select(Image.sha256).where(Image.split == "test")).first()
+        test_file = session.scalar(select(IngestFile.relpath).where(IngestFile.sha256 == test_sha))
+    index = int(Path(test_file).stem)
+    copy = encode(pattern(96, 96, seed=index), "JPEG", quality=80)  # other bytes, same picture
+    write(tmp_path / "second" / "train" / "a" / "copy.jpg", copy)
+    ingest(tmp_path / "second", settings)
+    with session_scope(engine) as session:
+        split = session.scalar(select(Image.split).where(Image.format == "jpeg"))
+    assert split == "test"
+
+
+def test_given_split_folders_are_honoured(tmp_path: Path, settings: Settings) -> None:
+    for i in range(6):
+        write(tmp_path / "src" / "Training" / "a" / f"{i}.png", png_bytes(seed=i))
+    for i in range(6, 8):
+        write(tmp_path / "src" / "Testing" / "a" / f"{i}.png", png_bytes(seed=i))
+    summary = ingest(tmp_path / "src", settings)
+    members = dataset_members(get_engine(settings.resolved_db_url), summary.dataset_version)
+    assert sorted(split for _, _, split in members) == ["test"] * 2 + ["train"] * 6
+
+
+def test_zip_source_with_an_unsafe_member(tmp_path: Path, settings: Settings) -> None:
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("set/yes/a.png", png_bytes(seed=1))
+        zf.writestr("set/no/b.png", png_bytes(seed=2))
+        zf.writestr("set/no/../../../outside.png", png_bytes(seed=3))
+    summary = ingest(archive, settings)
+    assert (summary.seen, summary.stored, summary.quarantined, summary.by_reason) == (3, 2, 1, {"unsafe_path": 1})
+    assert not (tmp_path.parent / "outside.png").exists()
+
+
+def test_a_second_writer_is_refused(tmp_path: Path, settings: Settings) -> None:
+    write(tmp_path / "src" / "a" / "x.png", png_bytes())
+    with workspace_lock(settings.home), pytest.raises(ConveyorError, match="another conveyor command is writing"):
+        ingest(tmp_path / "src", settings)
+
+
+@pytest.mark.skipif(not REAL_SET.is_dir(), reason=f"the real brain-MRI set is not at {REAL_SET}")
+def test_real_brain_mri_set(settings: Settings) -> None:
+    summary = ingest(REAL_SET, Settings(home=settings.home))
+    assert (summary.seen, summary.stored, summary.duplicates, summary.conflicts, summary.quarantined) == (
+        253,
+        228,
+        25,
+        0,
+        0,
+    )
+    misnamed = {"No15.jpg", "No17.jpg", "No18.jpg", "no 96.jpg", "no 98.jpg", "no.jpg"}
+    with session_scope(get_engine(settings.resolved_db_url)) as session:
+        rows = session.execute(
+            select(IngestFile.relpath, Image.format, Image.raw_path).join(Image, Image.sha256 == IngestFile.sha256)
+        ).all()
+    formats = {Path(relpath).name: (fmt, raw) for relpath, fmt, raw in rows if Path(relpath).name in misnamed}
+    assert len(formats) == 6  # one of them is a duplicate: it points at the same stored PNG
+    assert all(fmt == "png" and raw.endswith(".png") for fmt, raw in formats.values())

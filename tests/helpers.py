@@ -1,0 +1,62 @@
+"""Builders of test images and files, all made in memory or under tmp_path."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def gradient(height: int = 64, width: int = 64, seed: int = 0) -> np.ndarray:
+    """A (height, width) uint8 image that is neither blank nor the same for two seeds."""
+    rng = np.random.default_rng(seed)
+    base = np.add.outer(np.arange(height), np.arange(width)).astype(np.float64)
+    return ((base / base.max()) * 200 + rng.integers(0, 40, (height, width))).astype(np.uint8)
+
+
+def pattern(height: int = 64, width: int = 64, seed: int = 0) -> np.ndarray:
+    """A (height, width) uint8 image of random 8x8 blocks: two seeds give perceptually different pictures."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(20, 235, (8, 8)).astype(np.uint8)
+    tiled = np.kron(blocks, np.ones((height // 8 + 1, width // 8 + 1), dtype=np.uint8))
+    return np.ascontiguousarray(tiled[:height, :width])
+
+
+def encode(pixels: np.ndarray, fmt: str = "PNG", **params: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def png_bytes(height: int = 64, width: int = 64, seed: int = 0) -> bytes:
+    """A PNG of :func:`pattern`: distinct seeds are distinct images, not near-duplicates."""
+    return encode(pattern(height, width, seed), "PNG")
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A small, valid-looking PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb)."""
+    data = bytearray(png_bytes(32, 32))
+    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes of data
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def pydicom_file(name: str) -> bytes:
+    """A real DICOM file that pydicom ships."""
+    from pydicom.data import get_testdata_file
+
+    found = get_testdata_file(name)
+    assert found is not None, name
+    return Path(str(found)).read_bytes()
