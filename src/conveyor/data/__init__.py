@@ -1,7 +1,11 @@
-"""Taking images in: sources, decoding, validation, deduplication, quarantine, splits, dataset versions."""
+"""Taking images in: sources, decoding, validation, deduplication, quarantine, splits, dataset versions.
+
+The ingest stage itself is :func:`conveyor.data.ingest.ingest` (not re-exported here, so that the name
+``conveyor.data.ingest`` stays the module).
+"""
 
 from conveyor.data.decode import FORMATS, REASONS, DecodedImage, DecodeLimits, decode_image, sniff_format
-from conveyor.data.ingest import IngestSummary, ingest, inspect_image
+from conveyor.data.ingest import IngestSummary, inspect_image
 from conveyor.data.sources import Source, SourceFile, open_source
 from conveyor.data.versions import dataset_members, latest_version, list_versions, record_dataset_version
 
@@ -15,7 +19,6 @@ __all__ = [
     "SourceFile",
     "dataset_members",
     "decode_image",
-    "ingest",
     "inspect_image",
     "latest_version",
     "list_versions",

@@ -147,7 +147,7 @@ def _decode_pillow(data: bytes, fmt: str, limits: DecodeLimits) -> DecodedImage:
             if n_frames > 1:
                 image.seek(n_frames // 2)
             image.load()
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)
     except InvalidImageError:
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own hard limit, reached before ours could be checked
@@ -176,7 +176,7 @@ def _pillow_to_array(image: Image.Image, fmt: str, n_frames: int) -> DecodedImag
         pixels = ((raw - raw.min()) / span).astype(np.float32)
         bit_depth = 32
     elif mode in ("L", "1"):
-        pixels = np.asarray(image.convert("L"))
+        pixels = np.asarray(image if mode == "L" else image.convert("L"))
         bit_depth = 1 if mode == "1" else 8
     elif mode == "LA":
         pixels = np.asarray(image.getchannel("L"))
