@@ -74,7 +74,13 @@ def comparable(summary_dict: dict[str, object]) -> dict[str, object]:
 
 def test_bad_corpus_every_file_ends_in_exactly_one_place(tmp_path: Path, db_settings: Settings) -> None:
     summary = ingest(build_bad_corpus(tmp_path / "src"), db_settings)
-    assert (summary.seen, summary.stored, summary.duplicates, summary.conflicts, summary.quarantined) == (20, 6, 1, 1, 12)
+    assert (summary.seen, summary.stored, summary.duplicates, summary.conflicts, summary.quarantined) == (
+        20,
+        6,
+        1,
+        1,
+        12,
+    )
     assert summary.seen == summary.stored + summary.duplicates + summary.conflicts + summary.quarantined
     assert summary.by_reason == EVERY_REASON
     assert summary.by_class == {
@@ -171,8 +177,12 @@ def test_killed_ingest_process_resumes(tmp_path: Path) -> None:
         write(source / ("a" if i % 2 else "b") / f"{i:03d}.png", png_bytes(96, 96, seed=i))
     home = tmp_path / "ws"
     env = {**os.environ, "CONVEYOR_HOME": str(home), "CONVEYOR_INGEST__COMMIT_EVERY": "5"}
-    process = subprocess.Popen([sys.executable, "-m", "conveyor", "ingest", str(source), "--json"], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "ingest", str(source), "--json"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     rows = 0
     while time.monotonic() < deadline and process.poll() is None:

@@ -27,7 +27,10 @@ def test_class_per_folder_tree(tmp_path: Path) -> None:
 def test_split_folders_in_any_capitalisation(tmp_path: Path, train: str, test: str) -> None:
     write(tmp_path / train / "glioma" / "a.png", png_bytes())
     write(tmp_path / test / "glioma" / "b.png", png_bytes())
-    assert sorted((label, split) for _, label, split, _ in listing(tmp_path)) == [("glioma", "test"), ("glioma", "train")]
+    assert sorted((label, split) for _, label, split, _ in listing(tmp_path)) == [
+        ("glioma", "test"),
+        ("glioma", "train"),
+    ]
 
 
 def test_file_outside_a_class_folder_has_no_label(tmp_path: Path) -> None:
@@ -107,5 +110,5 @@ def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_a_plain_file_is_not_a_source(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match="not a folder or a .zip archive"):
+    with pytest.raises(SourceError, match=r"not a folder or a \.zip archive"):
         open_source(write(tmp_path / "a.png", png_bytes()))

@@ -8,7 +8,6 @@ from collections import Counter
 from conveyor.data.split import Assigned, Candidate, assign_splits
 
 
-
 def sha(i: int) -> str:
     return hashlib.sha256(str(i).encode()).hexdigest()
 

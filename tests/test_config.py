@@ -1,0 +1,44 @@
+"""Settings come from code, the environment, conveyor.yaml and defaults, in that order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from conveyor.config import Settings
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    assert (settings.ingest.test_fraction, settings.preprocess.size) == (0.2, (128, 128))
+    assert settings.resolved_db_url == f"sqlite:///{tmp_path.resolve()}/conveyor.db"
+
+
+def test_yaml_file_in_the_workspace_is_read(tmp_path: Path) -> None:
+    (tmp_path / "conveyor.yaml").write_text("ingest:\n  min_side: 64\npreprocess:\n  size: [96, 96]\n")
+    settings = Settings(home=tmp_path)
+    assert (settings.ingest.min_side, settings.preprocess.size) == (64, (96, 96))
+
+
+def test_environment_overrides_the_yaml_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "conveyor.yaml").write_text("ingest:\n  min_side: 64\n")
+    monkeypatch.setenv("CONVEYOR_HOME", str(tmp_path))
+    monkeypatch.setenv("CONVEYOR_INGEST__MIN_SIDE", "100")
+    monkeypatch.setenv("CONVEYOR_DB_URL", "postgresql://u@127.0.0.1:5432/db")
+    settings = Settings()
+    assert (settings.home, settings.ingest.min_side) == (tmp_path, 100)
+    assert settings.resolved_db_url == "postgresql://u@127.0.0.1:5432/db"
+
+
+def test_a_bad_value_names_the_field(tmp_path: Path) -> None:
+    (tmp_path / "conveyor.yaml").write_text("ingest:\n  test_fraction: 1.5\n")
+    with pytest.raises(ValidationError, match=r"ingest\.test_fraction"):
+        Settings(home=tmp_path)
+
+
+def test_an_unknown_setting_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "conveyor.yaml").write_text("ingets:\n  min_side: 3\n")
+    with pytest.raises(ValidationError, match="ingets"):
+        Settings(home=tmp_path)
