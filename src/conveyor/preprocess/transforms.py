@@ -23,6 +23,8 @@ __all__ = [
     "trim_borders",
 ]
 
+# Luma weights, applied elementwise: a BLAS matrix product here spins OpenBLAS threads, which under CPU contention
+# made one small product take hundreds of times longer.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -45,7 +47,11 @@ def to_gray_unit(pixels: np.ndarray) -> np.ndarray:
     else:
         scale = 1.0
     if pixels.ndim == 3:
-        gray = pixels[..., 0].astype(np.float32) if pixels.shape[2] < 3 else pixels[..., :3].astype(np.float32) @ _LUMA
+        if pixels.shape[2] < 3:
+            gray = pixels[..., 0].astype(np.float32)
+        else:  # elementwise, not a BLAS product: see _LUMA
+            rgb = pixels[..., :3].astype(np.float32)
+            gray = rgb[..., 0] * _LUMA[0] + rgb[..., 1] * _LUMA[1] + rgb[..., 2] * _LUMA[2]
     else:
         gray = pixels.astype(np.float32)
     if scale != 1.0:
