@@ -54,15 +54,15 @@ def _errors(as_json: bool) -> Iterator[None]:
 
 
 @contextmanager
-def _progress(description: str, enabled: bool) -> Iterator[tuple[Callable[[int], None], Callable[[Any], None]]]:
-    """A progress bar on stderr; yields (on_start(total), on_item(_)) callbacks."""
+def _progress(description: str, enabled: bool) -> Iterator[tuple[Callable[[int], None], Callable[[int], None]]]:
+    """A progress bar on stderr (only on a terminal); yields ``start(total)`` and ``advance(n)``."""
     if not enabled or not err.is_terminal:
-        yield (lambda _total: None), (lambda _item: None)
+        yield (lambda _total: None), (lambda _n: None)
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as progress:
         task = progress.add_task(description, total=None)
-        yield (lambda total: progress.update(task, total=total)), (lambda _item: progress.advance(task))
+        yield (lambda total: progress.update(task, total=total)), (lambda n: progress.advance(task, n))
 
 
 @app.command()
@@ -92,8 +92,8 @@ def ingest(
     from conveyor.data.ingest import ingest as run_ingest
 
     settings = _settings()
-    with _errors(as_json), _progress("ingesting", not as_json) as (on_start, on_file):
-        summary = run_ingest(path, settings, labels_csv=labels, on_start=on_start, on_file=on_file)
+    with _errors(as_json), _progress("ingesting", not as_json) as (start, advance):
+        summary = run_ingest(path, settings, labels_csv=labels, on_start=start, on_file=lambda _file: advance(1))
     if as_json:
         _emit_json(summary.to_dict())
         return
@@ -151,27 +151,63 @@ def datasets(as_json: JsonOption = False) -> None:
 
 
 @app.command()
+def features(
+    workers: Annotated[int | None, typer.Option(help="Processes to use; default every core.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Compute the missing topological and intensity features of every stored image."""
+    from conveyor.features.store import compute_features
+
+    settings = _settings()
+    with _errors(as_json), _progress("features", not as_json) as (start, advance):
+        summary = compute_features(settings, workers=workers, on_start=start, on_progress=advance)
+    if as_json:
+        _emit_json(summary.to_dict())
+        return
+    _print_features(summary)
+
+
+def _print_features(summary: Any) -> None:
+    table = Table(title="feature store")
+    for column in ("extractor", "rows", "table"):
+        table.add_column(column)
+    for name, info in summary.tables.items():
+        table.add_row(name, str(info["rows"]), info["path"])
+    out.print(table)
+    if summary.computed == 0:
+        out.print(f"nothing to compute: all {summary.cached} images already have every feature")
+    else:
+        out.print(f"computed {summary.computed} images ({summary.diagrams_cached} from cached diagrams)")
+    for failure in summary.failed:
+        out.print(f"[red]failed[/] {failure['sha256'][:12]}: {failure['reason']}")
+
+
+@app.command()
 def demo(
     n_per_class: Annotated[int, typer.Option(help="Images per class in the generated set.")] = 60,
     seed: Annotated[int, typer.Option(help="Seed of the generator; the same seed gives the same images.")] = 0,
     as_json: JsonOption = False,
 ) -> None:
-    """Generate the embedded demo data into the workspace and ingest it."""
+    """Run conveyor on generated demo data: generate, ingest, compute features."""
     from conveyor.data.ingest import ingest as run_ingest
     from conveyor.data.synthetic import SyntheticSpec, generate_dataset
+    from conveyor.features.store import compute_features
 
     settings = _settings()
     target = settings.home / "demo" / "original"
     with _errors(as_json):
         if not target.exists():
             generate_dataset(target, SyntheticSpec(n_per_class=n_per_class, seed=seed))
-        with _progress("ingesting demo data", not as_json) as (on_start, on_file):
-            summary = run_ingest(target, settings, on_start=on_start, on_file=on_file)
+        with _progress("ingesting demo data", not as_json) as (start, advance):
+            summary = run_ingest(target, settings, on_start=start, on_file=lambda _file: advance(1))
+        with _progress("features", not as_json) as (start, advance):
+            feature_summary = compute_features(settings, on_start=start, on_progress=advance)
     if as_json:
-        _emit_json({"ingest": summary.to_dict()})
+        _emit_json({"ingest": summary.to_dict(), "features": feature_summary.to_dict()})
         return
     out.print(f"demo data: {target}")
     _print_ingest(summary)
+    _print_features(feature_summary)
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-__all__ = ["IngestSettings", "PreprocessSettings", "Settings", "get_settings"]
+__all__ = ["FeatureSettings", "IngestSettings", "PreprocessSettings", "Settings", "get_settings"]
 
 CONFIG_FILE_NAME = "conveyor.yaml"
 
@@ -76,6 +76,18 @@ class PreprocessSettings(BaseModel):
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
+class FeatureSettings(BaseModel):
+    """Which extractors the feature store keeps master tables for, and their parameters."""
+
+    extractors: list[str] = Field(
+        default_factory=lambda: ["landscape", "block", "fda", "stats", "image", "betti", "entropy", "intensity"],
+        description="Extractor names (see conveyor.features.EXTRACTORS).",
+    )
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per extractor, parameters that differ from its defaults."
+    )
+
+
 class Settings(BaseSettings):
     """Everything conveyor can be told; see the module docstring for where values come from."""
 
@@ -91,6 +103,7 @@ class Settings(BaseSettings):
     )
     ingest: IngestSettings = IngestSettings()
     preprocess: PreprocessSettings = PreprocessSettings()
+    features: FeatureSettings = FeatureSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,382 @@
+"""The feature store: one master table per extractor, and a cache of persistence diagrams.
+
+Layout under ``features/`` in the workspace::
+
+    diagrams-<preprocess hash>-v<diagram version>/part-*.parquet     sha256 + the four diagrams of each image
+    <extractor>-<extractor hash>-<preprocess hash>/table.json        extractor and preprocessing config, columns
+    <extractor>-<extractor hash>-<preprocess hash>/part-*.parquet    sha256 + one column per feature
+
+A master table's folder name carries the hash of its extractor's config and of the preprocessing config, so a changed
+config starts a new table and old and new features never mix. Tables grow by appending part files, each written
+atomically: a run killed at any point leaves whole parts, and the next run computes only what is missing. Reading a
+table takes the last row of each sha256, so a part written twice (a kill between a write and a compaction) is harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy import select
+
+from conveyor.config import PreprocessSettings, Settings
+from conveyor.data.decode import DecodeLimits, decode_image
+from conveyor.data.versions import dataset_members
+from conveyor.errors import ConfigError, InvalidImageError, NotFoundError
+from conveyor.features.extractors import EXTRACTORS, make_extractor
+from conveyor.features.persistence import BUNDLE_KEYS, DIAGRAM_VERSION, DiagramBundle, diagram_bundle
+from conveyor.preprocess.transforms import Preprocessor, to_gray_unit
+from conveyor.store.db import session_scope
+from conveyor.store.models import Image
+from conveyor.workspace import open_workspace, workspace_lock
+
+__all__ = ["FeatureSummary", "FeatureTable", "compute_features", "configured_extractors", "load_matrix", "read_table"]
+
+_CHUNK = 64  # images per worker task
+_PART_ROWS = 2048  # rows buffered before a part file is written
+_COMPACT_AFTER = 16  # parts in a table before they are merged into one
+_NO_LIMITS = DecodeLimits(min_side=1, max_pixels=1 << 62)  # stored images were validated at ingest
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    """One master table: where it lives and what made it."""
+
+    name: str
+    extractor_hash: str
+    preprocess_hash: str
+    path: Path
+
+    @property
+    def key(self) -> str:
+        return self.path.name
+
+
+@dataclass
+class FeatureSummary:
+    """What one ``conveyor features`` run did. ``computed``: images whose features this run computed; ``cached``:
+    images already complete in every table."""
+
+    computed: int = 0
+    cached: int = 0
+    diagrams_computed: int = 0
+    diagrams_cached: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "computed": self.computed,
+            "cached": self.cached,
+            "diagrams_computed": self.diagrams_computed,
+            "diagrams_cached": self.diagrams_cached,
+            "failed": self.failed,
+            "tables": self.tables,
+        }
+
+
+def configured_extractors(settings: Settings) -> list[Any]:
+    """The extractors the settings ask for, unfitted, in the settings' order.
+
+    Raises:
+        ConfigError: an unknown extractor name, a bad parameter, or grids learned from data (those belong inside a
+            fitted model, not in a shared table).
+    """
+    extractors = []
+    for name in settings.features.extractors:
+        if name not in EXTRACTORS:
+            raise ConfigError(f"features.extractors: unknown extractor {name!r}, expected some of {sorted(EXTRACTORS)}")
+        params = settings.features.params.get(name, {})
+        try:
+            extractor = make_extractor(name, **params)
+        except ValueError as exc:
+            raise ConfigError(f"features.params.{name}: {exc}") from exc
+        if getattr(extractor, "fit_grids", False):
+            raise ConfigError(
+                f"features.params.{name}.fit_grids: a master table needs fixed grids; fitted grids live in the model"
+            )
+        extractors.append(extractor)
+    return extractors
+
+
+def table_for(settings: Settings, extractor: Any) -> FeatureTable:
+    """The master table of ``extractor`` under the workspace's preprocessing config."""
+    ehash, phash = extractor.config_hash()[:12], settings.preprocess.config_hash()
+    return FeatureTable(extractor.name, ehash, phash, settings.features_dir / f"{extractor.name}-{ehash}-{phash}")
+
+
+def diagrams_dir(settings: Settings) -> Path:
+    return settings.features_dir / f"diagrams-{settings.preprocess.config_hash()}-v{DIAGRAM_VERSION}"
+
+
+def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """A master table (or the diagram cache) as a DataFrame indexed by sha256; empty if it has no parts yet."""
+    parts = sorted(path.glob("part-*.parquet"))
+    if not parts:
+        return pd.DataFrame(index=pd.Index([], name="sha256"))
+    wanted = None if columns is None else ["sha256", *columns]
+    frame = pd.concat([pq.read_table(p, columns=wanted).to_pandas() for p in parts], ignore_index=True)
+    return frame.drop_duplicates("sha256", keep="last").set_index("sha256")
+
+
+def _stored_shas(path: Path) -> set[str]:
+    parts = sorted(path.glob("part-*.parquet"))
+    return {sha for p in parts for sha in pq.read_table(p, columns=["sha256"]).column("sha256").to_pylist()}
+
+
+def _write_part(path: Path, frame: pa.Table) -> None:
+    """Write one part atomically (temporary name, then rename)."""
+    path.mkdir(parents=True, exist_ok=True)
+    name = f"part-{pd.Timestamp.now('UTC').strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = path / f".{name}.tmp"
+    pq.write_table(frame, tmp, compression="zstd")
+    os.replace(tmp, path / name)
+
+
+def _compact(path: Path) -> None:
+    """Merge a table's parts into one once there are many (write the merged part first, then drop the old ones)."""
+    parts = sorted(path.glob("part-*.parquet"))
+    if len(parts) < _COMPACT_AFTER:
+        return
+    merged = read_table(path).reset_index()
+    _write_part(path, pa.Table.from_pandas(merged, preserve_index=False))
+    for part in parts:
+        part.unlink()
+
+
+def _write_table_info(table: FeatureTable, extractor: Any, columns: list[str], preprocess: PreprocessSettings) -> None:
+    info = table.path / "table.json"
+    if info.exists():
+        return
+    table.path.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "extractor": extractor.config(),
+        "extractor_hash": table.extractor_hash,
+        "preprocess": preprocess.model_dump(mode="json"),
+        "preprocess_hash": table.preprocess_hash,
+        "description": (type(extractor).__doc__ or "").strip().split("\n\n")[0],
+        "key": "sha256 of the image's bytes",
+        "columns": columns,
+    }
+    tmp = info.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, info)
+
+
+def _bundle_row(sha: str, bundle: DiagramBundle) -> dict[str, Any]:
+    row: dict[str, Any] = {"sha256": sha}
+    for filtration, dim in BUNDLE_KEYS:
+        row[f"{filtration}_h{dim}"] = np.asarray(bundle[(filtration, dim)], dtype=np.float64).ravel().tolist()
+    return row
+
+
+def _row_bundle(row: pd.Series) -> DiagramBundle:
+    return {
+        (filtration, dim): np.asarray(row[f"{filtration}_h{dim}"], dtype=np.float64).reshape(-1, 2)
+        for filtration, dim in BUNDLE_KEYS
+    }
+
+
+@dataclass
+class _ChunkResult:
+    shas: list[str]
+    bundles: dict[str, DiagramBundle]  # newly computed diagrams
+    features: dict[str, np.ndarray]  # extractor name -> (len(shas), n_features)
+    columns: dict[str, list[str]]
+    failed: list[tuple[str, str]]
+
+
+def _compute_chunk(
+    home: str,
+    rows: list[tuple[str, str]],
+    preprocess: dict[str, Any],
+    specs: list[tuple[str, dict[str, Any]]],
+    cached: dict[str, DiagramBundle],
+) -> _ChunkResult:
+    """Decode, preprocess, take diagrams (unless cached) and vectorise one chunk of images; runs in a worker."""
+    preprocessor = Preprocessor(PreprocessSettings(**preprocess))
+    shas: list[str] = []
+    images: list[np.ndarray] = []
+    bundles: list[DiagramBundle] = []
+    new: dict[str, DiagramBundle] = {}
+    failed: list[tuple[str, str]] = []
+    for sha, raw_path in rows:
+        try:
+            decoded = decode_image((Path(home) / raw_path).read_bytes(), _NO_LIMITS)
+        except (OSError, InvalidImageError) as exc:
+            failed.append((sha, f"{raw_path}: {exc}"))
+            continue
+        image = preprocessor(decoded.pixels)
+        if image.ndim == 3:  # colour kept by the preprocessing: topology and intensity read its luma
+            image = to_gray_unit(image)
+        bundle = cached.get(sha)
+        if bundle is None:
+            bundle = new[sha] = diagram_bundle(image)
+        shas.append(sha)
+        images.append(image)
+        bundles.append(bundle)
+    features: dict[str, np.ndarray] = {}
+    columns: dict[str, list[str]] = {}
+    for name, params in specs:
+        extractor = make_extractor(name, **params)
+        inputs: Any = images if extractor.input_kind == "image" else bundles
+        if shas:
+            features[name] = np.asarray(extractor.fit(inputs).transform(inputs), dtype=np.float64)
+            columns[name] = [str(c) for c in extractor.get_feature_names_out()]
+    return _ChunkResult(shas, new, features, columns, failed)
+
+
+def compute_features(
+    settings: Settings,
+    *,
+    workers: int | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> FeatureSummary:
+    """Compute every configured extractor's features for every stored image that lacks them.
+
+    Work is spread over ``workers`` processes (default: every core), in chunks, and written in parts as it comes, so
+    memory stays flat however many images there are. A second run finds nothing missing and computes nothing.
+
+    Raises:
+        ConfigError: see :func:`configured_extractors`.
+    """
+    engine = open_workspace(settings)
+    extractors = configured_extractors(settings)
+    tables = {e.name: table_for(settings, e) for e in extractors}
+    by_name = {e.name: e for e in extractors}
+    summary = FeatureSummary()
+    with workspace_lock(settings.home):
+        with session_scope(engine) as session:
+            images = [(r.sha256, r.raw_path) for r in session.execute(select(Image.sha256, Image.raw_path))]
+        have = {name: _stored_shas(table.path) for name, table in tables.items()}
+        todo = [(sha, raw) for sha, raw in images if any(sha not in have[name] for name in tables)]
+        summary.cached = len(images) - len(todo)
+        cache_dir = diagrams_dir(settings)
+        cached_shas = _stored_shas(cache_dir)
+        if on_start is not None:
+            on_start(len(todo))
+        specs = [(e.name, e.get_params(deep=False)) for e in extractors]
+        preprocess = settings.preprocess.model_dump()
+        buffers: dict[str, list[pd.DataFrame]] = {name: [] for name in tables}
+        diagram_rows: list[dict[str, Any]] = []
+
+        def flush(force: bool = False) -> None:
+            for name, frames in buffers.items():
+                if frames and (force or sum(len(f) for f in frames) >= _PART_ROWS):
+                    _write_part(tables[name].path, pa.Table.from_pandas(pd.concat(frames), preserve_index=False))
+                    frames.clear()
+            if diagram_rows and (force or len(diagram_rows) >= _PART_ROWS):
+                _write_part(cache_dir, pa.Table.from_pylist(diagram_rows))
+                diagram_rows.clear()
+
+        for result in _run_chunks(settings, todo, cached_shas, cache_dir, preprocess, specs, workers):
+            for sha, reason in result.failed:
+                summary.failed.append({"sha256": sha, "reason": reason})
+            summary.diagrams_computed += len(result.bundles)
+            summary.diagrams_cached += len(result.shas) - len(result.bundles)
+            diagram_rows.extend(_bundle_row(sha, b) for sha, b in result.bundles.items())
+            for name, values in result.features.items():
+                _write_table_info(tables[name], by_name[name], result.columns[name], settings.preprocess)
+                frame = pd.DataFrame(values, columns=result.columns[name])
+                frame.insert(0, "sha256", result.shas)
+                buffers[name].append(frame[~frame["sha256"].isin(have[name])])
+            summary.computed += len(result.shas)
+            flush()
+            if on_progress is not None:
+                on_progress(len(result.shas) + len(result.failed))
+        flush(force=True)
+        for table in tables.values():
+            _compact(table.path)
+        _compact(cache_dir)
+    for name, table in tables.items():
+        summary.tables[name] = {"path": str(table.path), "rows": len(_stored_shas(table.path))}
+    return summary
+
+
+def _run_chunks(
+    settings: Settings,
+    todo: list[tuple[str, str]],
+    cached_shas: set[str],
+    cache_dir: Path,
+    preprocess: dict[str, Any],
+    specs: list[tuple[str, dict[str, Any]]],
+    workers: int | None,
+) -> Iterator[_ChunkResult]:
+    """Run :func:`_compute_chunk` over ``todo`` in processes, yielding results as they finish."""
+    if not todo:
+        return
+    chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
+    need_cached = {sha for sha, _ in todo} & cached_shas
+    cached_rows = read_table(cache_dir).loc[sorted(need_cached)] if need_cached else pd.DataFrame()
+    home = str(settings.home)
+
+    def cached_for(chunk: list[tuple[str, str]]) -> dict[str, DiagramBundle]:
+        return {sha: _row_bundle(cached_rows.loc[sha]) for sha, _ in chunk if sha in need_cached}
+
+    n_workers = workers or os.cpu_count() or 1
+    if n_workers == 1 or len(chunks) == 1:
+        for chunk in chunks:
+            yield _compute_chunk(home, chunk, preprocess, specs, cached_for(chunk))
+        return
+    with ProcessPoolExecutor(max_workers=n_workers) as pool:
+        pending = set()
+        remaining = iter(chunks)
+        for chunk in remaining:  # keep a bounded number of chunks in flight: memory stays flat
+            pending.add(pool.submit(_compute_chunk, home, chunk, preprocess, specs, cached_for(chunk)))
+            if len(pending) >= 2 * n_workers:
+                done = next(as_completed(pending))
+                pending.remove(done)
+                yield done.result()
+        for done in as_completed(pending):
+            yield done.result()
+
+
+def load_matrix(
+    settings: Settings, extractor: str, *, version: str | None = None, split: str | None = "train"
+) -> tuple[pd.DataFrame, pd.Series]:
+    """The feature matrix and labels of one dataset version and split, in one call.
+
+    Args:
+        settings: the workspace.
+        extractor: a configured extractor's name, or ``"all"`` for every configured extractor's columns side by side
+            (prefixed ``<name>__``).
+        version: a dataset version id; default the latest.
+        split: ``"train"``, ``"test"`` or None for both.
+
+    Returns:
+        ``(X, y)``: X indexed by sha256 (sorted), y the labels in the same order.
+
+    Raises:
+        NotFoundError: unknown version or extractor, or features not computed yet for some images.
+    """
+    engine = open_workspace(settings)
+    members = [(sha, label) for sha, label, s in dataset_members(engine, version) if split is None or s == split]
+    extractors = configured_extractors(settings)
+    chosen = extractors if extractor == "all" else [e for e in extractors if e.name == extractor]
+    if not chosen:
+        raise NotFoundError(f"extractor {extractor!r} is not configured; configured: {[e.name for e in extractors]}")
+    shas = [sha for sha, _ in members]
+    frames = []
+    for e in chosen:
+        table = read_table(table_for(settings, e).path)
+        missing = [sha for sha in shas if sha not in table.index]
+        if missing:
+            raise NotFoundError(
+                f"{len(missing)} images of the dataset have no {e.name!r} features yet: run `conveyor features`"
+            )
+        frame = table.loc[shas]
+        frames.append(frame.add_prefix(f"{e.name}__") if extractor == "all" else frame)
+    X = pd.concat(frames, axis=1) if len(frames) > 1 else frames[0]
+    y = pd.Series([label for _, label in members], index=X.index, name="label")
+    return X, y
