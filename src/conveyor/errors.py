@@ -37,3 +37,6 @@ class InvalidImageError(ConveyorError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+    def __reduce__(self) -> tuple[type[InvalidImageError], tuple[str, str]]:  # crosses process boundaries intact
+        return (type(self), (self.reason, self.detail))

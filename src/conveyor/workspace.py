@@ -14,7 +14,7 @@ from conveyor.config import CONFIG_FILE_NAME, Settings
 from conveyor.errors import ConveyorError
 from conveyor.store.db import create_schema, get_engine
 
-__all__ = ["atomic_write", "init_workspace", "open_workspace", "workspace_lock"]
+__all__ = ["atomic_write", "die_with_parent", "init_workspace", "open_workspace", "workspace_lock"]
 
 _CONFIG_TEMPLATE = """\
 # conveyor settings. Every value can also come from the environment: CONVEYOR_<NAME>, nested with __
@@ -57,13 +57,17 @@ def open_workspace(settings: Settings) -> Engine:
     return get_engine(settings.resolved_db_url)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, *, make_parent: bool = True) -> None:
     """Write ``data`` to ``path`` so that a reader, or a crash, sees either nothing or all of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as handle:
         handle.write(data)
     os.replace(tmp, path)
+
+
+_HELD: set[str] = set()  # workspaces whose lock this process holds
 
 
 @contextmanager
@@ -74,14 +78,37 @@ def workspace_lock(home: Path, *, wait: bool = False) -> Iterator[None]:
         ConveyorError: another process holds it and ``wait`` is false.
     """
     home.mkdir(parents=True, exist_ok=True)
+    key = str(home.resolve())
+    if key in _HELD:  # POSIX locks do not exclude their own process: guard it here
+        raise ConveyorError(f"another conveyor command is writing to the workspace {home}; wait for it to finish")
+    # A POSIX record lock (lockf), not flock: it belongs to this process alone, so worker processes forked while it
+    # is held do not keep it after this process dies, and the kernel frees it the moment this process is killed.
     with open(home / ".lock", "a+") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
+            fcntl.lockf(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
             raise ConveyorError(
                 f"another conveyor command is writing to the workspace {home}; wait for it to finish"
             ) from exc
+        _HELD.add(key)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            _HELD.discard(key)
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
+def die_with_parent() -> None:
+    """In a worker process: ask Linux to kill it when its parent dies, so a killed command leaves no orphans.
+
+    Orphaned pool workers would otherwise wait forever on a queue that no one feeds.
+    """
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: nothing to ask
+        pass

@@ -42,6 +42,8 @@ class SourceFile:
     problem: tuple[str, str] | None = None
     #: A stable stand-in for the sha256 when the content must not be read (a file over the size limit).
     stand_in_id: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+    #: The file on disk, when it is one (not a zip member): worker processes read it themselves.
+    local_path: Path | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -121,25 +123,32 @@ def open_source(path: Path, labels_csv: Path | None = None) -> Source:
     return source
 
 
-# An entry is (relpath, size, reader, stand_in_id, problem).
-_Entry = tuple[str, int, Callable[[], bytes], Callable[[], str] | None, tuple[str, str] | None]
+# An entry is (relpath, size, reader, stand_in_id, problem, local path).
+_Entry = tuple[str, int, Callable[[], bytes], Callable[[], str] | None, tuple[str, str] | None, Path | None]
 
 
 def _walk_folder(root: Path) -> Iterator[_Entry]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            full = Path(dirpath) / name
-            if not full.is_file():  # broken symlink, socket
+    """Every regular file under ``root`` (symlinks to files followed, to folders not), sorted by path."""
+    stack = [(str(root), "")]
+    while stack:
+        folder, prefix = stack.pop()
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+        for entry in reversed(entries):
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((entry.path, f"{prefix}{entry.name}/"))
+        for entry in entries:
+            if not entry.is_file():  # folder, broken symlink, socket
                 continue
-            stat = full.stat()
-            relpath = full.relative_to(root).as_posix()
+            stat = entry.stat()
+            full = Path(entry.path)
             yield (
-                relpath,
+                f"{prefix}{entry.name}",
                 stat.st_size,
                 full.read_bytes,
                 partial(str, f"unhashed:{stat.st_size}:{stat.st_mtime_ns}"),
                 None,
+                full,
             )
 
 
@@ -170,13 +179,14 @@ def _zip_entries(archive: zipfile.ZipFile) -> list[_Entry]:
                 partial(archive.read, info),
                 partial(str, f"unhashed:{info.file_size}:{info.CRC:08x}"),
                 problem,
+                None,
             )
         )
     return entries
 
 
 def _label_from_folders(entry: _Entry) -> SourceFile:
-    relpath, size, read, stand_in, problem = entry
+    relpath, size, read, stand_in, problem, local = entry
     parts = relpath.split("/")
     given_split = None
     if len(parts) > 1 and parts[0].lower() in SPLIT_FOLDERS:
@@ -188,7 +198,7 @@ def _label_from_folders(entry: _Entry) -> SourceFile:
             "no_label",
             f"{relpath} is not inside a class folder: expected [train|test/]<label>/<file>",
         )
-    return SourceFile(relpath, label or None, given_split, size, read, problem, stand_in)
+    return SourceFile(relpath, label or None, given_split, size, read, problem, stand_in, local)
 
 
 def _parse_labels_csv(text: str, name: str) -> dict[str, tuple[str, str | None]]:
@@ -214,8 +224,8 @@ def _parse_labels_csv(text: str, name: str) -> dict[str, tuple[str, str | None]]
 
 
 def _label_from_csv(entry: _Entry, labels: dict[str, tuple[str, str | None]]) -> SourceFile:
-    relpath, size, read, stand_in, problem = entry
+    relpath, size, read, stand_in, problem, local = entry
     label, split = labels.get(relpath, (None, None))
     if problem is None and label is None:
         problem = ("no_label", f"{relpath} is not listed in the labels CSV")
-    return SourceFile(relpath, label, split, size, read, problem, stand_in)
+    return SourceFile(relpath, label, split, size, read, problem, stand_in, local)

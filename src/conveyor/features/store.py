@@ -38,7 +38,7 @@ from conveyor.features.persistence import BUNDLE_KEYS, DIAGRAM_VERSION, DiagramB
 from conveyor.preprocess.transforms import Preprocessor, to_gray_unit
 from conveyor.store.db import session_scope
 from conveyor.store.models import Image
-from conveyor.workspace import open_workspace, workspace_lock
+from conveyor.workspace import die_with_parent, open_workspace, workspace_lock
 
 __all__ = ["FeatureSummary", "FeatureTable", "compute_features", "configured_extractors", "load_matrix", "read_table"]
 
@@ -329,7 +329,7 @@ def _run_chunks(
         for chunk in chunks:
             yield _compute_chunk(home, chunk, preprocess, specs, cached_for(chunk))
         return
-    with ProcessPoolExecutor(max_workers=n_workers) as pool:
+    with ProcessPoolExecutor(max_workers=n_workers, initializer=die_with_parent) as pool:
         pending = set()
         remaining = iter(chunks)
         for chunk in remaining:  # keep a bounded number of chunks in flight: memory stays flat
