@@ -25,10 +25,10 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.config import Settings
@@ -442,18 +442,21 @@ def _flush(engine: Engine, pending: list[tuple[str, dict[str, Any]]]) -> None:
     images = [row for kind, row in pending if kind == "image"]
     new_conflicts = [row for kind, row in pending if kind == "conflict"]
     files = [row for kind, row in pending if kind == "file"]
+    images_table, conflicts_table, files_table = (
+        cast(Table, model.__table__) for model in (Image, LabelConflict, IngestFile)
+    )
     with engine.begin() as connection:  # Core executemany: the ORM's bulk path cost a third of ingest's own time
         if images:
-            connection.execute(insert(Image.__table__), images)
+            connection.execute(insert(images_table), images)
         if new_conflicts:
-            connection.execute(insert(LabelConflict.__table__), new_conflicts)
+            connection.execute(insert(conflicts_table), new_conflicts)
             connection.execute(
-                update(Image.__table__)
-                .where(Image.__table__.c.sha256.in_({r["sha256"] for r in new_conflicts}))
+                update(images_table)
+                .where(images_table.c.sha256.in_({r["sha256"] for r in new_conflicts}))
                 .values(conflict=True)
             )
         if files:
-            connection.execute(insert(IngestFile.__table__), files)
+            connection.execute(insert(files_table), files)
     pending.clear()
 
 
