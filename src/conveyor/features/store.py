@@ -231,7 +231,9 @@ def _compute_chunk(
         extractor = make_extractor(name, **params)
         inputs: Any = images if extractor.input_kind == "image" else bundles
         if shas:
-            features[name] = np.asarray(extractor.fit(inputs).transform(inputs), dtype=np.float64)
+            # Fixed grids (configured_extractors refuses fitted ones): fit learns nothing from the data, so one
+            # sample is enough, and saves a validation pass over the chunk.
+            features[name] = np.asarray(extractor.fit(inputs[:1]).transform(inputs), dtype=np.float64)
             columns[name] = [str(c) for c in extractor.get_feature_names_out()]
     return _ChunkResult(shas, new, features, columns, failed)
 
