@@ -30,12 +30,11 @@ import pyarrow.parquet as pq
 from sqlalchemy import select
 
 from conveyor.config import PreprocessSettings, Settings
-from conveyor.data.decode import DecodeLimits, decode_image
 from conveyor.data.versions import dataset_members
 from conveyor.errors import ConfigError, InvalidImageError, NotFoundError
 from conveyor.features.extractors import EXTRACTORS, make_extractor
-from conveyor.features.persistence import BUNDLE_KEYS, DIAGRAM_VERSION, DiagramBundle, diagram_bundle
-from conveyor.preprocess.transforms import Preprocessor, to_gray_unit
+from conveyor.features.persistence import BUNDLE_KEYS, DIAGRAM_VERSION, DiagramBundle
+from conveyor.features.pipeline import FeaturePipeline
 from conveyor.store.db import session_scope
 from conveyor.store.models import Image
 from conveyor.workspace import die_with_parent, open_workspace, workspace_lock
@@ -43,9 +42,9 @@ from conveyor.workspace import die_with_parent, open_workspace, workspace_lock
 __all__ = ["FeatureSummary", "FeatureTable", "compute_features", "configured_extractors", "load_matrix", "read_table"]
 
 _CHUNK = 64  # images per worker task
-_PART_ROWS = 2048  # rows buffered before a part file is written
+_PART_ROWS = 2048  # feature rows buffered before a part file is written
+_DIAGRAM_PART_ROWS = 256  # diagram rows (thousands of bars each for noisy images) buffered before a part
 _COMPACT_AFTER = 16  # parts in a table before they are merged into one
-_NO_LIMITS = DecodeLimits(min_side=1, max_pixels=1 << 62)  # stored images were validated at ingest
 
 
 @dataclass(frozen=True)
@@ -173,11 +172,19 @@ def _write_table_info(table: FeatureTable, extractor: Any, columns: list[str], p
     os.replace(tmp, info)
 
 
-def _bundle_row(sha: str, bundle: DiagramBundle) -> dict[str, Any]:
-    row: dict[str, Any] = {"sha256": sha}
+def _bundles_table(shas: list[str], bundles: list[DiagramBundle]) -> pa.Table:
+    """Diagram bundles as an Arrow table: one list<double> column per (filtration, dim), (birth, death) flattened.
+
+    Built from flat numpy values and offsets: going through Python floats cost gigabytes for noisy images.
+    """
+    columns: dict[str, pa.Array] = {"sha256": pa.array(shas, type=pa.string())}
     for filtration, dim in BUNDLE_KEYS:
-        row[f"{filtration}_h{dim}"] = np.asarray(bundle[(filtration, dim)], dtype=np.float64).ravel().tolist()
-    return row
+        flat = [np.ascontiguousarray(b[(filtration, dim)], dtype=np.float64).ravel() for b in bundles]
+        offsets = np.zeros(len(flat) + 1, dtype=np.int64)
+        np.cumsum([a.size for a in flat], out=offsets[1:])
+        values = np.concatenate(flat) if flat else np.empty(0, dtype=np.float64)
+        columns[f"{filtration}_h{dim}"] = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
+    return pa.table(columns)
 
 
 def _row_bundle(row: pd.Series) -> DiagramBundle:
@@ -204,38 +211,20 @@ def _compute_chunk(
     cached: dict[str, DiagramBundle],
 ) -> _ChunkResult:
     """Decode, preprocess, take diagrams (unless cached) and vectorise one chunk of images; runs in a worker."""
-    preprocessor = Preprocessor(PreprocessSettings(**preprocess))
+    pipeline = FeaturePipeline(PreprocessSettings(**preprocess), specs)
     shas: list[str] = []
     images: list[np.ndarray] = []
-    bundles: list[DiagramBundle] = []
-    new: dict[str, DiagramBundle] = {}
     failed: list[tuple[str, str]] = []
     for sha, raw_path in rows:
         try:
-            decoded = decode_image((Path(home) / raw_path).read_bytes(), _NO_LIMITS)
+            images.append(pipeline.image((Path(home) / raw_path).read_bytes()))
+            shas.append(sha)
         except (OSError, InvalidImageError) as exc:
             failed.append((sha, f"{raw_path}: {exc}"))
-            continue
-        image = preprocessor(decoded.pixels)
-        if image.ndim == 3:  # colour kept by the preprocessing: topology and intensity read its luma
-            image = to_gray_unit(image)
-        bundle = cached.get(sha)
-        if bundle is None:
-            bundle = new[sha] = diagram_bundle(image)
-        shas.append(sha)
-        images.append(image)
-        bundles.append(bundle)
-    features: dict[str, np.ndarray] = {}
-    columns: dict[str, list[str]] = {}
-    for name, params in specs:
-        extractor = make_extractor(name, **params)
-        inputs: Any = images if extractor.input_kind == "image" else bundles
-        if shas:
-            # Fixed grids (configured_extractors refuses fitted ones): fit learns nothing from the data, so one
-            # sample is enough, and saves a validation pass over the chunk.
-            features[name] = np.asarray(extractor.fit(inputs[:1]).transform(inputs), dtype=np.float64)
-            columns[name] = [str(c) for c in extractor.get_feature_names_out()]
-    return _ChunkResult(shas, new, features, columns, failed)
+    prepared = pipeline.prepare(images, [cached.get(sha) for sha in shas])
+    new = {sha: bundle for sha, bundle in zip(shas, prepared.bundles, strict=True) if sha not in cached}
+    features = pipeline.transform(prepared)
+    return _ChunkResult(shas, new, features, pipeline.columns(), failed)
 
 
 def compute_features(
@@ -271,23 +260,26 @@ def compute_features(
         specs = [(e.name, e.get_params(deep=False)) for e in extractors]
         preprocess = settings.preprocess.model_dump()
         buffers: dict[str, list[pd.DataFrame]] = {name: [] for name in tables}
-        diagram_rows: list[dict[str, Any]] = []
+        diagram_shas: list[str] = []
+        diagram_bundles: list[DiagramBundle] = []
 
         def flush(force: bool = False) -> None:
             for name, frames in buffers.items():
                 if frames and (force or sum(len(f) for f in frames) >= _PART_ROWS):
                     _write_part(tables[name].path, pa.Table.from_pandas(pd.concat(frames), preserve_index=False))
                     frames.clear()
-            if diagram_rows and (force or len(diagram_rows) >= _PART_ROWS):
-                _write_part(cache_dir, pa.Table.from_pylist(diagram_rows))
-                diagram_rows.clear()
+            if diagram_shas and (force or len(diagram_shas) >= _DIAGRAM_PART_ROWS):
+                _write_part(cache_dir, _bundles_table(diagram_shas, diagram_bundles))
+                diagram_shas.clear()
+                diagram_bundles.clear()
 
         for result in _run_chunks(settings, todo, cached_shas, cache_dir, preprocess, specs, workers):
             for sha, reason in result.failed:
                 summary.failed.append({"sha256": sha, "reason": reason})
             summary.diagrams_computed += len(result.bundles)
             summary.diagrams_cached += len(result.shas) - len(result.bundles)
-            diagram_rows.extend(_bundle_row(sha, b) for sha, b in result.bundles.items())
+            diagram_shas.extend(result.bundles)
+            diagram_bundles.extend(result.bundles.values())
             for name, values in result.features.items():
                 _write_table_info(tables[name], by_name[name], result.columns[name], settings.preprocess)
                 frame = pd.DataFrame(values, columns=result.columns[name])
@@ -318,24 +310,30 @@ def _run_chunks(
     """Run :func:`_compute_chunk` over ``todo`` in processes, yielding results as they finish."""
     if not todo:
         return
-    chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
-    need_cached = {sha for sha, _ in todo} & cached_shas
-    cached_rows = read_table(cache_dir).loc[sorted(need_cached)] if need_cached else pd.DataFrame()
     home = str(settings.home)
+    uncached = [row for row in todo if row[0] not in cached_shas]
+    cached_rows = {sha: raw for sha, raw in todo if sha in cached_shas}
 
-    def cached_for(chunk: list[tuple[str, str]]) -> dict[str, DiagramBundle]:
-        return {sha: _row_bundle(cached_rows.loc[sha]) for sha, _ in chunk if sha in need_cached}
+    def tasks() -> Iterator[tuple[list[tuple[str, str]], dict[str, DiagramBundle]]]:
+        """Chunks with their cached diagrams, read one cache part at a time so memory stays flat."""
+        for start in range(0, len(uncached), _CHUNK):
+            yield uncached[start : start + _CHUNK], {}
+        for part in sorted(cache_dir.glob("part-*.parquet")) if cached_rows else []:
+            table = pq.read_table(part).to_pandas().drop_duplicates("sha256", keep="last").set_index("sha256")
+            wanted = [sha for sha in table.index if sha in cached_rows]
+            for start in range(0, len(wanted), _CHUNK):
+                shas = wanted[start : start + _CHUNK]
+                yield [(sha, cached_rows.pop(sha)) for sha in shas], {sha: _row_bundle(table.loc[sha]) for sha in shas}
 
     n_workers = workers or os.cpu_count() or 1
-    if n_workers == 1 or len(chunks) == 1:
-        for chunk in chunks:
-            yield _compute_chunk(home, chunk, preprocess, specs, cached_for(chunk))
+    if n_workers == 1 or len(todo) <= _CHUNK:
+        for chunk, cached in tasks():
+            yield _compute_chunk(home, chunk, preprocess, specs, cached)
         return
     with ProcessPoolExecutor(max_workers=n_workers, initializer=die_with_parent) as pool:
         pending = set()
-        remaining = iter(chunks)
-        for chunk in remaining:  # keep a bounded number of chunks in flight: memory stays flat
-            pending.add(pool.submit(_compute_chunk, home, chunk, preprocess, specs, cached_for(chunk)))
+        for chunk, cached in tasks():  # a bounded number of chunks in flight: memory stays flat
+            pending.add(pool.submit(_compute_chunk, home, chunk, preprocess, specs, cached))
             if len(pending) >= 2 * n_workers:
                 done = next(as_completed(pending))
                 pending.remove(done)

@@ -1,0 +1,95 @@
+"""From image bytes to feature vectors: the one code path that the feature store and the served model share.
+
+:class:`FeaturePipeline` decodes, preprocesses, takes persistence diagrams and applies each configured extractor,
+exactly as the master tables were computed, so a model trained on the tables sees the same numbers in serving.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from conveyor.config import PreprocessSettings
+from conveyor.data.decode import DecodeLimits, decode_image
+from conveyor.features.extractors import make_extractor
+from conveyor.features.persistence import DiagramBundle, diagram_bundle
+from conveyor.preprocess.transforms import Preprocessor, to_gray_unit
+
+__all__ = ["FeaturePipeline", "Prepared"]
+
+
+@dataclass
+class Prepared:
+    """Preprocessed images and their diagram bundles, in input order."""
+
+    images: list[np.ndarray] = field(default_factory=list)
+    bundles: list[DiagramBundle] = field(default_factory=list)
+
+
+@dataclass
+class FeaturePipeline:
+    """Preprocessing and a list of fixed-grid extractors, given as ``(name, params)``.
+
+    Args:
+        preprocess: the preprocessing settings the tables (and the model) were built with.
+        extractors: ``[(name, params), ...]`` in column order.
+        limits: what a decoded file must satisfy (serving passes the ingest limits; the store trusts its raw files).
+    """
+
+    preprocess: PreprocessSettings
+    extractors: Sequence[tuple[str, Mapping[str, Any]]]
+    limits: DecodeLimits = field(default_factory=lambda: DecodeLimits(min_side=1, max_pixels=1 << 62))
+
+    def __post_init__(self) -> None:
+        self._preprocessor = Preprocessor(self.preprocess)
+        self._fitted: dict[str, Any] = {}
+
+    def image(self, data: bytes) -> np.ndarray:
+        """Decode and preprocess one file: (H, W) float32 in [0, 1] (colour kept by the settings is reduced to luma).
+
+        Raises:
+            InvalidImageError: the bytes are not a usable image.
+        """
+        image = self._preprocessor(decode_image(data, self.limits).pixels)
+        return to_gray_unit(image) if image.ndim == 3 else image
+
+    def prepare(self, images: Sequence[np.ndarray], cached: Sequence[DiagramBundle | None] | None = None) -> Prepared:
+        """Diagram bundles of preprocessed images (taking ``cached[i]`` when given)."""
+        bundles = [
+            (cached[i] if cached is not None and cached[i] is not None else diagram_bundle(image))
+            for i, image in enumerate(images)
+        ]
+        return Prepared(list(images), bundles)  # type: ignore[arg-type]
+
+    def transform(self, prepared: Prepared) -> dict[str, np.ndarray]:
+        """Each extractor's features, ``{name: (n, n_features)}``; empty input gives an empty dict."""
+        if not prepared.images:
+            return {}
+        out: dict[str, np.ndarray] = {}
+        for name, extractor in self._extractors(prepared).items():
+            inputs: Any = prepared.images if extractor.input_kind == "image" else prepared.bundles
+            out[name] = np.asarray(extractor.transform(inputs), dtype=np.float64)
+        return out
+
+    def columns(self) -> dict[str, list[str]]:
+        """Each extractor's column names (after the first :meth:`transform`)."""
+        return {name: [str(c) for c in e.get_feature_names_out()] for name, e in self._fitted.items()}
+
+    def vectors(self, prepared: Prepared) -> np.ndarray:
+        """All extractors' features side by side, in the configured order: (n, total features)."""
+        parts = self.transform(prepared)
+        return np.hstack([parts[name] for name, _ in self.extractors]) if parts else np.empty((0, 0))
+
+    def _extractors(self, prepared: Prepared) -> dict[str, Any]:
+        # Fixed grids: fit learns nothing from the data, so one sample is enough (and is done once).
+        if not self._fitted:
+            for name, params in self.extractors:
+                extractor = make_extractor(name, **dict(params))
+                if getattr(extractor, "fit_grids", False):
+                    raise ValueError(f"extractor {name!r}: fit_grids=True has no place in a fixed feature pipeline")
+                sample: Any = prepared.images[:1] if extractor.input_kind == "image" else prepared.bundles[:1]
+                self._fitted[name] = extractor.fit(sample)
+        return self._fitted
