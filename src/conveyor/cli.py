@@ -183,6 +183,125 @@ def _print_features(summary: Any) -> None:
 
 
 @app.command()
+def train(
+    version: Annotated[str | None, typer.Option(help="Dataset version to train on; default the latest.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train every extractor x family candidate, compare with baselines, register the best if it passes the gate."""
+    from conveyor.training.train import train as run_train
+
+    settings = _settings()
+    with _errors(as_json), _progress("training", not as_json) as (start, advance):
+        result = run_train(settings, version=version, on_start=start, on_candidate=lambda _c: advance(1))
+    if as_json:
+        _emit_json(result.to_dict())
+        return
+    _print_training(result)
+
+
+def _print_training(result: Any) -> None:
+    table = Table(title=f"candidates on dataset {result.dataset_version} (best first)")
+    for column in ("candidate", "CV F1", "test F1 [95% interval]", "accuracy", "ROC-AUC", "fit s"):
+        table.add_column(column, justify="left" if column == "candidate" else "right")
+    for c in result.candidates:
+        f1 = c.test.intervals["f1"]
+        auc = "-" if c.test.roc_auc is None else f"{c.test.roc_auc:.3f}"
+        table.add_row(
+            c.name,
+            f"{c.cv_f1:.3f} ± {c.cv_f1_std:.3f}",
+            f"{c.test.f1:.3f} [{f1.low:.3f}, {f1.high:.3f}]",
+            f"{c.test.accuracy:.3f}",
+            auc,
+            f"{c.fit_seconds:.1f}",
+        )
+    for name, m in result.baselines.items():
+        f1 = m.intervals["f1"]
+        table.add_row(
+            f"[dim]{name}[/]",
+            "",
+            f"[dim]{m.f1:.3f} [{f1.low:.3f}, {f1.high:.3f}][/]",
+            f"[dim]{m.accuracy:.3f}[/]",
+            "",
+            "",
+        )
+    out.print(table)
+    cal = result.calibrated
+    out.print(
+        f"best: [bold]{result.best.name}[/], calibrated test F1 {cal.f1:.3f}, calibration error (ECE) "
+        f"{'-' if cal.ece is None else f'{cal.ece:.3f}'}"
+    )
+    if result.registered_version is not None:
+        out.print(f"registered as version {result.registered_version}, alias [bold]{result.alias}[/]")
+    else:
+        out.print("[yellow]not registered:[/] " + "; ".join(result.gate["reasons"]))
+
+
+@app.command()
+def models(as_json: JsonOption = False) -> None:
+    """List registered model versions, their aliases, and the audit history."""
+    from conveyor.tracking.registry import history, list_versions
+
+    settings = _settings()
+    with _errors(as_json):
+        versions = list_versions(settings)
+        records = history(settings, settings.model_name)
+    if as_json:
+        _emit_json(
+            {
+                "model": settings.model_name,
+                "versions": [v.__dict__ for v in versions],
+                "history": [r.__dict__ for r in records],
+            }
+        )
+        return
+    table = Table(title=f"model {settings.model_name}")
+    for column in ("version", "aliases", "created", "run"):
+        table.add_column(column)
+    for v in versions:
+        table.add_row(str(v.version), ", ".join(v.aliases), v.created.strftime("%Y-%m-%d %H:%M:%S"), v.run_id or "")
+    out.print(table)
+    log = Table(title="history")
+    for column in ("when", "who", "action", "version", "why"):
+        log.add_column(column)
+    for r in records:
+        log.add_row(r.at.strftime("%Y-%m-%d %H:%M:%S"), r.actor, r.action, str(r.details.get("version", "")), r.reason)
+    out.print(log)
+
+
+@app.command()
+def promote(
+    version: Annotated[int | None, typer.Argument(help="Version to make champion; default the challenger.")] = None,
+    reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "promoted by hand",
+    as_json: JsonOption = False,
+) -> None:
+    """Make a version (default: the challenger) the champion."""
+    from conveyor.tracking.registry import promote as run_promote
+
+    with _errors(as_json):
+        target = run_promote(_settings(), version, reason)
+    if as_json:
+        _emit_json({"champion": target})
+    else:
+        out.print(f"version {target} is now the champion")
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "rolled back by hand",
+    as_json: JsonOption = False,
+) -> None:
+    """Give the champion alias back to the previous champion."""
+    from conveyor.tracking.registry import rollback as run_rollback
+
+    with _errors(as_json):
+        target = run_rollback(_settings(), reason)
+    if as_json:
+        _emit_json({"champion": target})
+    else:
+        out.print(f"rolled back: version {target} is the champion again")
+
+
+@app.command()
 def demo(
     n_per_class: Annotated[int, typer.Option(help="Images per class in the generated set.")] = 60,
     seed: Annotated[int, typer.Option(help="Seed of the generator; the same seed gives the same images.")] = 0,
@@ -212,4 +331,7 @@ def demo(
 
 def main() -> None:
     """Entry point of the ``conveyor`` script."""
+    from conveyor.tracking.setup import disable_telemetry
+
+    disable_telemetry()
     app()

@@ -22,7 +22,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-__all__ = ["FeatureSettings", "IngestSettings", "PreprocessSettings", "Settings", "get_settings"]
+__all__ = ["FeatureSettings", "IngestSettings", "PreprocessSettings", "Settings", "TrainingSettings", "get_settings"]
 
 CONFIG_FILE_NAME = "conveyor.yaml"
 
@@ -88,6 +88,23 @@ class FeatureSettings(BaseModel):
     )
 
 
+class TrainingSettings(BaseModel):
+    """What ``conveyor train`` crosses and how it judges."""
+
+    extractors: list[str] | None = Field(
+        None, description="Feature tables to train on; default every configured extractor plus 'all' (side by side)."
+    )
+    families: list[str] = Field(
+        default_factory=lambda: ["logreg", "svm", "random_forest", "hist_gradient_boosting", "xgboost"],
+        description="Model families (see conveyor.models.FAMILIES); 'cnn' adds the convolutional network.",
+    )
+    cv_folds: int = Field(5, ge=2, le=20, description="Stratified folds of the grid search on the training split.")
+    seed: int = 0
+    positive_class: str | None = Field(None, description="Binary tasks: the class F1 is about (default: last sorted).")
+    bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for the 95% intervals.")
+    calibration: Literal["sigmoid", "isotonic"] = "sigmoid"
+
+
 class Settings(BaseSettings):
     """Everything conveyor can be told; see the module docstring for where values come from."""
 
@@ -97,6 +114,7 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path("workspace"), description="The workspace folder (CONVEYOR_HOME).")
     db_url: str | None = Field(None, description="SQLAlchemy URL of the metadata DB; default a SQLite file in home.")
+    model_name: str = Field("conveyor", description="Name of the model in the MLflow registry.")
     mlflow_tracking_uri: str | None = Field(
         None,
         description="MLflow tracking URI; default a SQLite store in home (MLFLOW_TRACKING_URI also works).",
@@ -104,6 +122,7 @@ class Settings(BaseSettings):
     ingest: IngestSettings = IngestSettings()
     preprocess: PreprocessSettings = PreprocessSettings()
     features: FeatureSettings = FeatureSettings()
+    training: TrainingSettings = TrainingSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -47,7 +47,7 @@ def render_slice(rng: np.random.Generator, size: int, tumour: bool, drift: Drift
     texture = gaussian_filter(rng.normal(0, 1, (size, size)), sigma=size / 40)
     texture /= np.abs(texture).max() + 1e-9
     brain = (r < 0.9) * (0.45 + 0.12 * texture)
-    skull = np.exp(-(((r - 0.95) / 0.035) ** 2)) * 0.85
+    skull = np.exp(-(((r - 0.95) / 0.035) ** 2)) * 0.65  # dimmer than an enhancing lesion, as in T1+contrast
     # Ventricles: two dark lobes near the centre.
     for side in (-1, 1):
         vr = np.sqrt(((yy - cy) / 0.09) ** 2 + ((xx - cx - side * 0.05) / 0.035) ** 2)
@@ -62,7 +62,7 @@ def render_slice(rng: np.random.Generator, size: int, tumour: bool, drift: Drift
         if drift == "lesion":  # dark necrotic core with a thin enhancing rim
             image = image * np.where(d < 1, 0.25, 1.0) + 0.35 * np.exp(-(((d - 1.0) / 0.15) ** 2))
         else:  # a bright, solid lesion
-            image = image + rng.uniform(0.35, 0.5) * np.exp(-(d**2) * 1.5)
+            image = image + rng.uniform(0.4, 0.55) * np.exp(-(d**2) * 1.5)
     noise = 0.02
     if drift == "scanner":
         image = 0.25 + 0.7 * image

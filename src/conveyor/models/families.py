@@ -1,0 +1,120 @@
+"""Model families: a name, an estimator factory and the grid it searches.
+
+The candidate set is open: :func:`register_family` adds one, and the training loop crosses every family with every
+input it accepts (``"features"``: a feature table; ``"image"``: preprocessed pixels) without knowing which family
+it runs. Every tabular family is a pipeline with standardisation inside it, so the scaler is fitted on each
+cross-validation fold's training part only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sklearn.base import BaseEstimator
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+__all__ = ["FAMILIES", "Family", "family", "register_family"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family.
+
+    Attributes:
+        name: its name in tables, MLflow and settings.
+        build: makes a fresh, unfitted estimator (``seed`` in, so results repeat).
+        grid: the parameter grid, with the estimator's parameter names (``clf__C`` for pipelines).
+        input_kind: ``"features"`` or ``"image"``.
+        search: ``"kfold"`` (stratified k-fold CV on the training split) or ``"holdout"`` (one stratified
+            validation split: for families too slow for k fits per grid point).
+    """
+
+    name: str
+    build: Callable[[int], BaseEstimator]
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    input_kind: Literal["features", "image"] = "features"
+    search: Literal["kfold", "holdout"] = "kfold"
+
+
+def _scaled(estimator: BaseEstimator) -> Pipeline:
+    return Pipeline([("scale", StandardScaler()), ("clf", estimator)])
+
+
+def _logreg(seed: int) -> BaseEstimator:
+    from sklearn.linear_model import LogisticRegression
+
+    return _scaled(LogisticRegression(max_iter=5000, class_weight="balanced", random_state=seed))
+
+
+def _svm(seed: int) -> BaseEstimator:
+    from sklearn.svm import SVC
+
+    return _scaled(SVC(kernel="rbf", class_weight="balanced", random_state=seed))
+
+
+def _random_forest(seed: int) -> BaseEstimator:
+    from sklearn.ensemble import RandomForestClassifier
+
+    return _scaled(RandomForestClassifier(n_estimators=300, class_weight="balanced", random_state=seed, n_jobs=1))
+
+
+def _hist_gradient_boosting(seed: int) -> BaseEstimator:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return _scaled(HistGradientBoostingClassifier(class_weight="balanced", random_state=seed, max_iter=200))
+
+
+def _xgboost(seed: int) -> BaseEstimator:
+    from xgboost import XGBClassifier
+
+    return _scaled(XGBClassifier(n_estimators=300, tree_method="hist", n_jobs=1, random_state=seed, verbosity=0))
+
+
+def _cnn(seed: int) -> BaseEstimator:
+    from conveyor.models.cnn import CNNClassifier
+
+    return CNNClassifier(seed=seed, max_epochs=30, patience=5, time_budget_s=120.0)  # per fit of the grid
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(new: Family) -> Family:
+    """Add (or replace) a family in the registry."""
+    FAMILIES[new.name] = new
+    return new
+
+
+for _family in (
+    Family("logreg", _logreg, {"clf__C": [0.01, 0.1, 1.0, 10.0]}),
+    Family("svm", _svm, {"clf__C": [0.3, 1.0, 3.0, 10.0], "clf__gamma": ["scale"]}),
+    Family("random_forest", _random_forest, {"clf__max_depth": [None, 10], "clf__min_samples_leaf": [1, 3]}),
+    Family(
+        "hist_gradient_boosting",
+        _hist_gradient_boosting,
+        {"clf__learning_rate": [0.05, 0.1], "clf__max_depth": [None, 4]},
+    ),
+    Family("xgboost", _xgboost, {"clf__max_depth": [3, 6], "clf__learning_rate": [0.05, 0.1]}),
+    Family(
+        "cnn",
+        _cnn,
+        {"learning_rate": [1e-3, 3e-3], "width": [8, 16]},
+        input_kind="image",
+        search="holdout",
+    ),
+):
+    register_family(_family)
+
+
+def family(name: str) -> Family:
+    """A registered family by name.
+
+    Raises:
+        KeyError: with the names that exist.
+    """
+    if name not in FAMILIES:
+        raise KeyError(f"model family {name!r} does not exist; known: {sorted(FAMILIES)}")
+    return FAMILIES[name]

@@ -1,0 +1,113 @@
+"""The registered model: raw image bytes in, probabilities per class out.
+
+It carries everything inference needs (preprocessing settings, the extractors and their parameters, the fitted
+classifier, the class names) and runs :class:`~conveyor.features.pipeline.FeaturePipeline`, the code the feature
+store ran, so serving computes exactly what training saw. Loaded once in ``load_context``.
+
+Input: a DataFrame with a column ``image`` holding the file's bytes (base64 text is accepted too, as
+``mlflow models serve`` receives it), or a column ``path``. Output: a DataFrame with ``label``, ``confidence`` and
+one ``proba_<class>`` column per class.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+try:  # MLflow is a dependency, but keep this module importable for type checks without it
+    from mlflow.pyfunc import PythonModel
+except ImportError:  # pragma: no cover
+    PythonModel = object  # type: ignore[misc,assignment]
+
+__all__ = ["ConveyorModel", "ModelSpec", "decode_inputs"]
+
+
+class ModelSpec(dict[str, Any]):
+    """The JSON document stored beside the classifier: ``input_kind``, ``preprocess``, ``extractors``, ``classes``,
+    ``positive``, ``family``, ``extractor``, ``dataset_version``."""
+
+
+def decode_inputs(model_input: pd.DataFrame) -> list[bytes]:
+    """The image bytes of each row.
+
+    Raises:
+        ValueError: no ``image`` or ``path`` column, a value that is neither bytes nor base64, or an unreadable path.
+    """
+    if "image" in model_input.columns:
+        out = []
+        for index, value in enumerate(model_input["image"]):
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                out.append(bytes(value))
+            elif isinstance(value, str):
+                try:
+                    out.append(base64.b64decode(value, validate=True))
+                except (binascii.Error, ValueError) as exc:
+                    raise ValueError(f"row {index}: 'image' is text but not base64: {exc}") from exc
+            else:
+                raise ValueError(f"row {index}: 'image' must be bytes or base64 text, got {type(value).__name__}")
+        return out
+    if "path" in model_input.columns:
+        try:
+            return [Path(str(p)).read_bytes() for p in model_input["path"]]
+        except OSError as exc:
+            raise ValueError(f"cannot read an input path: {exc}") from exc
+    raise ValueError(f"the input needs a column 'image' (bytes or base64) or 'path', got {list(model_input.columns)}")
+
+
+class ConveyorModel(PythonModel):
+    """MLflow pyfunc model wrapping conveyor's preprocessing, features and a fitted classifier."""
+
+    def load_context(self, context: Any) -> None:
+        import joblib
+
+        from conveyor.config import PreprocessSettings
+        from conveyor.features.pipeline import FeaturePipeline
+
+        self.spec = ModelSpec(json.loads(Path(context.artifacts["spec"]).read_text()))
+        self.classifier = joblib.load(context.artifacts["classifier"])
+        self.classes: list[str] = list(self.spec["classes"])
+        self.pipeline = FeaturePipeline(
+            PreprocessSettings(**self.spec["preprocess"]), [(n, p) for n, p in self.spec["extractors"]]
+        )
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from conveyor.errors import InvalidImageError
+
+        try:
+            blobs = decode_inputs(model_input)
+            images = [self.pipeline.image(blob) for blob in blobs]
+        except (ValueError, InvalidImageError) as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
+        proba = self.predict_images(images)
+        return self.to_frame(proba)
+
+    def predict_images(self, images: list[np.ndarray]) -> np.ndarray:
+        """Probabilities (n, classes) of preprocessed images."""
+        if not images:
+            return np.empty((0, len(self.classes)))
+        if self.spec["input_kind"] == "image":
+            inputs: Any = np.stack(images)
+        else:
+            inputs = self.pipeline.vectors(self.pipeline.prepare(images))
+        return np.asarray(self.classifier.predict_proba(inputs), dtype=np.float64)
+
+    def to_frame(self, proba: np.ndarray) -> pd.DataFrame:
+        best = proba.argmax(axis=1) if len(proba) else np.empty(0, dtype=int)
+        frame = pd.DataFrame(
+            {
+                "label": [self.classes[i] for i in best],
+                "confidence": proba.max(axis=1) if len(proba) else np.empty(0),
+            }
+        )
+        for index, name in enumerate(self.classes):
+            frame[f"proba_{name}"] = proba[:, index] if len(proba) else np.empty(0)
+        return frame
