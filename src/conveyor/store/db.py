@@ -40,8 +40,20 @@ def get_engine(url: str) -> Engine:
     return engine
 
 
+#: Modules that declare tables on :class:`~conveyor.store.models.Base`: each stage owns its tables.
+TABLE_MODULES = ("conveyor.store.models", "conveyor.serving.tables", "conveyor.monitoring.tables")
+
+
 def create_schema(engine: Engine) -> None:
-    """Create the tables that do not exist yet (idempotent)."""
+    """Create the tables that do not exist yet (idempotent), for every stage that declares some."""
+    import importlib
+
+    for name in TABLE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # the module exists but something it imports does not
+                raise
     Base.metadata.create_all(engine)
 
 
