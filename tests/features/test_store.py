@@ -139,3 +139,15 @@ def test_fitted_grids_are_refused_for_a_master_table(tmp_path: Path) -> None:
     settings = make_settings(tmp_path / "ws", params={"landscape": {"fit_grids": True}})
     with pytest.raises(ConfigError, match="fit_grids: a master table needs fixed grids"):
         compute_features(settings)
+
+
+def test_many_parts_are_compacted_into_one(workspace: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "_COMPACT_AFTER", 3)
+    monkeypatch.setattr(store, "_CHUNK", 2)
+    monkeypatch.setattr(store, "_PART_ROWS", 2)
+    monkeypatch.setattr(store, "_DIAGRAM_PART_ROWS", 2)
+    compute_features(workspace, workers=1)
+    table = table_for(workspace, make_extractor("intensity")).path
+    assert len(list(table.glob("part-*.parquet"))) == 1
+    assert len(list(store.diagrams_dir(workspace).glob("part-*.parquet"))) == 1
+    assert len(read_table(table)) == 10

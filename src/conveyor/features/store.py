@@ -143,12 +143,21 @@ def _write_part(path: Path, frame: pa.Table) -> None:
 
 
 def _compact(path: Path) -> None:
-    """Merge a table's parts into one once there are many (write the merged part first, then drop the old ones)."""
+    """Merge a table's parts into one once there are many, streaming one part at a time (memory stays flat).
+
+    The merged part is written (atomically) before the old ones are removed; a kill in between leaves rows twice,
+    which :func:`read_table` resolves by keeping the last.
+    """
     parts = sorted(path.glob("part-*.parquet"))
     if len(parts) < _COMPACT_AFTER:
         return
-    merged = read_table(path).reset_index()
-    _write_part(path, pa.Table.from_pandas(merged, preserve_index=False))
+    schema = pq.read_schema(parts[0])
+    name = f"part-{pd.Timestamp.now('UTC').strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = path / f".{name}.tmp"
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for part in parts:
+            writer.write_table(pq.read_table(part, schema=schema))
+    os.replace(tmp, path / name)
     for part in parts:
         part.unlink()
 
