@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install browser demo test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,11 @@ install: $(STAMP)
 demo: install  ## generate the embedded demo data and run conveyor on it
 	$(BIN)/conveyor demo
 
-test: install  ## the test suite (PostgreSQL cases skip, with the reason, where no server answers)
+browser:  ## Debian's Chromium and ChromeDriver for the browser test (needs root; without them that test skips)
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+		|| echo "Chromium could not be installed: the browser test will skip"
+
+test: install browser  ## the test suite (PostgreSQL and browser cases skip, with the reason, where unavailable)
 	$(BIN)/python -m pytest
 
 lint: install  ## ruff and mypy
@@ -26,8 +30,11 @@ lint: install  ## ruff and mypy
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-bench: install  ## speed claims, printed as tables of ratios
+bench: install  ## speed and quality claims, printed as tables of ratios
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/features.py
+	$(BIN)/python benchmarks/cnn.py
+	$(BIN)/python benchmarks/quality.py
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache .mypy_cache .ruff_cache

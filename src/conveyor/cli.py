@@ -27,7 +27,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 140)  # pipes and CI logs get whole tables, not 80 columns
 err = Console(stderr=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object (the summary) on stdout.")]
@@ -202,14 +202,14 @@ def train(
 def _print_training(result: Any) -> None:
     table = Table(title=f"candidates on dataset {result.dataset_version} (best first)")
     for column in ("candidate", "CV F1", "test F1 [95% interval]", "accuracy", "ROC-AUC", "fit s"):
-        table.add_column(column, justify="left" if column == "candidate" else "right")
+        table.add_column(column, justify="left" if column == "candidate" else "right", no_wrap=True)
     for c in result.candidates:
         f1 = c.test.intervals["f1"]
         auc = "-" if c.test.roc_auc is None else f"{c.test.roc_auc:.3f}"
         table.add_row(
             c.name,
             f"{c.cv_f1:.3f} ± {c.cv_f1_std:.3f}",
-            f"{c.test.f1:.3f} [{f1.low:.3f}, {f1.high:.3f}]",
+            f"{c.test.f1:.3f} [{f1.low:.2f}, {f1.high:.2f}]",
             f"{c.test.accuracy:.3f}",
             auc,
             f"{c.fit_seconds:.1f}",
@@ -307,10 +307,11 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the generator; the same seed gives the same images.")] = 0,
     as_json: JsonOption = False,
 ) -> None:
-    """Run conveyor on generated demo data: generate, ingest, compute features."""
+    """Run conveyor on generated demo data: generate, ingest, compute features, train and register a model."""
     from conveyor.data.ingest import ingest as run_ingest
     from conveyor.data.synthetic import SyntheticSpec, generate_dataset
     from conveyor.features.store import compute_features
+    from conveyor.training.train import train as run_train
 
     settings = _settings()
     target = settings.home / "demo" / "original"
@@ -321,12 +322,16 @@ def demo(
             summary = run_ingest(target, settings, on_start=start, on_file=lambda _file: advance(1))
         with _progress("features", not as_json) as (start, advance):
             feature_summary = compute_features(settings, on_start=start, on_progress=advance)
+        with _progress("training", not as_json) as (start, advance):
+            result = run_train(settings, on_start=start, on_candidate=lambda _c: advance(1))
     if as_json:
-        _emit_json({"ingest": summary.to_dict(), "features": feature_summary.to_dict()})
+        _emit_json({"ingest": summary.to_dict(), "features": feature_summary.to_dict(), "train": result.to_dict()})
         return
     out.print(f"demo data: {target}")
     _print_ingest(summary)
     _print_features(feature_summary)
+    _print_training(result)
+    out.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.resolved_tracking_uri}")
 
 
 def main() -> None:
