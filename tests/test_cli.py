@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from conveyor.cli import app
@@ -52,9 +53,41 @@ def test_datasets_lists_versions(tmp_path: Path) -> None:
     assert [v["id"] for v in listed["versions"]] == [version]
 
 
-def test_demo_generates_and_ingests(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["demo", "--n-per-class", "6", "--json"])
+def test_demo_runs_the_line_and_registers_a_champion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_FEATURES__EXTRACTORS", '["intensity"]')
+    monkeypatch.setenv("CONVEYOR_TRAINING__FAMILIES", '["logreg"]')
+    monkeypatch.setenv("CONVEYOR_PREPROCESS__SIZE", "[64, 64]")
+    result = runner.invoke(app, ["demo", "--n-per-class", "40", "--json"])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)["ingest"]
-    assert (summary["seen"], summary["stored"], summary["quarantined"]) == (12, 12, 0)
-    assert summary["by_class"].keys() == {"no_tumour", "tumour"}
+    summary = json.loads(result.stdout)
+    assert (summary["ingest"]["seen"], summary["ingest"]["stored"], summary["ingest"]["quarantined"]) == (80, 80, 0)
+    assert summary["features"]["tables"]["intensity"]["rows"] == 80
+    assert sorted(c["name"] for c in summary["train"]["candidates"]) == ["logreg@all", "logreg@intensity"]
+    assert (summary["train"]["registered_version"], summary["train"]["alias"]) == (1, "champion")
+
+
+def test_conflict_is_listed_then_resolved_into_a_new_dataset_version(tmp_path: Path) -> None:
+    write(tmp_path / "src" / "yes" / "a.png", png_bytes(seed=1))
+    write(tmp_path / "src" / "yes" / "b.png", png_bytes(seed=2))
+    write(tmp_path / "src" / "no" / "a copy.png", png_bytes(seed=1))
+    before = json.loads(runner.invoke(app, ["ingest", str(tmp_path / "src"), "--json"]).stdout)["dataset_version"]
+    [conflict] = json.loads(runner.invoke(app, ["conflicts", "--json"]).stdout)["conflicts"]
+    assert (conflict["stored_label"], conflict["other_labels"]) == ("no", ["yes"])
+    assert conflict["paths"] == ["no/a copy.png", "yes/a.png"]
+    result = runner.invoke(app, ["conflicts", "--resolve", conflict["sha256"][:10], "--label", "yes", "--json"])
+    assert result.exit_code == 0, result.output
+    after = json.loads(result.stdout)["dataset_version"]
+    assert after != before
+    assert json.loads(runner.invoke(app, ["conflicts", "--json"]).stdout)["conflicts"] == []
+    listed = json.loads(runner.invoke(app, ["datasets", "--json"]).stdout)["versions"]
+    assert (listed[-1]["id"], listed[-1]["n_images"], list(listed[-1]["by_class"])) == (after, 2, ["yes"])
+
+
+def test_resolving_with_a_label_it_was_never_filed_under_is_refused(tmp_path: Path) -> None:
+    write(tmp_path / "src" / "yes" / "a.png", png_bytes(seed=1))
+    write(tmp_path / "src" / "no" / "a copy.png", png_bytes(seed=1))
+    runner.invoke(app, ["ingest", str(tmp_path / "src")])
+    [conflict] = json.loads(runner.invoke(app, ["conflicts", "--json"]).stdout)["conflicts"]
+    result = runner.invoke(app, ["conflicts", "--resolve", conflict["sha256"], "--label", "maybe", "--json"])
+    assert result.exit_code == 1
+    assert "resolve it as one of them, not 'maybe'" in json.loads(result.stdout)["error"]

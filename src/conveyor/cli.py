@@ -151,6 +151,40 @@ def datasets(as_json: JsonOption = False) -> None:
 
 
 @app.command()
+def conflicts(
+    resolve: Annotated[str | None, typer.Option(help="sha256 (or a unique prefix) of the image to resolve.")] = None,
+    label: Annotated[str | None, typer.Option(help="The label it really has (with --resolve).")] = None,
+    reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """List label conflicts (same bytes under two labels), or resolve one with --resolve SHA --label LABEL."""
+    from conveyor.data.conflicts import list_conflicts, resolve_conflict
+    from conveyor.tracking.registry import actor
+
+    settings = _settings()
+    with _errors(as_json):
+        if resolve is not None:
+            if label is None:
+                raise ConveyorError("--resolve needs --label: the label the image really has")
+            version = resolve_conflict(settings, resolve, label, actor(), reason)
+            if as_json:
+                _emit_json({"resolved": resolve, "label": label, "dataset_version": version})
+            else:
+                out.print(f"resolved {resolve} as {label!r}; dataset version [bold]{version}[/]")
+            return
+        found = list_conflicts(settings)
+    if as_json:
+        _emit_json({"conflicts": [c.__dict__ for c in found]})
+        return
+    table = Table(title=f"label conflicts ({len(found)})")
+    for column in ("sha256", "stored as", "also filed as", "files"):
+        table.add_column(column)
+    for c in found:
+        table.add_row(c.sha256[:16], c.stored_label, ", ".join(c.other_labels), "\n".join(c.paths))
+    out.print(table)
+
+
+@app.command()
 def features(
     workers: Annotated[int | None, typer.Option(help="Processes to use; default every core.")] = None,
     as_json: JsonOption = False,
