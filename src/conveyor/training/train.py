@@ -174,13 +174,18 @@ def train(
         mlflow.log_input(dataset, context="training")
         mlflow.log_params({"dataset_version": vid, "classes": ",".join(classes), "cv_folds": folds, "seed": cfg.seed})
         mlflow.log_dict(settings.preprocess.model_dump(mode="json"), "config/preprocess.json")
-        mlflow.log_dict({e.name: e.config() for e in configured_extractors(settings)}, "config/extractors.json")
+        configs = {e.name: e.config() for e in configured_extractors(settings)}
+        mlflow.log_dict(configs, "config/extractors.json")
+        mlflow.log_text(_environment(), "environment/packages.txt")
         for ex, fam in plan:
             if ex not in inputs:
                 inputs[ex] = _load_inputs(settings, ex, vid, members)
             result = _fit_candidate(ex, fam, inputs[ex], y_train, test_labels, classes, positive, folds, settings)
             with mlflow.start_run(experiment_id=experiment, run_name=result.name, nested=True, tags=run_tags()) as run:
                 _log_candidate(result, dataset, test_labels, inputs[ex].X_test, classes, Path(tmp))
+                mlflow.log_dict(settings.preprocess.model_dump(mode="json"), "config/preprocess.json")
+                used = configs if ex == "all" else {ex: configs[ex]} if ex in configs else {}
+                mlflow.log_dict(used, "config/extractors.json")
                 result.run_id = run.info.run_id
             candidates.append(result)
             if on_candidate is not None:
@@ -214,6 +219,13 @@ def train(
         return TrainResult(
             vid, classes, positive, candidates, baselines, best, calibrated, gate, registered, alias, parent.info.run_id
         )
+
+
+def _environment() -> str:
+    """Every installed distribution and its version, one per line: the environment a run happened in."""
+    from importlib.metadata import distributions
+
+    return "\n".join(sorted(f"{d.metadata['Name']}=={d.version}" for d in distributions())) + "\n"
 
 
 def _load_inputs(settings: Settings, extractor: str, vid: str, members: list[tuple[str, str, str]]) -> _Inputs:
