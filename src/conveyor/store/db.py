@@ -52,7 +52,8 @@ def create_schema(engine: Engine) -> None:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != name:  # the module exists but something it imports does not
+            missing = exc.name or ""
+            if not (name == missing or name.startswith(missing + ".")):  # it exists, but something it imports not
                 raise
     Base.metadata.create_all(engine)
 
