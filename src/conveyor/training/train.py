@@ -369,56 +369,62 @@ def _gate(
     vid: str,
     members: list[tuple[str, str, str]],
 ) -> dict[str, Any]:
-    """Whether the new best may be registered, with the numbers and reasons."""
+    """Whether the new best may be registered, with the numbers and reasons (on ``training.gate_metric``)."""
     from conveyor.tracking.registry import CHAMPION, current_version
 
+    metric = settings.training.gate_metric
+    value = _metric(challenger, metric)
+    interval = challenger.intervals.get(metric)
+    low, high = (interval.low, interval.high) if interval is not None else (value, value)
     reasons: list[str] = []
-    f1_low = challenger.intervals["f1"].low
-    f1_high = challenger.intervals["f1"].high
-    best_baseline = max(baselines, key=lambda name: baselines[name].f1)
-    if not f1_low > baselines[best_baseline].f1:
+    best_baseline = max(baselines, key=lambda name: _metric(baselines[name], metric))
+    baseline_value = _metric(baselines[best_baseline], metric)
+    if not low > baseline_value:
         reasons.append(
-            f"test F1 interval [{f1_low:.3f}, {f1_high:.3f}] does not clear {best_baseline} F1 "
-            f"{baselines[best_baseline].f1:.3f}"
+            f"test {metric} interval [{low:.3f}, {high:.3f}] does not clear {best_baseline} {metric} "
+            f"{baseline_value:.3f}"
         )
     champion_version = current_version(settings, CHAMPION)
-    champion_f1 = None
+    champion_value = None
     if champion_version is not None:
-        champion_f1 = _champion_f1(settings, champion_version, members)
-        if champion_f1 > f1_high:
+        champion_value = _metric(_champion_metrics(settings, champion_version, members), metric)
+        if champion_value > high:
             reasons.append(
-                f"champion v{champion_version} scores F1 {champion_f1:.3f} on this test split, above the "
-                f"challenger's interval [{f1_low:.3f}, {f1_high:.3f}]"
+                f"champion v{champion_version} scores {metric} {champion_value:.3f} on this test split, above the "
+                f"challenger's interval [{low:.3f}, {high:.3f}]"
             )
     return {
         "passed": not reasons,
         "reasons": reasons,
-        "test_f1": challenger.f1,
-        "test_f1_interval": [f1_low, f1_high],
+        "metric": metric,
+        "value": value,
+        "interval": [low, high],
         "best_baseline": best_baseline,
-        "best_baseline_f1": baselines[best_baseline].f1,
+        "best_baseline_value": baseline_value,
         "champion_version": champion_version,
-        "champion_f1": champion_f1,
+        "champion_value": champion_value,
         "dataset_version": vid,
     }
 
 
-def _champion_f1(settings: Settings, version: int, members: list[tuple[str, str, str]]) -> float:
-    """The champion's F1 on the current test split, scored through its own registered pyfunc model."""
+def _metric(metrics: Metrics, name: str) -> float:
+    value = getattr(metrics, name)
+    return float("nan") if value is None else float(value)
+
+
+def _champion_metrics(settings: Settings, version: int, members: list[tuple[str, str, str]]) -> Metrics:
+    """The champion's metrics on the current test split, scored through its own registered pyfunc model."""
     import mlflow.pyfunc
 
     model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
     test = [(sha, label) for sha, label, split in members if split == "test"]
     raw = _raw_paths(settings, [sha for sha, _ in test])
-    frame = pd.DataFrame({"path": [str(raw[sha]) for sha, _ in test]})
-    out = model.predict(frame)
-    classes = sorted(
-        {label for _, label in test} | {c.removeprefix("proba_") for c in out.columns if c.startswith("proba_")}
-    )
-    proba = np.column_stack([out.get(f"proba_{c}", pd.Series(np.zeros(len(out)))).to_numpy() for c in classes])
-    metrics = evaluate([label for _, label in test], list(out["label"]), proba, classes,
-                       positive=positive_class(classes, settings.training.positive_class), n_boot=100)  # fmt: skip
-    return float(metrics.f1)
+    out = model.predict(pd.DataFrame({"image": [raw[sha].read_bytes() for sha, _ in test]}))
+    served = [c.removeprefix("proba_") for c in out.columns if c.startswith("proba_")]
+    classes = sorted({label for _, label in test} | set(served))
+    proba = np.column_stack([out[f"proba_{c}"] if c in served else np.zeros(len(out)) for c in classes])
+    positive = positive_class(classes, settings.training.positive_class)
+    return evaluate([label for _, label in test], list(out["label"]), proba, classes, positive=positive, n_boot=100)
 
 
 def _model_spec(
