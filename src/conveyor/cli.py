@@ -368,6 +368,16 @@ def demo(
     out.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.resolved_tracking_uri}")
 
 
+def _register_stage_commands() -> None:
+    """Commands that live beside their stage (monitoring, serving)."""
+    from conveyor.monitoring.commands import monitor
+
+    app.command()(monitor)
+
+
+_register_stage_commands()
+
+
 def main() -> None:
     """Entry point of the ``conveyor`` script."""
     from conveyor.tracking.setup import disable_telemetry

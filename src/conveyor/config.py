@@ -22,6 +22,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from conveyor.monitoring.settings import MonitoringSettings
+
 __all__ = ["FeatureSettings", "IngestSettings", "PreprocessSettings", "Settings", "TrainingSettings", "get_settings"]
 
 CONFIG_FILE_NAME = "conveyor.yaml"
@@ -128,6 +130,7 @@ class Settings(BaseSettings):
     preprocess: PreprocessSettings = PreprocessSettings()
     features: FeatureSettings = FeatureSettings()
     training: TrainingSettings = TrainingSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,100 @@
+"""Alert rules over a monitoring summary, and the webhook that carries fired ones to a person."""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from conveyor.monitoring.settings import AlertRules
+
+__all__ = ["Alert", "evaluate_rules", "post_webhook"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One fired rule: its name, the measured value, the threshold it reached, and a sentence."""
+
+    rule: str
+    value: float
+    threshold: float
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _reaches(value: float, threshold: float) -> bool:
+    return value >= threshold - 1e-9  # 0.95 - 0.85 is 0.0999...: a drop of 0.1 reaches a rule of 0.1
+
+
+def evaluate_rules(
+    rules: AlertRules,
+    *,
+    drift_share: float | None,
+    drifted_columns: list[str],
+    f1: float | None,
+    champion_f1: float | None,
+    ood_share: float | None,
+) -> list[Alert]:
+    """The rules that fire; a measure that is None (no labels, no champion test F1) fires nothing. Each fired rule
+    is logged at WARNING."""
+    fired: list[Alert] = []
+    if rules.drift_share is not None and drift_share is not None and _reaches(drift_share, rules.drift_share):
+        shown = ", ".join(drifted_columns[:8]) + (" ..." if len(drifted_columns) > 8 else "")
+        fired.append(
+            Alert(
+                "drift_share",
+                drift_share,
+                rules.drift_share,
+                f"{drift_share:.0%} of columns drifted (rule: {rules.drift_share:.0%}): {shown}",
+            )
+        )
+    if rules.f1_drop is not None and f1 is not None and champion_f1 is not None:
+        drop = champion_f1 - f1
+        if _reaches(drop, rules.f1_drop):
+            fired.append(
+                Alert(
+                    "f1_drop",
+                    drop,
+                    rules.f1_drop,
+                    f"F1 {f1:.3f} on the batch is {drop:.3f} below the champion's test F1 "
+                    f"{champion_f1:.3f} (rule: {rules.f1_drop:.3f})",
+                )
+            )
+    if rules.ood_share is not None and ood_share is not None and _reaches(ood_share, rules.ood_share):
+        fired.append(
+            Alert(
+                "ood_share",
+                ood_share,
+                rules.ood_share,
+                f"{ood_share:.0%} of inputs are out of the training distribution (rule: {rules.ood_share:.0%})",
+            )
+        )
+    for alert in fired:
+        log.warning("monitoring alert %s: %s", alert.rule, alert.message)
+    return fired
+
+
+def post_webhook(url: str, payload: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """POST ``payload`` as JSON to ``url``; never raises (a dead webhook must not lose the monitoring run).
+
+    Returns:
+        ``{"url", "sent": bool, "status"}`` or ``{"url", "sent": False, "error"}``.
+    """
+    body = json.dumps(payload, default=str).encode()
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": "application/json", "User-Agent": "conveyor-monitor"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status = int(response.status)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        log.warning("monitoring webhook %s failed: %s", url, exc)
+        return {"url": url, "sent": False, "error": str(exc)}
+    return {"url": url, "sent": 200 <= status < 300, "status": status}

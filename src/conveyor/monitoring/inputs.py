@@ -1,0 +1,274 @@
+"""What monitoring compares: the champion, its reference (its training data) and the current data.
+
+Edges only: these functions read the registry, the metadata DB, the feature store and image files, and hand pure
+tables to :mod:`conveyor.monitoring.monitor`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine, select
+
+from conveyor.config import PreprocessSettings, Settings
+from conveyor.errors import ConveyorError, InvalidImageError, NotFoundError
+from conveyor.store.db import session_scope
+from conveyor.store.models import Image
+
+__all__ = [
+    "IMAGE_STAT_KINDS",
+    "Champion",
+    "Current",
+    "Reference",
+    "image_stats_from_db",
+    "image_stats_of",
+    "load_champion",
+    "load_reference",
+    "monitored_extractors",
+    "read_features",
+]
+
+IMAGE_STAT_KINDS: dict[str, str] = {
+    "width": "numerical",
+    "height": "numerical",
+    "aspect": "numerical",
+    "brightness": "numerical",
+    "contrast": "numerical",
+    "bit_depth": "numerical",
+    "channels": "numerical",
+    "format": "categorical",
+    "mode": "categorical",
+}
+"""Image-level statistics compared for drift, and how each is tested."""
+
+
+@dataclass
+class Champion:
+    """The model that serves: its registry version, the loaded pyfunc python model, its spec and test F1."""
+
+    version: int
+    model: Any
+    spec: dict[str, Any]
+    test_f1: float | None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.spec["classes"])
+
+
+@dataclass
+class Reference:
+    """The champion's training data: train split of its dataset version."""
+
+    version: str
+    shas: list[str]
+    labels: list[str]
+    features: pd.DataFrame | None  # indexed by sha256, the monitored feature columns
+    image_stats: pd.DataFrame
+    proba: np.ndarray | None = None  # the champion's probabilities on it (feature models)
+
+
+@dataclass
+class Current:
+    """The data being monitored, one row per input, aligned across every field."""
+
+    kind: str  # "batch" or "log"
+    source: str
+    names: list[str]
+    proba: np.ndarray
+    labels: list[str | None]
+    features: pd.DataFrame | None = None
+    image_stats: pd.DataFrame | None = None
+    dataset_version: str | None = None
+    model_version: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def labelled(self) -> list[int]:
+        return [i for i, label in enumerate(self.labels) if label is not None]
+
+
+def load_champion(settings: Settings) -> Champion:
+    """The champion from the registry, with its test F1 from the audit log.
+
+    Raises:
+        NotFoundError: no model holds the champion alias.
+    """
+    import mlflow.pyfunc
+
+    from conveyor.tracking.registry import CHAMPION, current_version, history
+    from conveyor.tracking.setup import configure_mlflow
+
+    configure_mlflow(settings)
+    version = current_version(settings, CHAMPION)
+    if version is None:
+        raise NotFoundError(f"model {settings.model_name!r} has no champion to monitor: run `conveyor train` first")
+    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}").unwrap_python_model()
+    test_f1 = None
+    for record in history(settings, settings.model_name):
+        if record.action == f"set_{CHAMPION}" and record.details.get("version") == version:
+            metrics = record.details.get("metrics") or {}
+            test_f1 = metrics.get("test_f1", test_f1)
+    return Champion(version, model, dict(model.spec), None if test_f1 is None else float(test_f1))
+
+
+def monitored_extractors(settings: Settings, champion: Champion) -> list[tuple[str, dict[str, Any]]]:
+    """The feature tables drift and OOD look at: the champion's own extractors; for a model on pixels, the intensity
+    features if the workspace computes them (else none: image statistics only)."""
+    if champion.spec.get("input_kind") == "features" and champion.spec.get("extractors"):
+        return [(name, dict(params)) for name, params in champion.spec["extractors"]]
+    if "intensity" in settings.features.extractors:
+        return [("intensity", dict(settings.features.params.get("intensity", {})))]
+    return []
+
+
+def _column_names(extractors: Sequence[tuple[str, dict[str, Any]]], name: str, columns: Sequence[str]) -> list[str]:
+    return [f"{name}__{c}" for c in columns] if len(extractors) > 1 else [str(c) for c in columns]
+
+
+def read_features(
+    settings: Settings, champion: Champion, extractors: Sequence[tuple[str, dict[str, Any]]], shas: Sequence[str]
+) -> tuple[pd.DataFrame, list[str]]:
+    """The stored feature rows of ``shas`` (in that order) from the master tables the champion was trained on.
+
+    Returns:
+        ``(frame, missing)``: rows of the shas every table has, and the shas some table lacks.
+    """
+    from conveyor.features.extractors import make_extractor
+    from conveyor.features.store import read_table, table_for
+
+    local = settings.model_copy(update={"preprocess": PreprocessSettings(**champion.spec["preprocess"])})
+    wanted = pd.Index(shas)
+    frames = []
+    for name, params in extractors:
+        table = read_table(table_for(local, make_extractor(name, **params)).path)
+        frames.append(table.set_axis(_column_names(extractors, name, list(table.columns)), axis=1))
+    if not frames:
+        return pd.DataFrame(index=wanted), []
+    present = wanted
+    for frame in frames:
+        present = present[present.isin(frame.index)]
+    missing = [sha for sha in shas if sha not in set(present)]
+    joined = pd.concat([f.reindex(present) for f in frames], axis=1)
+    return joined, missing
+
+
+def compute_features_of(
+    champion: Champion, extractors: Sequence[tuple[str, dict[str, Any]]], images: Sequence[np.ndarray]
+) -> pd.DataFrame:
+    """Features of preprocessed images, computed with the same pipeline the store runs (not stored)."""
+    from conveyor.features.pipeline import FeaturePipeline
+
+    pipeline = FeaturePipeline(PreprocessSettings(**champion.spec["preprocess"]), list(extractors))
+    parts = pipeline.transform(pipeline.prepare(list(images)))
+    if not parts:
+        return pd.DataFrame(index=range(len(images)))
+    columns = pipeline.columns()
+    frames = [
+        pd.DataFrame(parts[name], columns=_column_names(extractors, name, columns[name])) for name, _ in extractors
+    ]
+    return pd.concat(frames, axis=1)
+
+
+def image_stats_from_db(engine: Engine, shas: Sequence[str]) -> pd.DataFrame:
+    """Image-level statistics of stored images, indexed by sha256 in the order of ``shas``."""
+    rows: list[dict[str, Any]] = []
+    unique = list(dict.fromkeys(shas))
+    with session_scope(engine) as session:
+        for start in range(0, len(unique), 5000):
+            chunk = unique[start : start + 5000]
+            query = select(
+                Image.sha256,
+                Image.width,
+                Image.height,
+                Image.brightness,
+                Image.contrast,
+                Image.bit_depth,
+                Image.channels,
+                Image.format,
+                Image.mode,
+            ).where(Image.sha256.in_(chunk))
+            rows.extend(r._asdict() for r in session.execute(query))
+    frame = pd.DataFrame(
+        rows, columns=["sha256", "width", "height", "brightness", "contrast", "bit_depth", "channels", "format", "mode"]
+    ).set_index("sha256")
+    frame = frame.reindex(list(shas))
+    frame.insert(2, "aspect", frame["width"] / frame["height"])
+    return frame
+
+
+def image_stats_of(inspections: Sequence[Any]) -> pd.DataFrame:
+    """Image-level statistics of :class:`conveyor.data.ingest.Inspection` objects (files read, not ingested)."""
+    rows = [
+        {
+            "width": i.width,
+            "height": i.height,
+            "aspect": i.width / i.height,
+            "brightness": i.brightness,
+            "contrast": i.contrast,
+            "bit_depth": i.bit_depth,
+            "channels": i.channels,
+            "format": i.format,
+            "mode": i.mode,
+        }
+        for i in inspections
+    ]
+    return pd.DataFrame(rows, columns=list(IMAGE_STAT_KINDS))
+
+
+def load_reference(settings: Settings, engine: Engine, champion: Champion) -> Reference:
+    """The champion's training data: the train split of its dataset version, its stored features and statistics.
+
+    Raises:
+        NotFoundError: the dataset version is gone, or its features were never computed.
+    """
+    from conveyor.data.versions import dataset_members
+
+    version = str(champion.spec["dataset_version"])
+    members = [(sha, label) for sha, label, split in dataset_members(engine, version) if split == "train"]
+    if not members:
+        raise NotFoundError(f"dataset version {version} (the champion's training data) has no train split")
+    shas = [sha for sha, _ in members]
+    extractors = monitored_extractors(settings, champion)
+    features = None
+    proba = None
+    if extractors:
+        features, missing = read_features(settings, champion, extractors, shas)
+        if missing:
+            raise NotFoundError(
+                f"{len(missing)} of the champion's {len(shas)} training images have no stored features for "
+                f"{[n for n, _ in extractors]}: run `conveyor features`"
+            )
+        if champion.spec.get("input_kind") == "features":
+            proba = np.asarray(champion.model.classifier.predict_proba(features.to_numpy()), dtype=np.float64)
+    return Reference(version, shas, [label for _, label in members], features, image_stats_from_db(engine, shas), proba)
+
+
+def read_image_file(champion: Champion, path: Path, limits: Any) -> tuple[Any, np.ndarray]:
+    """Inspect and preprocess one file with the champion's pipeline.
+
+    Raises:
+        InvalidImageError: not a usable image.
+    """
+    from conveyor.data.ingest import inspect_image
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidImageError("unreadable", f"{path}: {exc}") from exc
+    return inspect_image(data, limits), champion.model.pipeline.image(data)
+
+
+def predict(champion: Champion, features: pd.DataFrame | None, images: Sequence[np.ndarray] | None) -> np.ndarray:
+    """The champion's probabilities: from stored features for a feature model (the same numbers its pipeline
+    computes), from preprocessed images otherwise."""
+    if champion.spec.get("input_kind") == "features":
+        if features is None:
+            raise ConveyorError("a feature model needs the features of the current images")
+        return np.asarray(champion.model.classifier.predict_proba(features.to_numpy()), dtype=np.float64)
+    return np.asarray(champion.model.predict_images(list(images or [])), dtype=np.float64)

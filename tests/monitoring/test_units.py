@@ -1,0 +1,161 @@
+"""Pure parts of monitoring: drift tests, OOD, alert rules, retrain policy, webhook, settings."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conveyor.errors import ConveyorError
+from conveyor.monitoring.alerts import Alert, evaluate_rules, post_webhook
+from conveyor.monitoring.drift import column_drift, drift_table
+from conveyor.monitoring.ood import OODDetector
+from conveyor.monitoring.policy import decide_retrain
+from conveyor.monitoring.settings import AlertRules, MonitoringSettings, RetrainPolicy, monitoring_settings
+
+
+def frames(n_ref: int, n_cur: int, shift: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(0)
+    ref = pd.DataFrame({"a": rng.normal(size=n_ref), "b": rng.normal(size=n_ref), "fmt": ["PNG"] * n_ref})
+    cur = pd.DataFrame({"a": rng.normal(size=n_cur) + shift, "b": rng.normal(size=n_cur), "fmt": ["PNG"] * n_cur})
+    return ref, cur
+
+
+@pytest.mark.parametrize(
+    ("n_ref", "method"),
+    [(500, "ks"), (5000, "wasserstein")],  # Evidently's choice: K-S up to 1,000 reference rows, Wasserstein beyond
+)
+def test_drift_uses_evidentlys_default_test_and_flags_the_moved_column(n_ref: int, method: str) -> None:
+    ref, cur = frames(n_ref, 2000, shift=2.0)
+    result = drift_table(ref, cur, {"a": "numerical", "b": "numerical", "fmt": "categorical"})
+    assert [c.method for c in result.columns[:2]] == [method, method]
+    assert result.drifted_columns == ["a"]
+    assert result.share == pytest.approx(1 / 3)
+
+
+def test_a_constant_column_on_both_sides_has_not_drifted() -> None:
+    drift = column_drift(pd.Series([8] * 50, name="bit_depth"), pd.Series([8] * 10, name="bit_depth"), "numerical")
+    assert drift.drifted is False
+
+
+def test_a_new_format_is_drift() -> None:
+    drift = column_drift(pd.Series(["PNG"] * 50, name="f"), pd.Series(["JPEG"] * 10, name="f"), "categorical")
+    assert (drift.method, drift.drifted) == ("z", True)
+
+
+def test_drift_of_an_empty_column_is_an_error() -> None:
+    with pytest.raises(ConveyorError, match="current data has no value"):
+        column_drift(pd.Series([1.0, 2.0], name="x"), pd.Series([np.nan], name="x"), "numerical")
+
+
+def test_ood_flags_far_rows_and_few_near_ones() -> None:
+    rng = np.random.default_rng(1)
+    reference = rng.normal(size=(400, 10))
+    detector = OODDetector(quantile=0.99).fit(reference)
+    near = detector.flags(rng.normal(size=(400, 10))).mean()
+    assert near < 0.05
+    assert detector.flags(rng.normal(size=(20, 10)) + 6.0).all()
+
+
+def test_ood_needs_a_reference() -> None:
+    with pytest.raises(ConveyorError, match="at least 3 rows"):
+        OODDetector().fit(np.zeros((2, 4)))
+
+
+@pytest.mark.parametrize(
+    ("drift_share", "f1", "ood_share", "fired"),
+    [
+        (0.0, 0.95, 0.0, []),
+        (0.5, 0.95, 0.0, ["drift_share"]),  # a rule fires at its threshold
+        (0.1, 0.85, 0.0, ["f1_drop"]),  # 0.95 - 0.85 = 0.10
+        (0.1, None, 0.3, ["ood_share"]),  # no labels: no F1 rule
+        (0.9, 0.5, 0.9, ["drift_share", "f1_drop", "ood_share"]),
+    ],
+)
+def test_alert_rules(drift_share: float, f1: float | None, ood_share: float, fired: list[str]) -> None:
+    rules = AlertRules(drift_share=0.5, f1_drop=0.1, ood_share=0.2)
+    alerts = evaluate_rules(
+        rules, drift_share=drift_share, drifted_columns=["x"], f1=f1, champion_f1=0.95, ood_share=ood_share
+    )
+    assert [a.rule for a in alerts] == fired
+
+
+def test_a_rule_set_to_none_never_fires() -> None:
+    rules = AlertRules(drift_share=None, f1_drop=None, ood_share=None)
+    assert evaluate_rules(rules, drift_share=1.0, drifted_columns=[], f1=0.0, champion_f1=1.0, ood_share=1.0) == []
+
+
+DRIFT = Alert("drift_share", 0.8, 0.5, "80% of columns drifted")
+DROP = Alert("f1_drop", 0.3, 0.1, "F1 dropped")
+
+
+@pytest.mark.parametrize(
+    ("alerts", "new_labelled", "retrain", "reason_start"),
+    [
+        ([], 0, False, "no rule fired and 0 new labelled images"),
+        ([], 200, True, "200 new labelled images since the champion's data"),
+        ([DROP], 5, True, "F1 dropped"),
+        ([DRIFT], 20, True, "80% of columns drifted"),
+        ([DRIFT], 3, False, "drift, but only 3 new labelled images"),
+        ([DRIFT, DROP], 3, True, "F1 dropped; drift, but only 3"),
+    ],
+)
+def test_retrain_policy(alerts: list[Alert], new_labelled: int, retrain: bool, reason_start: str) -> None:
+    decision = decide_retrain(RetrainPolicy(min_new_labelled=200, min_labelled_for_drift=10), alerts, new_labelled)
+    assert decision.retrain is retrain
+    assert decision.reason.startswith(reason_start)
+    assert decision.new_labelled == new_labelled
+
+
+def test_retrain_policy_can_ignore_drift_and_drops() -> None:
+    policy = RetrainPolicy(on_drift=False, on_performance_drop=False)
+    assert decide_retrain(policy, [DRIFT, DROP], 50).retrain is False
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    received: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append({"path": self.path, "type": self.headers["Content-Type"], "body": json.loads(body)})
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook() -> Any:
+    _Recorder.received = []
+    server = HTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", _Recorder.received
+    server.shutdown()
+    server.server_close()
+
+
+def test_webhook_posts_json(webhook: Any) -> None:
+    url, received = webhook
+    result = post_webhook(url, {"alerts": [{"rule": "drift_share"}]})
+    assert result == {"url": url, "sent": True, "status": 204}
+    assert received == [{"path": "/hook", "type": "application/json", "body": {"alerts": [{"rule": "drift_share"}]}}]
+
+
+def test_a_dead_webhook_is_reported_not_raised() -> None:
+    result = post_webhook("http://127.0.0.1:9/nothing", {"x": 1}, timeout=2)
+    assert result["sent"] is False and "error" in result
+
+
+def test_monitoring_settings_default_when_settings_lack_them() -> None:
+    class Bare:
+        pass
+
+    assert monitoring_settings(Bare()) == MonitoringSettings()
+    assert MonitoringSettings().alerts.drift_share == 0.5
