@@ -368,6 +368,67 @@ def demo(
     out.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.resolved_tracking_uri}")
 
 
+@app.command()
+def run(
+    name: Annotated[str, typer.Argument(help="Pipeline: ingest, train or monitor.")],
+    path: Annotated[Path | None, typer.Option(help="Folder or .zip to take in (ingest, monitor).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="Labels CSV (ingest).")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume the last unfinished run with the same parameters.")] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Run one of the three pipelines on the embedded runner; a re-run resumes from the failed task."""
+    from conveyor.pipelines import pipeline, run_pipeline
+
+    settings = _settings()
+    params = {k: str(v) for k, v in (("path", path), ("labels", labels)) if v is not None}
+    shown = not as_json and err.is_terminal
+
+    def report(task: str, status: str) -> None:
+        if shown:
+            err.print(f"  {task}: {status}")
+
+    with _errors(as_json):
+        state = run_pipeline(pipeline(name), settings, params, resume=resume, on_task=report)
+    if as_json:
+        _emit_json(state.to_dict())
+        return
+    table = Table(title=f"pipeline {name}, run {state.run_id}")
+    for column in ("task", "status", "seconds"):
+        table.add_column(column)
+    for task, info in state.tasks.items():
+        table.add_row(task, info["status"], str(info.get("seconds", "")))
+    out.print(table)
+
+
+@app.command()
+def watch(
+    quiet_seconds: Annotated[float, typer.Option(help="How long a file must be unchanged before it is taken.")] = 5.0,
+    once: Annotated[bool, typer.Option(help="Process what is there and stop (for cron or a scheduler).")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Watch incoming/<label>/ and run the monitor pipeline on each new batch of labelled cases."""
+    from conveyor.pipelines.watch import watch as run_watch
+
+    settings = _settings()
+
+    def report(result: Any) -> None:
+        if not as_json:
+            out.print(
+                f"batch {result.batch}: {result.files} files, {result.status}"
+                + (f": {result.error}" if result.error else "")
+            )
+
+    if not once and not as_json:
+        out.print(f"watching {settings.incoming_dir.resolve()}/<label>/ (Ctrl-C to stop)")
+    try:
+        with _errors(as_json):
+            results = run_watch(settings, quiet_seconds=quiet_seconds, once=once, on_batch=report)
+    except KeyboardInterrupt:
+        results = []
+    if as_json:
+        _emit_json({"batches": [r.__dict__ for r in results]})
+
+
 def _register_stage_commands() -> None:
     """Commands that live beside their stage (monitoring, serving)."""
     from conveyor.monitoring.commands import monitor

@@ -1,0 +1,104 @@
+"""The three pipelines of the brain-tumour system, wired from the stage functions (kept as three DAGs).
+
+1. ``ingest``: take a folder in (validate, store, split), then compute every extractor's missing features.
+2. ``train``: make sure the features are complete, then train, compare and register (gate included).
+3. ``monitor``: take a new batch in, monitor it against the champion (the batch's ingest inside the monitor finds
+   it already stored), and when the retrain policy says so (or there is no champion yet), train on all data.
+
+Each task returns a JSON-ready summary, so a run's state on disk says what every step did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from conveyor.config import Settings
+from conveyor.errors import ConfigError
+from conveyor.pipelines.runner import Pipeline, Task
+
+__all__ = ["PIPELINES", "pipeline"]
+
+Outputs = Mapping[str, dict[str, Any]]
+
+
+def _path(params: Mapping[str, Any]) -> Path:
+    if not params.get("path"):
+        raise ConfigError("this pipeline needs a path parameter (the folder or .zip to take in)")
+    return Path(str(params["path"]))
+
+
+def ingest_task(settings: Settings, params: Mapping[str, Any], _up: Outputs) -> dict[str, Any]:
+    from conveyor.data.ingest import ingest
+
+    labels = Path(str(params["labels"])) if params.get("labels") else None
+    summary = ingest(_path(params), settings, labels_csv=labels).to_dict()
+    summary.pop("rejected")  # listed in quarantine/ and in the ingest's own record
+    return summary
+
+
+def features_task(settings: Settings, _params: Mapping[str, Any], _up: Outputs) -> dict[str, Any]:
+    from conveyor.features.store import compute_features
+
+    return compute_features(settings).to_dict()
+
+
+def train_task(settings: Settings, _params: Mapping[str, Any], _up: Outputs) -> dict[str, Any]:
+    from conveyor.training.train import train
+
+    result = train(settings).to_dict()
+    return {key: result[key] for key in ("dataset_version", "best", "gate", "registered_version", "alias")}
+
+
+def monitor_task(settings: Settings, params: Mapping[str, Any], _up: Outputs) -> dict[str, Any]:
+    from conveyor.monitoring.monitor import monitor_batch
+    from conveyor.tracking.registry import CHAMPION, current_version
+
+    if current_version(settings, CHAMPION) is None:  # nothing to monitor against: the first model is due
+        return {"skipped": "no champion yet", "retrain": {"retrain": True, "reasons": ["no champion yet"]}}
+    summary = monitor_batch(_path(params), settings)
+    keep = ("id", "drift_share", "drifted_columns", "performance", "ood_share", "alerts", "retrain", "report")
+    return {key: summary[key] for key in keep if key in summary}
+
+
+def _retrain_wanted(outputs: Outputs) -> bool:
+    return bool(outputs.get("monitor", {}).get("retrain", {}).get("retrain"))
+
+
+PIPELINES: dict[str, Pipeline] = {
+    p.name: p
+    for p in (
+        Pipeline(
+            "ingest",
+            (Task("ingest", ingest_task), Task("features", features_task, ("ingest",))),
+            "take images in and compute their features",
+        ),
+        Pipeline(
+            "train",
+            (Task("features", features_task), Task("train", train_task, ("features",))),
+            "train, compare and register on all data so far",
+        ),
+        Pipeline(
+            "monitor",
+            (
+                Task("ingest", ingest_task),
+                Task("features", features_task, ("ingest",)),
+                Task("monitor", monitor_task, ("features",)),
+                Task("train", train_task, ("monitor",), when=_retrain_wanted),
+            ),
+            "take a new batch in, monitor it against the champion, retrain on all data when the policy says so",
+        ),
+    )
+}
+
+
+def pipeline(name: str) -> Pipeline:
+    """A pipeline by name.
+
+    Raises:
+        ConfigError: no such pipeline.
+    """
+    if name not in PIPELINES:
+        raise ConfigError(f"no pipeline {name!r}; there are {sorted(PIPELINES)}")
+    return PIPELINES[name]
