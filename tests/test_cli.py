@@ -53,17 +53,31 @@ def test_datasets_lists_versions(tmp_path: Path) -> None:
     assert [v["id"] for v in listed["versions"]] == [version]
 
 
-def test_demo_runs_the_line_and_registers_a_champion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.slow
+def test_demo_runs_the_whole_story(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVEYOR_FEATURES__EXTRACTORS", '["intensity"]')
     monkeypatch.setenv("CONVEYOR_TRAINING__FAMILIES", '["logreg"]')
     monkeypatch.setenv("CONVEYOR_PREPROCESS__SIZE", "[64, 64]")
-    result = runner.invoke(app, ["demo", "--n-per-class", "40", "--json"])
+    monkeypatch.setenv("CONVEYOR_MONITORING__RETRAIN__MIN_NEW_LABELLED", "40")
+    result = runner.invoke(app, ["demo", "--n-per-class", "40", "--no-serve", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert (summary["ingest"]["seen"], summary["ingest"]["stored"], summary["ingest"]["quarantined"]) == (80, 80, 0)
     assert summary["features"]["tables"]["intensity"]["rows"] == 80
     assert sorted(c["name"] for c in summary["train"]["candidates"]) == ["logreg@all", "logreg@intensity"]
     assert (summary["train"]["registered_version"], summary["train"]["alias"]) == (1, "champion")
+    same, lesion, large, _fresh = summary["batches"]
+    assert [b["batch"] for b in summary["batches"]] == [
+        "same distribution",
+        "unseen lesion type",
+        "large batch",
+        "fresh test batch",
+    ]
+    assert all(b["status"] == "success" for b in summary["batches"])
+    assert (same["drift_share"], same["retrain"]) == (0.0, False)
+    assert same["model_f1"] > max(same["dummy_by_reference_f1"], same["dummy_by_current_f1"])
+    assert lesion["drift_share"] > 0.2
+    assert (large["files"], large["retrain"]) == (40, True)
 
 
 def test_conflict_is_listed_then_resolved_into_a_new_dataset_version(tmp_path: Path) -> None:

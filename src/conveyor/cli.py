@@ -339,9 +339,11 @@ def rollback(
 def demo(
     n_per_class: Annotated[int, typer.Option(help="Images per class in the generated set.")] = 60,
     seed: Annotated[int, typer.Option(help="Seed of the generator; the same seed gives the same images.")] = 0,
+    story: Annotated[bool, typer.Option(help="Then file four new batches into incoming/ and monitor each.")] = True,
+    serve: Annotated[bool, typer.Option(help="End by serving the champion (--no-serve ends by itself).")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Run conveyor on generated demo data: generate, ingest, compute features, train and register a model."""
+    """The whole line on generated data: generate, ingest, features, train, register, then new batches monitored."""
     from conveyor.data.ingest import ingest as run_ingest
     from conveyor.data.synthetic import SyntheticSpec, generate_dataset
     from conveyor.features.store import compute_features
@@ -358,14 +360,61 @@ def demo(
             feature_summary = compute_features(settings, on_start=start, on_progress=advance)
         with _progress("training", not as_json) as (start, advance):
             result = run_train(settings, on_start=start, on_candidate=lambda _c: advance(1))
+        if not as_json:
+            out.print(f"demo data: {target}")
+            _print_ingest(summary)
+            _print_features(feature_summary)
+            _print_training(result)
+        batches: list[dict[str, Any]] = []
+        if story:
+            from conveyor.pipelines.story import run_story
+
+            with _progress("new batches", not as_json) as (start, advance):
+                start(4)
+                batches = run_story(settings, on_batch=lambda _row: advance(1))
     if as_json:
-        _emit_json({"ingest": summary.to_dict(), "features": feature_summary.to_dict(), "train": result.to_dict()})
+        payload = {"ingest": summary.to_dict(), "features": feature_summary.to_dict(), "train": result.to_dict()}
+        _emit_json({**payload, "batches": batches})
         return
-    out.print(f"demo data: {target}")
-    _print_ingest(summary)
-    _print_features(feature_summary)
-    _print_training(result)
+    if batches:
+        _print_batches(batches)
     out.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.resolved_tracking_uri}")
+    if serve:
+        out.print("[yellow]serving is not part of this build yet; run `conveyor serve` once it is[/]")
+
+
+def _print_batches(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="new batches filed into incoming/")
+    for column in (
+        "batch",
+        "files",
+        "model F1",
+        "dummy ref F1",
+        "dummy cur F1",
+        "drift",
+        "alerts",
+        "retrain",
+        "champion",
+    ):
+        table.add_column(column, no_wrap=True)
+
+    def f(value: Any) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    for r in rows:
+        drift = (
+            "-"
+            if r["drift_share"] is None
+            else f"{r['drift_share']:.0%}" + (" (drift)" if "drift_share" in r["alerts"] else "")
+        )
+        retrain = ("yes" if r["retrain"] else "no") + (
+            f" -> v{r['registered']} {r['alias']}" if r["registered"] else ""
+        )
+        table.add_row(
+            r["batch"], str(r["files"]), f(r["model_f1"]), f(r["dummy_by_reference_f1"]), f(r["dummy_by_current_f1"]),
+            drift, ", ".join(r["alerts"]) or "-", retrain, f"v{r['champion_version']}",
+        )  # fmt: skip
+    out.print(table)
 
 
 @app.command()

@@ -319,12 +319,16 @@ def _fit_candidate(
 
 
 def _mlflow_dataset(members: list[tuple[str, str, str]], vid: str, settings: Settings) -> Any:
+    import warnings
+
     from mlflow.data.pandas_dataset import from_pandas
 
     frame = pd.DataFrame(members, columns=["sha256", "label", "split"])
-    return from_pandas(
-        frame, source=str((settings.home / "raw").resolve()), name=f"conveyor-{vid}", targets="label", digest=vid
-    )
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways": both readings are the folder
+        warnings.simplefilter("ignore", UserWarning)
+        return from_pandas(
+            frame, source=str((settings.home / "raw").resolve()), name=f"conveyor-{vid}", targets="label", digest=vid
+        )
 
 
 def _log_candidate(
