@@ -380,7 +380,9 @@ def demo(
         _print_batches(batches)
     out.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.resolved_tracking_uri}")
     if serve:
-        out.print("[yellow]serving is not part of this build yet; run `conveyor serve` once it is[/]")
+        from conveyor.serving.commands import serve as run_serve
+
+        run_serve()
 
 
 def _print_batches(rows: list[dict[str, Any]]) -> None:
@@ -481,8 +483,11 @@ def watch(
 def _register_stage_commands() -> None:
     """Commands that live beside their stage (monitoring, serving)."""
     from conveyor.monitoring.commands import monitor
+    from conveyor.serving.commands import rollout_app, serve
 
     app.command()(monitor)
+    app.command()(serve)
+    app.add_typer(rollout_app, name="rollout")
 
 
 _register_stage_commands()

@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from conveyor.monitoring.settings import MonitoringSettings
+from conveyor.serving.settings import ServingSettings
 
 __all__ = ["FeatureSettings", "IngestSettings", "PreprocessSettings", "Settings", "TrainingSettings", "get_settings"]
 
@@ -131,6 +132,7 @@ class Settings(BaseSettings):
     features: FeatureSettings = FeatureSettings()
     training: TrainingSettings = TrainingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    serving: ServingSettings = ServingSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -72,7 +72,7 @@ def inspect_image(data: bytes, limits: DecodeLimits) -> Inspection:
     on its short side (the hash needs 17x16): it keeps ingest close to the cost of decoding.
     """
     decoded: DecodedImage = decode_image(data, limits)
-    gray = _reduced_gray(decoded.pixels)
+    gray = reduced_gray(decoded.pixels)
     return Inspection(
         format=decoded.format,
         width=decoded.width,
@@ -87,7 +87,7 @@ def inspect_image(data: bytes, limits: DecodeLimits) -> Inspection:
     )
 
 
-def _reduced_gray(pixels: np.ndarray, short_side: int = 64) -> np.ndarray:
+def reduced_gray(pixels: np.ndarray, short_side: int = 64) -> np.ndarray:
     """(h, w) float32 grayscale in [0, 1], subsampled by an integer stride to about ``short_side``.
 
     A strided view, not an average: it costs a few microseconds, the mean it gives is unbiased, and the hash reduces

@@ -1,0 +1,127 @@
+"""The FastAPI app factory: ``create_app(settings)``.
+
+The champion is loaded once when the app is made; a background task checks the registry aliases and the rollout
+state every ``serving.reload_interval_s`` seconds (and ``POST /v1/admin/reload`` does it at once), so a new champion
+is served without a restart. Errors are part of the API: :class:`~conveyor.errors.InvalidImageError` maps to 413, 415
+or 422 by its reason, other deliberate errors to 404 or 409; anything unexpected is logged and answered 500 with no
+internals in the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from conveyor.config import Settings
+from conveyor.errors import ConfigError, ConveyorError, InvalidImageError, NotFoundError
+from conveyor.serving.metrics import Metrics, MetricsMiddleware
+from conveyor.serving.rollout import serving_settings
+from conveyor.serving.service import ModelUnavailable, PredictionService
+
+__all__ = ["create_app", "status_for"]
+
+log = logging.getLogger(__name__)
+
+#: HTTP status of each InvalidImageError reason; any other reason is 422.
+STATUS_BY_REASON = {
+    "too_large": 413,
+    "too_many_pixels": 413,
+    "too_many_files": 413,
+    "not_an_image": 415,
+    "unsupported_format": 415,
+}
+
+
+def status_for(exc: InvalidImageError) -> int:
+    return STATUS_BY_REASON.get(exc.reason, 422)
+
+
+def _error(
+    request: Request, status: int, detail: str, reason: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    request.state.error_reason = reason
+    return JSONResponse({"detail": detail, "reason": reason}, status_code=status, headers=headers)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The serving app for the workspace of ``settings``.
+
+    Raises:
+        ConfigError: production mode with no admin token.
+    """
+    from conveyor.serving.routes import admin, feedback, health, page, predict
+    from conveyor.workspace import open_workspace
+
+    cfg = serving_settings(settings)
+    if cfg.production and not cfg.admin_token:
+        raise ConfigError("serving.production is set but serving.admin_token is empty: refusing to start")
+    engine = open_workspace(settings)
+    metrics = Metrics()
+    service = PredictionService(settings, engine, on_prediction=metrics.record_prediction)
+    try:
+        service.refresh()
+    except Exception:  # no model registered yet, or the registry is down: not ready, keep polling
+        log.exception("no model could be loaded at start; /readyz answers 503 until one is")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        poller = asyncio.create_task(_poll(service, cfg.reload_interval_s)) if cfg.reload_interval_s > 0 else None
+        try:
+            yield
+        finally:
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+            await run_in_threadpool(service.close)
+
+    app = FastAPI(
+        title="conveyor",
+        summary="Biomedical image classification: predictions, feedback, safe rollout.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.metrics = metrics
+    for module in (predict, feedback, health, admin, page):
+        app.include_router(module.router)
+
+    @app.exception_handler(InvalidImageError)
+    async def invalid_image(request: Request, exc: InvalidImageError) -> JSONResponse:
+        return _error(request, status_for(exc), exc.detail, exc.reason)
+
+    @app.exception_handler(NotFoundError)
+    async def not_found(request: Request, exc: NotFoundError) -> JSONResponse:
+        return _error(request, 404, str(exc), "not_found")
+
+    @app.exception_handler(ModelUnavailable)
+    async def unavailable(request: Request, exc: ModelUnavailable) -> JSONResponse:
+        return _error(request, 503, str(exc), "not_ready", {"Retry-After": "5"})
+
+    @app.exception_handler(ConveyorError)
+    async def conflict(request: Request, exc: ConveyorError) -> JSONResponse:
+        return _error(request, 409, str(exc), type(exc).__name__)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _error(request, 500, "internal error; it has been logged", "internal")
+
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+async def _poll(service: PredictionService, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(service.refresh)
+        except Exception:  # the registry may be briefly unreachable: keep serving what is loaded
+            log.exception("could not refresh the served models")

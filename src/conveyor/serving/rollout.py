@@ -1,0 +1,440 @@
+"""Safe rollout of a challenger: the traffic router, the policy that judges a stage, and the actions on a rollout.
+
+Modes:
+
+* ``shadow``: the champion answers every request; the challenger scores it too, silently (arm ``shadow``).
+* ``canary``: a share of inputs is answered by the challenger, in stages (default 1% -> 50% -> 100%).
+* ``ab``: a fixed share (default 50%) for an experiment, one stage.
+
+Routing is sticky per input: an input goes to the challenger when the first 8 hex digits of its sha256, read as a
+fraction of 2**32, fall under the share. The same image always meets the same model within a stage, and since the
+shares only grow, an input sent to the challenger at 1% is still sent there at 50%.
+
+The policy (:func:`judge`) looks at the predictions of the current stage that have a clinician's label:
+
+1. each arm needs ``min_feedback`` labelled predictions, else *wait*;
+2. *roll back* if the challenger's accuracy is significantly lower than the champion's: one-sided Fisher exact test
+   on the 2x2 table (arm x correct), ``alternative="less"``, p < ``alpha``. Fisher's test is exact, so it stays
+   valid for the small counts of an early canary stage where a z-test's normal approximation does not;
+3. *roll back* if the challenger's error rate (predictions that failed) is significantly higher, by the same test;
+4. otherwise *advance*: to the next canary stage, or, from the last stage (and from shadow and A/B), promote the
+   challenger, which moves the registry alias.
+
+Not significantly worse is what "not worse" means here; with ``min_feedback`` labels per arm the test has the power
+to see a large drop, not a small one; raise ``min_feedback`` for more. Every decision goes to the audit log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import Engine, case, func, select
+
+from conveyor.config import Settings
+from conveyor.errors import ConveyorError
+from conveyor.serving.settings import ServingSettings
+from conveyor.store.db import session_scope
+from conveyor.store.models import utcnow
+
+__all__ = [
+    "MODES",
+    "ArmStats",
+    "Decision",
+    "RolloutStatus",
+    "active_rollout",
+    "advance",
+    "bucket",
+    "choose_arm",
+    "judge",
+    "promote",
+    "rollback",
+    "serving_settings",
+    "stage_stats",
+    "start",
+]
+
+Mode = Literal["shadow", "canary", "ab"]
+MODES: tuple[str, ...] = ("shadow", "canary", "ab")
+SUBJECT_PREFIX = "rollout"
+
+
+def serving_settings(settings: Settings) -> ServingSettings:
+    """The serving section of the settings (defaults until ``Settings`` has one)."""
+    value = getattr(settings, "serving", None)
+    return value if isinstance(value, ServingSettings) else ServingSettings()
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    """A rollout as the API and the CLI show it."""
+
+    id: int
+    mode: str
+    status: str
+    stage: int
+    share: float
+    champion_version: int
+    challenger_version: int
+    started_at: datetime
+    stage_started_at: datetime
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["started_at"] = self.started_at.isoformat()
+        out["stage_started_at"] = self.stage_started_at.isoformat()
+        return out
+
+
+@dataclass(frozen=True)
+class ArmStats:
+    predictions: int
+    errors: int
+    labelled: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Literal["advance", "rollback", "wait"]
+    reason: str
+    champion: ArmStats
+    challenger: ArmStats
+    p_accuracy: float | None = None
+    p_errors: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "reason": self.reason,
+            "champion": {**asdict(self.champion), "accuracy": self.champion.accuracy},
+            "challenger": {**asdict(self.challenger), "accuracy": self.challenger.accuracy},
+            "p_accuracy": self.p_accuracy,
+            "p_errors": self.p_errors,
+        }
+
+
+# ------------------------------------------------------------------------------------------------------ routing
+
+
+def bucket(sha256: str) -> float:
+    """Where an input falls in [0, 1): its first 32 bits as a fraction."""
+    return int(sha256[:8], 16) / 2**32
+
+
+def choose_arm(state: RolloutStatus | None, sha256: str) -> Literal["champion", "challenger"]:
+    """Which model answers this input (the shadow, if any, scores in addition and is decided by the mode)."""
+    if state is None or state.status != "active" or state.mode == "shadow":
+        return "champion"
+    return "challenger" if bucket(sha256) < state.share else "champion"
+
+
+# ------------------------------------------------------------------------------------------------------- state
+
+
+def _status(row: Any) -> RolloutStatus:
+    return RolloutStatus(
+        id=row.id,
+        mode=row.mode,
+        status=row.status,
+        stage=row.stage,
+        share=row.share,
+        champion_version=row.champion_version,
+        challenger_version=row.challenger_version,
+        started_at=row.started_at,
+        stage_started_at=row.stage_started_at,
+        decisions=list((row.decisions or {}).get("items", [])),
+    )
+
+
+def active_rollout(engine: Engine) -> RolloutStatus | None:
+    """The rollout in progress, or None."""
+    from conveyor.serving.tables import Rollout
+
+    with session_scope(engine) as session:
+        row = session.scalars(
+            select(Rollout).where(Rollout.status == "active").order_by(Rollout.id.desc()).limit(1)
+        ).first()
+        return None if row is None else _status(row)
+
+
+def latest_rollout(engine: Engine) -> RolloutStatus | None:
+    """The newest rollout, whatever its status, or None."""
+    from conveyor.serving.tables import Rollout
+
+    with session_scope(engine) as session:
+        row = session.scalars(select(Rollout).order_by(Rollout.id.desc()).limit(1)).first()
+        return None if row is None else _status(row)
+
+
+def _share(mode: str, stage: int, cfg: ServingSettings) -> float:
+    if mode == "shadow":
+        return 0.0
+    if mode == "ab":
+        return cfg.rollout.ab_share
+    return cfg.rollout.canary_stages[stage]
+
+
+def _record(
+    settings: Settings, engine: Engine, rollout_id: int, action: str, reason: str, details: dict[str, Any], who: str
+) -> None:
+    """Append a decision to the rollout row and to the audit log."""
+    from conveyor.serving.tables import Rollout
+    from conveyor.tracking.registry import audit
+
+    with session_scope(engine) as session:
+        row = session.get(Rollout, rollout_id)
+        if row is not None:
+            items = list((row.decisions or {}).get("items", []))
+            items.append({"at": utcnow().isoformat(), "action": action, "reason": reason, "who": who, **details})
+            row.decisions = {"items": items}
+    audit(settings, f"rollout_{action}", settings.model_name, reason, {"rollout_id": rollout_id, **details}, who)
+
+
+def start(settings: Settings, engine: Engine, mode: str, who: str) -> RolloutStatus:
+    """Begin a rollout of the current challenger.
+
+    Raises:
+        ConveyorError: an unknown mode, a rollout already in progress, or no champion or challenger.
+    """
+    from conveyor.serving.tables import Rollout
+    from conveyor.tracking.registry import CHALLENGER, CHAMPION, current_version
+
+    if mode not in MODES:
+        raise ConveyorError(f"rollout mode must be one of {', '.join(MODES)}, got {mode!r}")
+    current = active_rollout(engine)
+    if current is not None:
+        raise ConveyorError(f"rollout {current.id} ({current.mode}) is already in progress; promote or roll it back")
+    champion, challenger = current_version(settings, CHAMPION), current_version(settings, CHALLENGER)
+    if champion is None or challenger is None:
+        raise ConveyorError(
+            f"model {settings.model_name!r} needs a champion and a challenger to roll out "
+            f"(champion: {champion}, challenger: {challenger})"
+        )
+    cfg = serving_settings(settings)
+    with session_scope(engine) as session:
+        row = Rollout(
+            mode=mode,
+            status="active",
+            stage=0,
+            share=_share(mode, 0, cfg),
+            champion_version=champion,
+            challenger_version=challenger,
+            decisions={"items": []},
+        )
+        session.add(row)
+        session.flush()
+        rollout_id = row.id
+    _record(
+        settings, engine, rollout_id, "start", f"{mode} rollout of version {challenger} against {champion}",
+        {"mode": mode, "share": _share(mode, 0, cfg), "champion": champion, "challenger": challenger}, who,
+    )  # fmt: skip
+    state = active_rollout(engine)
+    assert state is not None
+    return state
+
+
+def _require_active(engine: Engine) -> RolloutStatus:
+    state = active_rollout(engine)
+    if state is None:
+        raise ConveyorError("no rollout is in progress; start one with 'conveyor rollout start'")
+    return state
+
+
+# ------------------------------------------------------------------------------------------------------ policy
+
+
+def stage_stats(engine: Engine, state: RolloutStatus) -> tuple[ArmStats, ArmStats]:
+    """(champion, challenger) counts over the predictions of the rollout's current stage (at a 100% stage, the
+    champion's over the whole rollout)."""
+    from conveyor.serving.tables import Feedback, Prediction
+
+    correct = func.sum(case((Feedback.label == Prediction.label, 1), else_=0))
+    query = (
+        select(
+            Prediction.arm,
+            func.count(Prediction.id),
+            func.sum(case((Prediction.error.is_not(None), 1), else_=0)),
+            func.count(Feedback.id),
+            correct,
+        )
+        .outerjoin(Feedback, Feedback.request_id == Prediction.request_id)
+        .where(Prediction.rollout_id == state.id)
+        .group_by(Prediction.arm)
+    )
+
+    def counts(where: Any) -> dict[str, ArmStats]:
+        out: dict[str, ArmStats] = {}
+        with session_scope(engine) as session:
+            for arm, n, errors, labelled, ok in session.execute(query.where(where)):
+                out[arm] = ArmStats(int(n), int(errors or 0), int(labelled or 0), int(ok or 0))
+        return out
+
+    empty = ArmStats(0, 0, 0, 0)
+    challenger_arm = "shadow" if state.mode == "shadow" else "challenger"
+    stage = counts(Prediction.stage == state.stage)
+    # At a 100% stage the champion answers nothing; it is judged on what it answered during the whole rollout.
+    champion_rows = counts(Prediction.stage <= state.stage) if state.share >= 1.0 else stage
+    return champion_rows.get("champion", empty), stage.get(challenger_arm, empty)
+
+
+def _p_less(good_a: int, n_a: int, good_b: int, n_b: int) -> float:
+    """One-sided Fisher exact p-value that A's rate of 'good' is lower than B's."""
+    from scipy.stats import fisher_exact
+
+    if n_a == 0 or n_b == 0:
+        return 1.0
+    table = [[good_a, n_a - good_a], [good_b, n_b - good_b]]
+    return float(fisher_exact(table, alternative="less").pvalue)
+
+
+def judge(champion: ArmStats, challenger: ArmStats, cfg: ServingSettings) -> Decision:
+    """The policy's decision on one stage (see the module docstring)."""
+    need = cfg.rollout.min_feedback
+    if champion.labelled < need or challenger.labelled < need:
+        return Decision(
+            "wait",
+            f"needs {need} labelled predictions per arm; champion has {champion.labelled}, "
+            f"challenger {challenger.labelled}",
+            champion,
+            challenger,
+        )
+    p_acc = _p_less(challenger.correct, challenger.labelled, champion.correct, champion.labelled)
+    # Errors: compare the share of predictions that did *not* fail.
+    p_err = _p_less(
+        challenger.predictions - challenger.errors, challenger.predictions,
+        champion.predictions - champion.errors, champion.predictions,
+    )  # fmt: skip
+    alpha = cfg.rollout.alpha
+    if p_acc < alpha:
+        reason = (
+            f"challenger accuracy {challenger.accuracy:.3f} is significantly below the champion's "
+            f"{champion.accuracy:.3f} (one-sided Fisher exact p={p_acc:.4f} < {alpha})"
+        )
+        return Decision("rollback", reason, champion, challenger, p_acc, p_err)
+    if p_err < alpha:
+        reason = (
+            f"challenger failed on {challenger.errors}/{challenger.predictions} requests against the champion's "
+            f"{champion.errors}/{champion.predictions} (one-sided Fisher exact p={p_err:.4f} < {alpha})"
+        )
+        return Decision("rollback", reason, champion, challenger, p_acc, p_err)
+    reason = (
+        f"challenger accuracy {challenger.accuracy:.3f} vs champion {champion.accuracy:.3f} on "
+        f"{challenger.labelled}/{champion.labelled} labels: not significantly worse (p={p_acc:.4f}), "
+        f"errors {challenger.errors} vs {champion.errors}"
+    )
+    return Decision("advance", reason, champion, challenger, p_acc, p_err)
+
+
+# ----------------------------------------------------------------------------------------------------- actions
+
+
+def advance(settings: Settings, engine: Engine, who: str, *, force: bool = False) -> tuple[Decision, RolloutStatus]:
+    """Ask the policy about the current stage and act on its answer.
+
+    ``advance`` moves to the next canary stage or promotes from the last; ``rollback`` ends the rollout; ``wait``
+    changes nothing. ``force`` advances whatever the policy says (recorded as such).
+
+    Raises:
+        ConveyorError: no rollout in progress.
+    """
+    from conveyor.serving.tables import Rollout
+
+    state = _require_active(engine)
+    cfg = serving_settings(settings)
+    decision = judge(*stage_stats(engine, state), cfg)
+    if force and decision.action != "advance":
+        decision = Decision(
+            "advance", f"forced by {who} (policy said {decision.action}: {decision.reason})",
+            decision.champion, decision.challenger, decision.p_accuracy, decision.p_errors,
+        )  # fmt: skip
+    if decision.action == "wait":
+        return decision, state
+    if decision.action == "rollback":
+        ended = rollback(settings, engine, who, decision.reason, {"decision": decision.to_dict()})
+        assert ended is not None
+        return decision, ended
+    last = state.mode != "canary" or state.stage + 1 >= len(cfg.rollout.canary_stages)
+    if last:
+        return decision, promote(settings, engine, who, decision.reason, {"decision": decision.to_dict()})
+    stage = state.stage + 1
+    share = _share(state.mode, stage, cfg)
+    with session_scope(engine) as session:
+        row = session.get(Rollout, state.id)
+        assert row is not None
+        row.stage, row.share, row.stage_started_at = stage, share, utcnow()
+    _record(
+        settings, engine, state.id, "advance", decision.reason,
+        {"stage": stage, "share": share, "decision": decision.to_dict()}, who,
+    )  # fmt: skip
+    new = active_rollout(engine)
+    assert new is not None
+    return decision, new
+
+
+def _end(engine: Engine, rollout_id: int, status: str) -> RolloutStatus:
+    from conveyor.serving.tables import Rollout
+
+    with session_scope(engine) as session:
+        row = session.get(Rollout, rollout_id)
+        assert row is not None
+        row.status, row.ended_at = status, utcnow()
+        if status != "active":
+            row.share = 0.0
+        session.flush()
+        return _status(row)
+
+
+def promote(
+    settings: Settings,
+    engine: Engine,
+    who: str,
+    reason: str = "promoted by hand",
+    details: dict[str, Any] | None = None,
+) -> RolloutStatus:
+    """Make the rollout's challenger the champion (the registry alias moves) and end the rollout.
+
+    Raises:
+        ConveyorError: no rollout in progress.
+    """
+    from conveyor.tracking.registry import promote as registry_promote
+
+    state = _require_active(engine)
+    registry_promote(settings, state.challenger_version, reason=f"rollout {state.id}: {reason}", who=who)
+    ended = _end(engine, state.id, "promoted")
+    _record(
+        settings, engine, state.id, "promote", reason, {"version": state.challenger_version, **(details or {})}, who
+    )
+    return ended
+
+
+def rollback(
+    settings: Settings,
+    engine: Engine,
+    who: str,
+    reason: str = "rolled back by hand",
+    details: dict[str, Any] | None = None,
+) -> RolloutStatus | None:
+    """End the rollout in progress: every request goes back to the champion. Without a rollout in progress, give the
+    champion alias back to the previous champion (:func:`conveyor.tracking.registry.rollback`).
+
+    Raises:
+        ConveyorError: nothing to roll back.
+    """
+    from conveyor.tracking.registry import rollback as registry_rollback
+
+    state = active_rollout(engine)
+    if state is None:
+        registry_rollback(settings, reason=reason, who=who)
+        return latest_rollout(engine)
+    ended = _end(engine, state.id, "rolled_back")
+    _record(
+        settings, engine, state.id, "rollback", reason, {"version": state.challenger_version, **(details or {})}, who
+    )
+    return ended

@@ -1,0 +1,109 @@
+"""Request and response bodies of the API, declared so the OpenAPI schema (and schemathesis) know them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "BatchItem",
+    "BatchResponse",
+    "ErrorResponse",
+    "FeedbackRequest",
+    "FeedbackResponse",
+    "Health",
+    "ModelRef",
+    "PredictionResponse",
+    "Readiness",
+    "ReloadResponse",
+    "RolloutAction",
+    "RolloutResponse",
+    "RolloutStart",
+]
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: int
+
+
+class InputInfo(BaseModel):
+    sha256: str
+    format: str
+    width: int
+    height: int
+
+
+class PredictionResponse(BaseModel):
+    request_id: str = Field(description="Quote it in POST /v1/feedback.")
+    label: str
+    confidence: float = Field(description="Probability of the label (the classifier is calibrated in training).")
+    probabilities: dict[str, float] = Field(description="Per class, in the model's class order.")
+    unsure: bool = Field(description="Confidence is under the serving threshold.")
+    model: ModelRef
+    arm: Literal["champion", "challenger"]
+    latency_ms: float
+    input: InputInfo
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+    reason: str | None = None
+
+
+class BatchItem(BaseModel):
+    filename: str | None
+    status: int = Field(description="200, or the status a single upload of this file would have had.")
+    prediction: PredictionResponse | None = None
+    error: ErrorResponse | None = None
+
+
+class BatchResponse(BaseModel):
+    items: list[BatchItem]
+
+
+class FeedbackRequest(BaseModel):
+    request_id: str = Field(min_length=1, max_length=36)
+    label: str = Field(min_length=1, max_length=255)
+
+
+class FeedbackResponse(BaseModel):
+    request_id: str
+    label: str
+    predicted: str | None
+    correct: bool | None
+    rollout: dict[str, Any] | None = Field(None, description="A decision the feedback triggered, if any.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model: str
+    champion: int | None
+    challenger: int | None
+
+
+class ReloadResponse(BaseModel):
+    model: str
+    champion: int | None
+    challenger: int | None
+    rollout: dict[str, Any] | None
+
+
+class RolloutStart(BaseModel):
+    mode: Literal["shadow", "canary", "ab"]
+
+
+class RolloutAction(BaseModel):
+    reason: str | None = Field(None, max_length=2000)
+    force: bool = Field(False, description="advance only: advance whatever the policy says.")
+
+
+class RolloutResponse(BaseModel):
+    rollout: dict[str, Any] | None
+    decision: dict[str, Any] | None = None
+    serving: dict[str, Any] | None = None

@@ -1,0 +1,45 @@
+"""Serving settings: limits on uploads, the unsure threshold, the admin token, reload and rollout policy."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, field_validator
+
+__all__ = ["RolloutPolicySettings", "ServingSettings"]
+
+
+class RolloutPolicySettings(BaseModel):
+    """When a rollout stage may advance (see :mod:`conveyor.serving.rollout`)."""
+
+    canary_stages: tuple[float, ...] = Field(
+        (0.01, 0.5, 1.0), description="Shares of traffic the challenger gets at each canary stage, in order."
+    )
+    ab_share: float = Field(0.5, gt=0.0, lt=1.0, description="Share of traffic the challenger gets in an A/B test.")
+    min_feedback: int = Field(30, ge=1, description="Labelled predictions each arm needs in a stage before a decision.")
+    alpha: float = Field(0.05, gt=0.0, lt=0.5, description="Significance level of the one-sided Fisher exact tests.")
+    auto: bool = Field(True, description="Decide (advance or roll back) as soon as feedback allows, without an admin.")
+
+    @field_validator("canary_stages")
+    @classmethod
+    def _increasing(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(not 0.0 < s <= 1.0 for s in value) or list(value) != sorted(set(value)):
+            raise ValueError(f"canary_stages must be increasing shares in (0, 1], got {value}")
+        return value
+
+
+class ServingSettings(BaseModel):
+    """What ``conveyor serve`` needs."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535)
+    production: bool = Field(False, description="Refuse to start without an admin token.")
+    admin_token: str | None = Field(None, description="Bearer token of the admin endpoints (none: they answer 401).")
+    max_upload_bytes: int = Field(32 << 20, ge=1, description="Largest accepted upload (413 above).")
+    max_pixels: int = Field(
+        50_000_000, ge=1, description="Largest width x height x frames (413 above, before decoding)."
+    )
+    max_batch: int = Field(32, ge=1, description="Most images in one /v1/predict/batch request.")
+    unsure_below: float = Field(0.7, ge=0.0, le=1.0, description="Confidence under which the page says 'unsure'.")
+    reload_interval_s: float = Field(
+        30.0, ge=0.0, description="Seconds between checks of the registry aliases and rollout state (0: never)."
+    )
+    rollout: RolloutPolicySettings = RolloutPolicySettings()

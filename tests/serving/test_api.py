@@ -1,0 +1,215 @@
+"""The prediction API: happy paths, every error code with its detail, the log, feedback, metrics, reload."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy import select
+
+from conveyor.config import Settings
+from conveyor.errors import ConfigError
+from conveyor.serving import create_app
+from conveyor.serving.tables import Feedback, Prediction
+from conveyor.store.db import get_engine, session_scope
+from conveyor.tracking.registry import promote
+from tests.serving.conftest import admin, png, settings_for
+
+
+def test_predict_multipart_answers_label_probabilities_and_version(client: TestClient) -> None:
+    response = client.post("/v1/predict", files={"file": ("slice.png", png(1), "image/png")})
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body["probabilities"]) == {"no_tumour", "tumour"}
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0)
+    assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
+    assert body["confidence"] == pytest.approx(max(body["probabilities"].values()))
+    assert (body["model"], body["arm"]) == ({"name": "conveyor", "version": 1}, "champion")
+    assert body["input"]["format"] == "png" and body["latency_ms"] > 0
+
+
+def test_predict_raw_body_gives_the_same_answer_as_multipart(client: TestClient) -> None:
+    data = png(2)
+    raw = client.post("/v1/predict", content=data, headers={"content-type": "application/octet-stream"}).json()
+    form = client.post("/v1/predict", files={"file": ("x.bin", data, "text/plain")}).json()
+    assert raw["probabilities"] == form["probabilities"]
+    assert raw["request_id"] != form["request_id"]
+
+
+def test_batch_reports_each_file_with_its_own_status(client: TestClient) -> None:
+    files = [("files", ("a.png", png(3))), ("files", ("b.png", b"hello, not an image")), ("files", ("c.png", png(4)))]
+    response = client.post("/v1/predict/batch", files=files)
+    assert response.status_code == 200
+    items = response.json()["items"]
+    assert [(i["filename"], i["status"]) for i in items] == [("a.png", 200), ("b.png", 415), ("c.png", 200)]
+    assert items[1]["error"]["reason"] == "not_an_image"
+
+
+def test_text_file_named_png_is_415(client: TestClient) -> None:
+    response = client.post("/v1/predict", files={"file": ("scan.png", b"just some text\n" * 10, "image/png")})
+    assert response.status_code == 415
+    assert response.json() == {
+        "detail": "content starts with b'just som', which is not PNG, JPEG, TIFF, BMP or DICOM",
+        "reason": "not_an_image",
+    }
+
+
+def test_truncated_png_is_422_and_says_so(client: TestClient) -> None:
+    data = png(5)
+    response = client.post("/v1/predict", content=data[: len(data) // 2])
+    assert response.status_code == 422
+    body = response.json()
+    assert body["reason"] == "truncated"
+    assert body["detail"].startswith("PNG data cannot be decoded:")
+
+
+def test_empty_body_is_422(client: TestClient) -> None:
+    response = client.post("/v1/predict", content=b"")
+    assert (response.status_code, response.json()) == (422, {"detail": "the file has 0 bytes", "reason": "zero_bytes"})
+
+
+def test_upload_over_the_size_limit_is_413(home) -> None:  # type: ignore[no-untyped-def]
+    with TestClient(create_app(settings_for(home, max_upload_bytes=1000))) as client:
+        response = client.post("/v1/predict", content=png(6))
+    assert response.status_code == 413
+    assert response.json()["reason"] == "too_large"
+    assert "over the limit of 1,000 bytes" in response.json()["detail"]
+
+
+def test_decompression_bomb_is_413_before_decoding(home) -> None:  # type: ignore[no-untyped-def]
+    buffer = io.BytesIO()
+    Image.new("1", (4000, 4000)).save(buffer, format="PNG")  # ~2 kB of file, 16 Mpx of pixels
+    with TestClient(create_app(settings_for(home, max_pixels=1_000_000))) as client:
+        response = client.post("/v1/predict", content=buffer.getvalue())
+    assert response.status_code == 413
+    assert response.json() == {
+        "detail": "4000x4000 = 16,000,000 pixels exceeds the limit of 1,000,000",
+        "reason": "too_many_pixels",
+    }
+
+
+def test_server_keeps_serving_after_bad_input(client: TestClient) -> None:
+    assert client.post("/v1/predict", content=b"\x89PNG\r\n\x1a\nbroken").status_code == 422
+    assert client.post("/v1/predict", content=png(7)).status_code == 200
+
+
+def test_every_prediction_is_logged_with_image_statistics(client: TestClient, settings: Settings) -> None:
+    body = client.post("/v1/predict", content=png(8)).json()
+    client.app.state.service.log.flush()  # type: ignore[attr-defined]
+    with session_scope(get_engine(settings.resolved_db_url)) as session:
+        [row] = session.scalars(select(Prediction).where(Prediction.request_id == body["request_id"])).all()
+    assert (row.model_name, row.model_version, row.arm, row.label) == ("conveyor", 1, "champion", body["label"])
+    assert (row.width, row.height, row.format) == (64, 64, "png")
+    assert row.input_sha256 == body["input"]["sha256"]
+    assert 0 < row.brightness < 1 and 0 < row.contrast < 1
+    assert row.probabilities == body["probabilities"] and row.error is None
+
+
+def test_feedback_is_recorded(client: TestClient, settings: Settings) -> None:
+    body = client.post("/v1/predict", content=png(9)).json()
+    response = client.post("/v1/feedback", json={"request_id": body["request_id"], "label": "tumour"})
+    assert response.status_code == 200
+    assert response.json()["correct"] == (body["label"] == "tumour")
+    with session_scope(get_engine(settings.resolved_db_url)) as session:
+        [row] = session.scalars(select(Feedback)).all()
+    assert (row.request_id, row.label) == (body["request_id"], "tumour")
+
+
+def test_feedback_for_an_unknown_request_is_404(client: TestClient) -> None:
+    response = client.post("/v1/feedback", json={"request_id": "nope", "label": "tumour"})
+    assert (response.status_code, response.json()["detail"]) == (404, "no prediction with request id 'nope'")
+
+
+def test_feedback_with_an_unknown_label_is_422(client: TestClient) -> None:
+    request_id = client.post("/v1/predict", content=png(10)).json()["request_id"]
+    response = client.post("/v1/feedback", json={"request_id": request_id, "label": "cat"})
+    assert response.status_code == 422
+    assert response.json()["detail"] == (
+        "label 'cat' is not a class of model version 1; expected one of ['no_tumour', 'tumour']"
+    )
+
+
+def test_metrics_count_requests_errors_and_predictions(client: TestClient) -> None:
+    label = client.post("/v1/predict", content=png(11)).json()["label"]
+    client.post("/v1/predict", content=b"text")
+    text = client.get("/metrics").text
+    assert f'conveyor_predictions_total{{arm="champion",label="{label}",model="conveyor",version="1"}} 1.0' in text
+    assert 'conveyor_http_requests_total{method="POST",route="/v1/predict",status="415"} 1.0' in text
+    assert 'conveyor_http_errors_total{reason="not_an_image",route="/v1/predict",status="415"} 1.0' in text
+    assert 'conveyor_http_request_duration_seconds_count{route="/v1/predict"} 2.0' in text
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"ready": True, "model": "conveyor", "champion": 1, "challenger": None}
+
+
+def test_page_shows_the_upload_form_and_model_version(client: TestClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200
+    assert 'id="file"' in response.text and 'id="served-version">1<' in response.text
+
+
+@pytest.mark.parametrize(
+    ("headers", "detail"),
+    [
+        ({}, "missing 'Authorization: Bearer <token>' header"),
+        ({"Authorization": "Bearer wrong"}, "invalid admin token"),
+    ],
+)
+def test_admin_endpoints_need_the_token(client: TestClient, headers: dict[str, str], detail: str) -> None:
+    for method, path in [
+        ("post", "/v1/admin/reload"),
+        ("get", "/v1/admin/rollout"),
+        ("post", "/v1/admin/rollout/start"),
+    ]:
+        response = getattr(client, method)(path, headers=headers)
+        assert (response.status_code, response.json()["detail"]) == (401, detail), path
+
+
+def test_admin_is_closed_without_a_configured_token(home) -> None:  # type: ignore[no-untyped-def]
+    with TestClient(create_app(settings_for(home, admin_token=None))) as client:
+        response = client.post("/v1/admin/reload", headers=admin())
+    assert (response.status_code, response.json()["detail"]) == (
+        401,
+        "admin endpoints are disabled: no serving.admin_token is set",
+    )
+
+
+def test_production_without_token_refuses_to_start(home) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="admin_token is empty: refusing to start"):
+        create_app(settings_for(home, production=True, admin_token=None))
+
+
+def test_reload_picks_up_a_new_champion_without_restart(client: TestClient, settings: Settings) -> None:
+    assert client.post("/v1/predict", content=png(12)).json()["model"]["version"] == 1
+    promote(settings, 2, reason="test")
+    response = client.post("/v1/admin/reload", headers=admin())
+    assert response.status_code == 200 and response.json()["champion"] == 2
+    assert client.post("/v1/predict", content=png(12)).json()["model"]["version"] == 2
+
+
+def test_background_poll_picks_up_a_new_champion(home) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    settings = settings_for(home, reload_interval_s=0.2)
+    with TestClient(create_app(settings)) as client:
+        promote(settings, 2, reason="test")
+        deadline = time.monotonic() + 10
+        while client.get("/readyz").json()["champion"] != 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.post("/v1/predict", content=png(13)).json()["model"]["version"] == 2
+
+
+def test_unexpected_errors_are_500_without_internals(settings: Settings) -> None:
+    app = create_app(settings)
+
+    def broken(data: bytes) -> None:
+        raise RuntimeError("secret internals")
+
+    app.state.service.predict = broken
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.post("/v1/predict", content=png(14))
+    assert (response.status_code, response.json()["detail"]) == (500, "internal error; it has been logged")

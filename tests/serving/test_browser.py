@@ -1,0 +1,60 @@
+"""A real browser (Debian's Chromium, driven by Playwright) uploads an image on the page and sees the answer."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conveyor.config import Settings
+from tests.serving.conftest import png
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
+)
+def test_upload_page_shows_class_and_confidence(settings: Settings, tmp_path: Path) -> None:
+    pytest.importorskip("playwright")
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    from conveyor.serving import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 15
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started
+        image = tmp_path / "slice.png"
+        image.write_bytes(png(77, size=96, tumour=True))
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+            try:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{port}/", timeout=15_000)
+                page.set_input_files("#file", str(image))
+                page.click("#submit")
+                page.wait_for_function("document.getElementById('confidence').textContent !== ''", timeout=15_000)
+                assert page.text_content("#label") in {"tumour", "no_tumour"}
+                assert page.text_content("#confidence").startswith("confidence ")
+                assert page.locator("#bars .bar").count() == 2
+                assert "v1" in page.text_content("#meta")
+                assert page.is_visible("#preview")
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

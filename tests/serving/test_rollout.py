@@ -1,0 +1,176 @@
+"""Rollout: the sticky router, the policy, and canary/shadow end to end through the API and the CLI."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+import typer
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from conveyor.serving import create_app, rollout
+from conveyor.serving.commands import rollout_app
+from conveyor.serving.rollout import ArmStats, RolloutStatus, bucket, choose_arm, judge
+from conveyor.serving.settings import ServingSettings
+from conveyor.tracking.registry import CHAMPION, current_version, history
+from tests.serving.conftest import admin, png, settings_for
+
+
+def _state(mode: str, share: float) -> RolloutStatus:
+    now = datetime.now(UTC)
+    return RolloutStatus(1, mode, "active", 0, share, 1, 2, now, now)
+
+
+@pytest.mark.parametrize("share", [0.01, 0.5, 1.0])
+def test_router_sends_about_the_share_to_the_challenger(share: float) -> None:
+    rng = np.random.default_rng(0)
+    hashes = [rng.bytes(32).hex() for _ in range(20_000)]
+    got = sum(choose_arm(_state("canary", share), h) == "challenger" for h in hashes) / len(hashes)
+    assert got == pytest.approx(share, abs=0.01)
+
+
+def test_router_is_sticky_and_monotone_across_stages() -> None:
+    rng = np.random.default_rng(1)
+    hashes = [rng.bytes(32).hex() for _ in range(2000)]
+    at_1 = {h for h in hashes if choose_arm(_state("canary", 0.01), h) == "challenger"}
+    at_50 = {h for h in hashes if choose_arm(_state("canary", 0.5), h) == "challenger"}
+    assert at_1 <= at_50
+    assert bucket("00000000" + "f" * 56) == 0.0
+
+
+def test_shadow_mode_always_answers_with_the_champion() -> None:
+    assert choose_arm(_state("shadow", 0.0), "0" * 64) == "champion"
+
+
+@pytest.mark.parametrize(
+    ("champion", "challenger", "action"),
+    [
+        (ArmStats(50, 0, 9, 9), ArmStats(50, 0, 30, 30), "wait"),  # champion lacks labels
+        (ArmStats(50, 0, 30, 27), ArmStats(50, 0, 30, 26), "advance"),  # not significantly worse
+        (ArmStats(50, 0, 30, 28), ArmStats(50, 0, 30, 15), "rollback"),  # significantly worse
+        (ArmStats(50, 0, 30, 27), ArmStats(50, 20, 30, 27), "rollback"),  # fails more often
+    ],
+)
+def test_policy(champion: ArmStats, challenger: ArmStats, action: str) -> None:
+    cfg = ServingSettings(rollout={"min_feedback": 10})  # type: ignore[arg-type]
+    assert judge(champion, challenger, cfg).action == action
+
+
+def _canary_client(home, stages=(0.3, 0.6, 1.0)) -> tuple[TestClient, object]:  # type: ignore[no-untyped-def]
+    settings = settings_for(home, rollout={"canary_stages": stages, "min_feedback": 8})
+    return TestClient(create_app(settings)), settings
+
+
+def _start(client: TestClient, mode: str) -> dict:  # type: ignore[type-arg]
+    response = client.post("/v1/admin/rollout/start", json={"mode": mode}, headers=admin())
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def test_canary_share_stickiness_and_advance_to_promotion(home) -> None:  # type: ignore[no-untyped-def]
+    client, settings = _canary_client(home)
+    with client:
+        assert _start(client, "canary")["rollout"]["share"] == 0.3
+        answers = [client.post("/v1/predict", content=png(100 + i)).json() for i in range(120)]
+        share = sum(a["arm"] == "challenger" for a in answers) / len(answers)
+        assert share == pytest.approx(0.3, abs=0.1)
+        assert {a["model"]["version"] for a in answers if a["arm"] == "challenger"} == {2}
+        again = client.post("/v1/predict", content=png(100)).json()
+        assert (again["arm"], again["model"]["version"]) == (answers[0]["arm"], answers[0]["model"]["version"])
+        # Clinicians agree with every prediction: the policy advances the stage as soon as both arms have 8 labels.
+        decisions = []
+        for a in answers:
+            body = client.post("/v1/feedback", json={"request_id": a["request_id"], "label": a["label"]}).json()
+            if body["rollout"] is not None:
+                decisions.append(body["rollout"])
+                break
+        assert decisions[0]["decision"]["action"] == "advance"
+        assert (decisions[0]["rollout"]["stage"], decisions[0]["rollout"]["share"]) == (1, 0.6)
+        # Later stages advance the same way; from the last one the challenger is promoted.
+        for stage in (1, 2):
+            for i in range(60):
+                a = client.post("/v1/predict", content=png(1000 * stage + i)).json()
+                made = client.post("/v1/feedback", json={"request_id": a["request_id"], "label": a["label"]}).json()
+                if made["rollout"] is not None:
+                    break
+            assert made["rollout"]["decision"]["action"] == "advance", stage
+        assert made["rollout"]["rollout"]["status"] == "promoted"
+    assert current_version(settings, CHAMPION) == 2
+    actions = [r.action for r in history(settings, settings.model_name)]
+    assert actions.count("rollout_advance") == 2 and actions[-1] == "rollout_promote"
+
+
+def test_bad_feedback_rolls_the_canary_back(home) -> None:  # type: ignore[no-untyped-def]
+    client, settings = _canary_client(home, stages=(0.5, 1.0))
+    with client:
+        _start(client, "canary")
+        last = None
+        for i in range(80):
+            a = client.post("/v1/predict", content=png(500 + i)).json()
+            wrong = next(c for c in a["probabilities"] if c != a["label"])
+            label = wrong if a["arm"] == "challenger" else a["label"]  # the challenger is always wrong
+            last = client.post("/v1/feedback", json={"request_id": a["request_id"], "label": label}).json()
+            if last["rollout"] is not None:
+                break
+        assert last is not None and last["rollout"]["decision"]["action"] == "rollback"
+        assert last["rollout"]["rollout"]["status"] == "rolled_back"
+        after = [client.post("/v1/predict", content=png(500 + i)).json()["arm"] for i in range(20)]
+        assert set(after) == {"champion"}
+    assert current_version(settings, CHAMPION) == 1
+    rollback_entry = [r for r in history(settings, settings.model_name) if r.action == "rollout_rollback"][-1]
+    assert "significantly below the champion's" in rollback_entry.reason
+
+
+def test_shadow_scores_every_request_silently(home) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from conveyor.serving.tables import Prediction
+    from conveyor.store.db import get_engine, session_scope
+
+    client, settings = _canary_client(home)
+    with client:
+        _start(client, "shadow")
+        answer = client.post("/v1/predict", content=png(42)).json()
+        assert (answer["arm"], answer["model"]["version"]) == ("champion", 1)
+        client.app.state.service.log.flush()  # type: ignore[attr-defined]
+    with session_scope(get_engine(settings.resolved_db_url)) as session:
+        rows = session.scalars(select(Prediction).where(Prediction.request_id == answer["request_id"])).all()
+    assert sorted((r.arm, r.model_version) for r in rows) == [("champion", 1), ("shadow", 2)]
+
+
+def test_second_start_is_409(home) -> None:  # type: ignore[no-untyped-def]
+    client, _ = _canary_client(home)
+    with client:
+        _start(client, "ab")
+        response = client.post("/v1/admin/rollout/start", json={"mode": "canary"}, headers=admin())
+    assert response.status_code == 409
+    assert response.json()["detail"].endswith("(ab) is already in progress; promote or roll it back")
+
+
+def test_cli_start_status_advance_and_rollback(home, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_for(home, rollout={"min_feedback": 5})
+    monkeypatch.setattr("conveyor.serving.commands._settings", lambda: settings)
+    app = typer.Typer()
+    app.add_typer(rollout_app, name="rollout")
+    runner = CliRunner()
+
+    def run(*args: str) -> dict:  # type: ignore[type-arg]
+        result = runner.invoke(app, ["rollout", *args, "--json"])
+        return {"code": result.exit_code, **json.loads(result.stdout.strip().splitlines()[-1])}
+
+    started = run("start", "canary")
+    assert (started["code"], started["rollout"]["share"]) == (0, 0.01)
+    status = run("status")
+    assert status["decision"]["action"] == "wait"
+    waited = run("advance")
+    assert (waited["decision"]["action"], waited["rollout"]["stage"]) == ("wait", 0)
+    forced = run("advance", "--force")
+    assert (forced["rollout"]["stage"], forced["rollout"]["share"]) == (1, 0.5)
+    rolled = run("rollback")
+    assert (rolled["code"], rolled["rollout"]["status"], rolled["champion"]) == (0, "rolled_back", 1)
+    again = run("rollback")  # no rollout now, and no earlier champion to go back to
+    assert (again["code"], again["error"]) == (1, "model 'conveyor' has no earlier champion to roll back to")
+    assert rollout.active_rollout(__import__("conveyor.workspace").workspace.open_workspace(settings)) is None
