@@ -26,8 +26,8 @@ test: install browser  ## the test suite (PostgreSQL and browser cases skip, wit
 	$(BIN)/python -m pytest
 
 lint: install  ## ruff and mypy
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks deploy
+	$(BIN)/ruff format --check src tests benchmarks deploy
 	$(BIN)/mypy
 
 bench: install  ## speed and quality claims, printed as tables of ratios

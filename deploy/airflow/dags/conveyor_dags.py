@@ -1,0 +1,320 @@
+"""conveyor's three pipelines as Apache Airflow 3 DAGs: ``conveyor_ingest``, ``conveyor_train``, ``conveyor_monitor``.
+
+Airflow pins an older FastAPI than conveyor, so the two live in separate virtual environments and these DAGs never
+import conveyor: every task runs conveyor's CLI with ``--json`` (the executable named by ``CONVEYOR_BIN``, default
+``conveyor`` on the PATH), passes the worker's environment through (``CONVEYOR_HOME``, ``CONVEYOR_DB_URL``,
+``MLFLOW_TRACKING_URI``, ...), reads the one JSON object it prints, and fails with the CLI's own error message when it
+exits non-zero. A ConveyorError (exit status 1: bad input, no champion, ...) fails the task without retries, since
+running it again gives the same answer; any other exit status (killed, out of memory) is retried.
+
+* ``conveyor_ingest``: manual, param ``path`` (a folder of ``<label>/`` folders, or a zip): ``ingest``, ``features``.
+* ``conveyor_train``: manual or triggered by the monitor -> ``train``; the registered version is in its XCom.
+* ``conveyor_monitor``: always waiting (``@continuous``, one run at a time) on a sensor that fires when files have
+  landed in ``$CONVEYOR_HOME/incoming/<label>/`` and stayed unchanged for ``CONVEYOR_QUIET_SECONDS`` (default 30, so a
+  copy in progress is not read half-written). It moves them into a batch folder
+  ``$CONVEYOR_HOME/batches/<run>/<label>/`` (one rename per file, so each file is in exactly one batch), runs
+  ``conveyor monitor`` on the batch (which ingests it, computes its features and scores the champion), and when the
+  JSON says ``retrain.retrain`` it triggers ``conveyor_train``.
+
+This module only defines DAGs: nothing is read, run or connected when Airflow parses it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import tempfile
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import Param, PokeReturnValue, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+
+log = logging.getLogger(__name__)
+
+START = datetime(2025, 1, 1)
+TAGS = ["conveyor"]
+# Keys of each command's summary kept in XCom (the full JSON is in the task log); XCom lives in Airflow's DB.
+_INGEST_KEYS = ("source", "seen", "stored", "duplicates", "conflicts", "quarantined", "by_reason", "dataset_version")
+_FEATURE_KEYS = ("computed", "cached", "failed")
+_TRAIN_KEYS = ("dataset_version", "classes", "best", "gate", "registered_version", "alias", "parent_run_id")
+_MONITOR_KEYS = (
+    "source",
+    "model_version",
+    "reference_version",
+    "dataset_version",
+    "n_current",
+    "n_labelled",
+    "drift_share",
+    "drifted_columns",
+    "performance",
+    "ood_share",
+    "alerts",
+    "retrain",
+    "report",
+    "mlflow_run_id",
+)
+
+
+class ConveyorCommandError(AirflowFailException):
+    """conveyor exited with status 1 (a ConveyorError): a clear message, and retrying would not help."""
+
+
+def conveyor_bin() -> str:
+    """The conveyor executable: ``CONVEYOR_BIN``, or ``conveyor`` on the PATH."""
+    return os.environ.get("CONVEYOR_BIN") or "conveyor"
+
+
+def conveyor_home() -> Path:
+    """The workspace, as conveyor resolves it: ``CONVEYOR_HOME``, default ``./workspace``."""
+    return Path(os.environ.get("CONVEYOR_HOME") or "workspace").resolve()
+
+
+def run_conveyor(*args: str) -> dict[str, Any]:
+    """Run ``conveyor ARGS --json`` with this process's environment and return the JSON object it printed.
+
+    stderr (warnings, MLflow's messages) is copied into the task log line by line as it comes.
+
+    Raises:
+        ConveyorCommandError: exit status 1; the message is the CLI's ``error``.
+        RuntimeError: any other non-zero exit status, or no JSON object on stdout.
+    """
+    command = [conveyor_bin(), *args, "--json"]
+    log.info("running %s", " ".join(command))
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as stdout:
+        try:
+            process = subprocess.Popen(
+                command, stdout=stdout, stderr=subprocess.PIPE, text=True, env=os.environ.copy(), errors="replace"
+            )
+        except FileNotFoundError as exc:
+            raise AirflowFailException(
+                f"conveyor executable {command[0]!r} not found: set CONVEYOR_BIN to the path of conveyor's CLI "
+                "(in conveyor's own virtual environment)"
+            ) from exc
+        tail: list[str] = []
+        assert process.stderr is not None
+        for line in process.stderr:
+            log.info("conveyor: %s", line.rstrip())
+            tail = [*tail[-19:], line.rstrip()]
+        rc = process.wait()
+        stdout.seek(0)
+        out = stdout.read()
+    payload = _last_json_object(out)
+    if rc != 0:
+        message = (payload or {}).get("error") or "\n".join(tail[-5:]) or out.strip()[-500:] or "no output"
+        text = f"conveyor {' '.join(args)} failed (exit status {rc}): {message}"
+        if rc == 1:
+            raise ConveyorCommandError(text)
+        raise RuntimeError(text)
+    if payload is None:
+        raise RuntimeError(f"conveyor {' '.join(args)} printed no JSON object on stdout: {out.strip()[-500:]!r}")
+    log.info("conveyor %s: %s", args[0], json.dumps(payload, default=str)[:20000])
+    return payload
+
+
+def _last_json_object(text: str) -> dict[str, Any] | None:
+    """The last line of ``text`` that parses as a JSON object (conveyor prints exactly one; be lenient anyway)."""
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                return value
+    return None
+
+
+def _pick(payload: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: payload[k] for k in keys if k in payload}
+
+
+# ------------------------------------------------------------------------------------------------ drop folder
+
+
+def quiet_seconds() -> float:
+    """How long a file must be unchanged before it is taken (``CONVEYOR_QUIET_SECONDS``, default 30)."""
+    return float(os.environ.get("CONVEYOR_QUIET_SECONDS", "30"))
+
+
+def ready_files(incoming: Path, quiet: float, now: float | None = None) -> list[Path]:
+    """Files in ``incoming/<label>/`` (any depth) unchanged for ``quiet`` seconds; hidden names are skipped."""
+    now = time.time() if now is None else now
+    found: list[Path] = []
+    if not incoming.is_dir():
+        return found
+    for label in sorted(p for p in incoming.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(label.rglob("*")):
+            rel = path.relative_to(label)
+            if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+                continue
+            try:
+                if now - path.stat().st_mtime >= quiet:
+                    found.append(path)
+            except FileNotFoundError:  # moved away while we looked
+                continue
+    return found
+
+
+def claim_batch(incoming: Path, batch: Path, quiet: float) -> int:
+    """Move every ready file of ``incoming/<label>/`` into ``batch/<label>/``; the number moved.
+
+    Each move is one rename on the same file system, so a file is in the drop folder or in exactly one batch, never
+    in both and never lost; a second claim into the same ``batch`` (a retried task) adds to it.
+    """
+    moved = 0
+    for path in ready_files(incoming, quiet):
+        target = batch / path.relative_to(incoming)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():  # same name filed twice: keep both
+            target = target.with_name(f"{target.stem}-{time.time_ns()}{target.suffix}")
+        try:
+            path.rename(target)
+        except FileNotFoundError:
+            continue
+        moved += 1
+    return moved
+
+
+def _safe(run_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+
+
+# ------------------------------------------------------------------------------------------------------ DAGs
+
+_DEFAULT_ARGS: dict[str, Any] = {"owner": "conveyor", "retries": 1, "retry_delay": timedelta(minutes=1)}
+
+
+@dag(
+    dag_id="conveyor_ingest",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    max_active_runs=1,
+    tags=TAGS,
+    default_args=_DEFAULT_ARGS,
+    params={
+        "path": Param(
+            type="string",
+            minLength=1,
+            description="Folder of <label>/ (or train|test/<label>/) folders, or a .zip of one, on the worker.",
+        ),
+        "labels": Param(None, type=["null", "string"], description="Optional CSV path,label[,split]."),
+    },
+    doc_md="Ingest the images at `path` (validate, store once, dedupe, quarantine, split), then compute features.",
+)
+def conveyor_ingest() -> None:
+    @task
+    def ingest(params: dict[str, Any] | None = None) -> dict[str, Any]:
+        assert params is not None
+        args = ["ingest", str(params["path"])]
+        if params.get("labels"):
+            args += ["--labels", str(params["labels"])]
+        return _pick(run_conveyor(*args), _INGEST_KEYS)
+
+    @task(execution_timeout=timedelta(hours=6))
+    def features(ingested: dict[str, Any]) -> dict[str, Any]:
+        return _pick(run_conveyor("features"), _FEATURE_KEYS)
+
+    features(ingest())
+
+
+@dag(
+    dag_id="conveyor_train",
+    schedule=None,
+    start_date=START,
+    catchup=False,
+    max_active_runs=1,
+    tags=TAGS,
+    default_args=_DEFAULT_ARGS,
+    params={"version": Param(None, type=["null", "string"], description="Dataset version; default the latest.")},
+    doc_md="Train every extractor x family candidate, compare with the baselines, register the best if it passes "
+    "the gate. XCom `registered_version` is the new model version (null when the gate refused it).",
+)
+def conveyor_train() -> None:
+    @task(execution_timeout=timedelta(hours=12))
+    def train(params: dict[str, Any] | None = None) -> dict[str, Any]:
+        args = ["train"]
+        if params and params.get("version"):
+            args += ["--version", str(params["version"])]
+        result = _pick(run_conveyor(*args), _TRAIN_KEYS)
+        log.info("registered version: %s (alias %s)", result.get("registered_version"), result.get("alias"))
+        return result
+
+    train()
+
+
+@dag(
+    dag_id="conveyor_monitor",
+    schedule="@continuous",
+    start_date=START,
+    catchup=False,
+    max_active_runs=1,
+    tags=TAGS,
+    default_args=_DEFAULT_ARGS,
+    params={
+        "path": Param(
+            None,
+            type=["null", "string"],
+            description="Monitor this folder instead of waiting for the drop folder (a manual run).",
+        )
+    },
+    doc_md="Wait for files in `incoming/<label>/`, take them as one batch, monitor the champion on it (drift, model "
+    "vs dummy baselines, OOD, alerts), and trigger `conveyor_train` when the retrain policy says so.",
+)
+def conveyor_monitor() -> None:
+    @task.sensor(poke_interval=30, timeout=6 * 3600, mode="reschedule", soft_fail=True, retries=0)
+    def wait_for_files(params: dict[str, Any] | None = None) -> PokeReturnValue:
+        if params and params.get("path"):
+            return PokeReturnValue(is_done=True)
+        incoming = conveyor_home() / "incoming"
+        ready = ready_files(incoming, quiet_seconds())
+        log.info("%d file(s) ready in %s", len(ready), incoming)
+        return PokeReturnValue(is_done=bool(ready), xcom_value=len(ready))
+
+    @task
+    def take_batch(params: dict[str, Any] | None = None) -> str:
+        if params and params.get("path"):
+            return str(params["path"])
+        context = get_current_context()
+        home = conveyor_home()
+        batch = home / "batches" / _safe(str(context["run_id"]))
+        moved = claim_batch(home / "incoming", batch, quiet_seconds())
+        log.info("moved %d file(s) into %s", moved, batch)
+        if not batch.exists() or not any(batch.iterdir()):
+            raise AirflowFailException(f"{batch}: no files were taken from {home / 'incoming'}")
+        return str(batch)
+
+    @task(execution_timeout=timedelta(hours=2))
+    def monitor(batch: str) -> dict[str, Any]:
+        return _pick(run_conveyor("monitor", batch), _MONITOR_KEYS)
+
+    @task.short_circuit
+    def should_retrain(summary: dict[str, Any]) -> bool:
+        decision = summary.get("retrain") or {}
+        log.info("retrain: %s (%s)", decision.get("retrain"), decision.get("reason"))
+        return bool(decision.get("retrain"))
+
+    trigger_train = TriggerDagRunOperator(
+        task_id="trigger_train",
+        trigger_dag_id="conveyor_train",
+        conf={"reason": "retrain policy of conveyor_monitor run {{ run_id }}"},
+        wait_for_completion=False,
+    )
+
+    ready = wait_for_files()
+    batch = take_batch()
+    ready >> batch
+    should_retrain(monitor(batch)) >> trigger_train
+
+
+conveyor_ingest()
+conveyor_train()
+conveyor_monitor()

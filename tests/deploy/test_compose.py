@@ -1,0 +1,54 @@
+"""deploy/compose.yaml: valid YAML, and the services point conveyor and Airflow at each other consistently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def test_compose_has_every_service(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == {
+        "postgres",
+        "mlflow",
+        "conveyor-init",
+        "conveyor-api",
+        "airflow-init",
+        "airflow-apiserver",
+        "airflow-scheduler",
+        "airflow-dag-processor",
+    }
+
+
+@pytest.mark.parametrize("service", ["conveyor-api", "airflow-scheduler"])
+def test_conveyor_settings_point_at_the_services(compose: dict[str, Any], service: str) -> None:
+    env = compose["services"][service]["environment"]
+
+    assert env["CONVEYOR_HOME"] == "/workspace"
+    assert env["CONVEYOR_DB_URL"].startswith("postgresql+psycopg://conveyor:")
+    assert env["CONVEYOR_DB_URL"].endswith("@postgres:5432/conveyor")
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert "workspace:/workspace" in compose["services"][service]["volumes"]
+
+
+def test_airflow_runs_conveyor_from_its_own_venv_with_the_dag_folder_mounted(compose: dict[str, Any]) -> None:
+    scheduler = compose["services"]["airflow-scheduler"]
+
+    assert scheduler["environment"]["CONVEYOR_BIN"] == "/opt/conveyor-venv/bin/conveyor"
+    assert scheduler["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert "./airflow/dags:/opt/airflow/dags:ro" in scheduler["volumes"]
+    assert (DEPLOY / "airflow" / "dags" / "conveyor_dags.py").is_file()
+
+
+@pytest.mark.parametrize("path", ["Dockerfile", "airflow/Dockerfile", "postgres/init.sql", "README.md"])
+def test_files_compose_refers_to_exist(path: str) -> None:
+    assert (DEPLOY / path).is_file()
