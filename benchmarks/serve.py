@@ -1,7 +1,8 @@
 """Serving speed: the same registered model behind ``conveyor serve`` and behind ``mlflow models serve``.
 
 Trains a small champion on generated demo data (in a temporary workspace), starts both servers on 127.0.0.1, and
-sends the same 224x224 JPEGs at concurrency 1, 8 and 32 for a bounded time each (loopback only). Prints requests
+sends the same 224x224 JPEGs at concurrency 1, 8 and 32 for a bounded time each (loopback only), with ``wrk``
+(Debian's package; C, so the load generator does not eat the 2 cores a Python client would). Prints requests
 per second, p50/p99 latency, errors and each server's resident memory at start and end, and the throughput ratio.
 
 Usage: python benchmarks/serve.py [--seconds 8] [--concurrency 1,8,32]
@@ -10,7 +11,6 @@ Usage: python benchmarks/serve.py [--seconds 8] [--concurrency 1,8,32]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import io
 import json
@@ -24,7 +24,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import httpx
 import numpy as np
 from PIL import Image
 
@@ -79,30 +78,59 @@ def jpegs(n: int = 32) -> list[bytes]:
     return out
 
 
-async def load(send, images: list[bytes], concurrency: int, seconds: float) -> tuple[int, int, list[float]]:  # type: ignore[no-untyped-def]
-    """``concurrency`` clients send images back to back for ``seconds``; returns (ok, errors, latencies in ms)."""
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
+WRK_SCRIPT = """
+local bodies = {}
+local n = tonumber(os.getenv("BODIES"))
+for i = 1, n do
+  local f = io.open(os.getenv("BODY_DIR") .. "/" .. i .. ".bin", "rb")
+  bodies[i] = f:read("*a")
+  f:close()
+end
+local k = 0
+request = function()
+  k = k % n + 1
+  return wrk.format("POST", nil, {["Content-Type"] = os.getenv("CTYPE")}, bodies[k])
+end
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %d %d %d %.3f %.3f\\n", summary.requests,
+    summary.errors.status + summary.errors.connect + summary.errors.read
+      + summary.errors.write + summary.errors.timeout,
+    summary.duration, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
 
-    async def client(index: int) -> None:
-        nonlocal errors
-        i = index
-        async with httpx.AsyncClient(timeout=30) as http:
-            while time.perf_counter() < deadline:
-                start = time.perf_counter()
-                try:
-                    status = await send(http, images[i % len(images)])
-                except httpx.HTTPError:
-                    status = 0
-                if status == 200:
-                    latencies.append((time.perf_counter() - start) * 1000)
-                else:
-                    errors += 1
-                i += concurrency
 
-    await asyncio.gather(*(client(k) for k in range(concurrency)))
-    return len(latencies), errors, latencies
+def load(
+    url: str, bodies: list[bytes], content_type: str, concurrency: int, seconds: float, tmp: Path
+) -> tuple[float, int, float, float]:
+    """wrk (C, one thread) sends the bodies in turn over ``concurrency`` connections; (req/s, errors, p50, p99 ms)."""
+    folder = tmp / f"bodies-{abs(hash(content_type))}"
+    folder.mkdir(exist_ok=True)
+    for i, body in enumerate(bodies, start=1):
+        (folder / f"{i}.bin").write_bytes(body)
+    script = tmp / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    env = {**os.environ, "BODY_DIR": str(folder), "BODIES": str(len(bodies)), "CTYPE": content_type}
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:.0f}s", "--timeout", "10s", "-s", str(script), url],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    line = next(text for text in out.splitlines() if text.startswith("RESULT"))
+    requests, errors, duration_us, p50, p99 = line.split()[1:]
+    return int(requests) / (int(duration_us) / 1e6), int(errors), float(p50), float(p99)
+
+
+def multipart(image: bytes) -> tuple[bytes, str]:
+    boundary = "conveyorbenchmarkboundary"
+    head = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="x.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    )
+    return head.encode() + image + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def main() -> None:
@@ -128,6 +156,8 @@ def main() -> None:
             "CONVEYOR_FEATURES__EXTRACTORS": '["intensity", "stats"]',
             "MLFLOW_TRACKING_URI": settings.resolved_tracking_uri,
             "MLFLOW_DISABLE_TELEMETRY": "true",
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         ours, theirs = free_port(), free_port()
@@ -146,30 +176,25 @@ def main() -> None:
             wait_ready(f"http://127.0.0.1:{ours}/readyz")
             wait_ready(f"http://127.0.0.1:{theirs}/ping")
             images = jpegs()
-
-            async def conveyor_send(http: httpx.AsyncClient, image: bytes) -> int:
-                response = await http.post(
-                    f"http://127.0.0.1:{ours}/v1/predict", files={"file": ("x.jpg", image, "image/jpeg")}
-                )
-                return response.status_code
-
-            async def mlflow_send(http: httpx.AsyncClient, image: bytes) -> int:
-                body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(image).decode()]]}}
-                response = await http.post(
-                    f"http://127.0.0.1:{theirs}/invocations",
-                    content=json.dumps(body),
-                    headers={"Content-Type": "application/json"},
-                )
-                return response.status_code
-
-            senders = {"conveyor serve": conveyor_send, "mlflow models serve": mlflow_send}
+            ours_bodies = [multipart(image)[0] for image in images]
+            ours_type = multipart(images[0])[1]
+            theirs_bodies = [
+                json.dumps(
+                    {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(i).decode()]]}}
+                ).encode()
+                for i in images
+            ]
+            targets = {
+                "conveyor serve": (f"http://127.0.0.1:{ours}/v1/predict", ours_bodies, ours_type),
+                "mlflow models serve": (f"http://127.0.0.1:{theirs}/invocations", theirs_bodies, "application/json"),
+            }
             rows = []
             for name, process in servers.items():
+                url, bodies, content_type = targets[name]
                 start_mib = rss_mib(process.pid)
                 for level in levels:
-                    ok, errors, latencies = asyncio.run(load(senders[name], images, level, args.seconds))
-                    p50, p99 = np.percentile(latencies, [50, 99]) if latencies else (float("nan"),) * 2
-                    rows.append((name, level, ok / args.seconds, p50, p99, errors, start_mib, rss_mib(process.pid)))
+                    rate, errors, p50, p99 = load(url, bodies, content_type, level, args.seconds, Path(tmp))
+                    rows.append((name, level, rate, p50, p99, errors, start_mib, rss_mib(process.pid)))
         finally:
             for process in servers.values():
                 try:

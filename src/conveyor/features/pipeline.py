@@ -57,7 +57,10 @@ class FeaturePipeline:
         return to_gray_unit(image) if image.ndim == 3 else image
 
     def prepare(self, images: Sequence[np.ndarray], cached: Sequence[DiagramBundle | None] | None = None) -> Prepared:
-        """Diagram bundles of preprocessed images (taking ``cached[i]`` when given)."""
+        """Diagram bundles of preprocessed images (taking ``cached[i]`` when given); none when no extractor reads
+        diagrams (an intensity-only model skips persistence altogether)."""
+        if not self._needs_diagrams():
+            return Prepared(list(images), [])
         bundles = [
             (cached[i] if cached is not None and cached[i] is not None else diagram_bundle(image))
             for i, image in enumerate(images)
@@ -82,6 +85,11 @@ class FeaturePipeline:
         """All extractors' features side by side, in the configured order: (n, total features)."""
         parts = self.transform(prepared)
         return np.hstack([parts[name] for name, _ in self.extractors]) if parts else np.empty((0, 0))
+
+    def _needs_diagrams(self) -> bool:
+        from conveyor.features.extractors import EXTRACTORS
+
+        return any(EXTRACTORS[name].input_kind == "bundle" for name, _ in self.extractors)
 
     def _extractors(self, prepared: Prepared) -> dict[str, Any]:
         # Fixed grids: fit learns nothing from the data, so one sample is enough (and is done once).

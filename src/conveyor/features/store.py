@@ -231,7 +231,8 @@ def _compute_chunk(
         except (OSError, InvalidImageError) as exc:
             failed.append((sha, f"{raw_path}: {exc}"))
     prepared = pipeline.prepare(images, [cached.get(sha) for sha in shas])
-    new = {sha: bundle for sha, bundle in zip(shas, prepared.bundles, strict=True) if sha not in cached}
+    pairs = zip(shas, prepared.bundles, strict=True) if prepared.bundles else ()  # no bundles: no extractor reads them
+    new = {sha: bundle for sha, bundle in pairs if sha not in cached}
     features = pipeline.transform(prepared)
     return _ChunkResult(shas, new, features, pipeline.columns(), failed)
 

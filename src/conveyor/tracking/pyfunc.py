@@ -94,11 +94,15 @@ class ConveyorModel(PythonModel):
         """Probabilities (n, classes) of preprocessed images."""
         if not images:
             return np.empty((0, len(self.classes)))
+        import sklearn
+
         if self.spec["input_kind"] == "image":
             inputs: Any = np.stack(images)
         else:
             inputs = self.pipeline.vectors(self.pipeline.prepare(images))
-        return np.asarray(self.classifier.predict_proba(inputs), dtype=np.float64)
+        # The inputs are our own finite feature vectors: re-checking them on every call was most of a request.
+        with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+            return np.asarray(self.classifier.predict_proba(inputs), dtype=np.float64)
 
     def to_frame(self, proba: np.ndarray) -> pd.DataFrame:
         best = proba.argmax(axis=1) if len(proba) else np.empty(0, dtype=int)
