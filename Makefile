@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-demo: install  ## generate the embedded demo data and run conveyor on it
-	$(BIN)/conveyor demo
+demo: install  ## the whole line on generated data, ending by itself (`conveyor demo` alone ends by serving)
+	$(BIN)/conveyor demo --no-serve
 
 browser:  ## Debian's Chromium and ChromeDriver for the browser test (needs root; without them that test skips)
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } \

@@ -340,7 +340,7 @@ def demo(
     n_per_class: Annotated[int, typer.Option(help="Images per class in the generated set.")] = 60,
     seed: Annotated[int, typer.Option(help="Seed of the generator; the same seed gives the same images.")] = 0,
     story: Annotated[bool, typer.Option(help="Then file four new batches into incoming/ and monitor each.")] = True,
-    serve: Annotated[bool, typer.Option(help="End by serving the champion (--no-serve ends by itself).")] = False,
+    serve: Annotated[bool, typer.Option(help="End by serving the champion (--no-serve ends by itself).")] = True,
     as_json: JsonOption = False,
 ) -> None:
     """The whole line on generated data: generate, ingest, features, train, register, then new batches monitored."""
@@ -379,7 +379,7 @@ def demo(
     if batches:
         _print_batches(batches)
     out.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.resolved_tracking_uri}")
-    if serve:
+    if serve and not as_json:
         from conveyor.serving.commands import serve as run_serve
 
         run_serve()

@@ -166,6 +166,8 @@ def serve(
     cfg = serving_settings(settings)
     with _errors(False):
         app = create_app(settings)
+    where = f"http://{host or cfg.host}:{port if port is not None else cfg.port}"
+    typer.echo(f"upload page: {where}/   API docs: {where}/docs   (Ctrl-C to stop)")
     uvicorn.run(
         app, host=host or cfg.host, port=port if port is not None else cfg.port, log_level=log_level,
         access_log=access_log,
