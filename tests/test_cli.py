@@ -78,6 +78,7 @@ def test_demo_runs_the_whole_story(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert same["model_f1"] > max(same["dummy_by_reference_f1"], same["dummy_by_current_f1"])
     assert lesion["drift_share"] > 0.2
     assert (large["files"], large["retrain"]) == (40, True)
+    assert (large["alias"], large["rollout"]) == ("challenger", "canary")
 
 
 def test_conflict_is_listed_then_resolved_into_a_new_dataset_version(tmp_path: Path) -> None:

@@ -412,6 +412,7 @@ def _print_batches(rows: list[dict[str, Any]]) -> None:
         retrain = ("yes" if r["retrain"] else "no") + (
             f" -> v{r['registered']} {r['alias']}" if r["registered"] else ""
         )
+        retrain += f", {r['rollout']} rollout" if r.get("rollout") else ""
         table.add_row(
             r["batch"], str(r["files"]), f(r["model_f1"]), f(r["dummy_by_reference_f1"]), f(r["dummy_by_current_f1"]),
             drift, ", ".join(r["alerts"]) or "-", retrain, f"v{r['champion_version']}",

@@ -3,7 +3,8 @@
 1. ``ingest``: take a folder in (validate, store, split), then compute every extractor's missing features.
 2. ``train``: make sure the features are complete, then train, compare and register (gate included).
 3. ``monitor``: take a new batch in, monitor it against the champion (the batch's ingest inside the monitor finds
-   it already stored), and when the retrain policy says so (or there is no champion yet), train on all data.
+   it already stored), when the retrain policy says so (or there is no champion yet) train on all data, and when
+   that registers a challenger, start its rollout (``serving.rollout.on_new_challenger``: canary by default).
 
 Each task returns a JSON-ready summary, so a run's state on disk says what every step did.
 """
@@ -62,8 +63,30 @@ def monitor_task(settings: Settings, params: Mapping[str, Any], _up: Outputs) ->
     return {key: summary[key] for key in keep if key in summary}
 
 
+def rollout_task(settings: Settings, _params: Mapping[str, Any], up: Outputs) -> dict[str, Any]:
+    """Start the configured rollout of the challenger that training just registered; a rollout of an older
+    challenger still in progress is rolled back first (superseded)."""
+    from conveyor.serving import rollout
+    from conveyor.tracking.registry import actor
+    from conveyor.workspace import open_workspace
+
+    mode = rollout.serving_settings(settings).rollout.on_new_challenger
+    if mode == "none":
+        return {"skipped": "serving.rollout.on_new_challenger is none"}
+    engine = open_workspace(settings)
+    version = up["train"]["registered_version"]
+    current = rollout.active_rollout(engine)
+    if current is not None:
+        rollout.rollback(settings, engine, actor(), f"superseded by challenger v{version}")
+    return rollout.start(settings, engine, mode, actor()).to_dict()
+
+
 def _retrain_wanted(outputs: Outputs) -> bool:
     return bool(outputs.get("monitor", {}).get("retrain", {}).get("retrain"))
+
+
+def _new_challenger(outputs: Outputs) -> bool:
+    return outputs.get("train", {}).get("alias") == "challenger"
 
 
 PIPELINES: dict[str, Pipeline] = {
@@ -86,6 +109,7 @@ PIPELINES: dict[str, Pipeline] = {
                 Task("features", features_task, ("ingest",)),
                 Task("monitor", monitor_task, ("features",)),
                 Task("train", train_task, ("monitor",), when=_retrain_wanted),
+                Task("rollout", rollout_task, ("train",), when=_new_challenger),
             ),
             "take a new batch in, monitor it against the champion, retrain on all data when the policy says so",
         ),

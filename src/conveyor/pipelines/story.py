@@ -71,6 +71,7 @@ def _row(batch: StoryBatch, filed: int, result: BatchResult, champion: int | Non
         "retrain_reasons": retrain.get("reasons", []),
         "registered": train.get("registered_version") if isinstance(train, dict) else None,
         "alias": train.get("alias") if isinstance(train, dict) else None,
+        "rollout": result.outputs.get("rollout", {}).get("mode"),
         "champion_version": champion,
     }
 

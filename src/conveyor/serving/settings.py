@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field, field_validator
 
 __all__ = ["RolloutPolicySettings", "ServingSettings"]
@@ -17,6 +19,9 @@ class RolloutPolicySettings(BaseModel):
     min_feedback: int = Field(30, ge=1, description="Labelled predictions each arm needs in a stage before a decision.")
     alpha: float = Field(0.05, gt=0.0, lt=0.5, description="Significance level of the one-sided Fisher exact tests.")
     auto: bool = Field(True, description="Decide (advance or roll back) as soon as feedback allows, without an admin.")
+    on_new_challenger: Literal["shadow", "canary", "ab", "none"] = Field(
+        "canary", description="The rollout the monitor pipeline starts when a retrain registers a challenger."
+    )
 
     @field_validator("canary_stages")
     @classmethod
