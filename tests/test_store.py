@@ -22,7 +22,9 @@ def test_schema_is_created_on_each_database(db_url: str | None, tmp_path: Path) 
 
 def test_a_stage_whose_package_is_absent_is_skipped(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(db, "TABLE_MODULES", ("conveyor.store.models", "conveyor.not_a_stage.tables"))
-    create_schema(get_engine(f"sqlite:///{tmp_path / 'c.db'}"))
+    engine = get_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    create_schema(engine)
+    assert "images" in set(inspect(engine).get_table_names())
 
 
 def test_a_stage_with_a_broken_import_is_reported(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]

@@ -43,6 +43,18 @@ def test_a_file_still_being_written_is_left_alone(tmp_path: Path) -> None:
     assert busy.exists()
 
 
+def test_a_file_outside_a_label_folder_is_taken_too(tmp_path: Path) -> None:
+    settings = lean_settings(tmp_path / "ws")
+    settings.incoming_dir.mkdir(parents=True)
+    stray = settings.incoming_dir / "stray.png"
+    stray.write_bytes(b"not waiting forever")
+    old = time.time() - 60
+    os.utime(stray, (old, old))
+    batch = collect_batch(settings, quiet_seconds=1)
+    assert batch is not None and (batch / "stray.png").exists()  # ingest then quarantines it as no_label
+    assert not stray.exists()
+
+
 def test_no_quiet_file_means_no_batch(tmp_path: Path) -> None:
     settings = lean_settings(tmp_path / "ws")
     (settings.incoming_dir / "tumour").mkdir(parents=True)

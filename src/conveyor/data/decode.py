@@ -245,9 +245,8 @@ def _decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
         if photometric == "MONOCHROME1":
             values = values.max() - values
     lo, hi = float(values.min()), float(values.max())
-    pixels = ((values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)).astype(np.float32)
-    if hi == lo:
-        pixels = values.astype(np.float32)  # keep it constant so the blank check names the value
+    # A constant image stays as it is, so the blank check can name its value.
+    pixels = ((values - lo) / (hi - lo) if hi > lo else values).astype(np.float32)
     return DecodedImage(
         pixels=pixels,
         format="dicom",

@@ -45,7 +45,6 @@ from conveyor.workspace import atomic_write, die_with_parent, open_workspace, wo
 
 __all__ = ["IngestSummary", "Inspection", "ingest", "inspect_image"]
 
-OUTCOMES = ("stored", "duplicate", "conflict", "quarantined")
 NO_LABEL = "(no label)"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, insert, select
@@ -24,6 +25,7 @@ __all__ = [
     "dataset_members",
     "latest_version",
     "list_versions",
+    "raw_paths",
     "record_dataset_version",
     "version_id",
 ]
@@ -118,3 +120,15 @@ def dataset_members(engine: Engine, version: str | None = None) -> list[tuple[st
             .order_by(DatasetMember.sha256)
         ).all()
         return [(r.sha256, r.label, r.split) for r in rows]
+
+
+def raw_paths(settings: Settings, shas: list[str]) -> dict[str, Path]:
+    """Where each stored image's bytes are in the raw store, by sha256 (absent shas are left out)."""
+    from conveyor.workspace import open_workspace
+
+    out: dict[str, Path] = {}
+    with session_scope(open_workspace(settings)) as session:
+        for start in range(0, len(shas), 5000):  # keep IN lists short for every database
+            query = select(Image.sha256, Image.raw_path).where(Image.sha256.in_(shas[start : start + 5000]))
+            out.update({sha: settings.home / raw for sha, raw in session.execute(query)})
+    return out

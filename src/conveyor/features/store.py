@@ -294,7 +294,9 @@ def compute_features(
                 _write_table_info(tables[name], by_name[name], result.columns[name], settings.preprocess)
                 frame = pd.DataFrame(values, columns=result.columns[name])
                 frame.insert(0, "sha256", result.shas)
-                buffers[name].append(frame[~frame["sha256"].isin(have[name])])
+                new_rows = frame[~frame["sha256"].isin(have[name])]
+                buffers[name].append(new_rows)
+                have[name].update(new_rows["sha256"])  # written at the next flush; counted in the summary
             summary.computed += len(result.shas)
             flush()
             if on_progress is not None:
@@ -304,7 +306,7 @@ def compute_features(
             _compact(table.path)
         _compact(cache_dir)
     for name, table in tables.items():
-        summary.tables[name] = {"path": str(table.path), "rows": len(_stored_shas(table.path))}
+        summary.tables[name] = {"path": str(table.path), "rows": len(have[name])}
     return summary
 
 

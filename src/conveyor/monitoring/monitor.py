@@ -28,6 +28,7 @@ import pandas as pd
 from sqlalchemy import Engine, select
 
 from conveyor.config import Settings
+from conveyor.data.versions import raw_paths
 from conveyor.errors import InvalidImageError, SourceError
 from conveyor.monitoring.alerts import evaluate_rules, post_webhook
 from conveyor.monitoring.drift import DriftResult, drift_report_html, drift_table
@@ -99,7 +100,7 @@ def _batch_current(settings: Settings, engine: Engine, champion: Champion, path:
         compute_features(settings)  # only the new images lack features
         stored, missing = read_features(settings, champion, extractors, shas)
         if missing:  # the workspace's configured tables differ from the champion's: compute with its pipeline
-            raws = _raw_paths(engine, settings, missing)
+            raws = raw_paths(settings, missing)
             computed = compute_features_of(
                 champion, extractors, [champion.model.pipeline.image(raws[s].read_bytes()) for s in missing]
             )
@@ -107,7 +108,7 @@ def _batch_current(settings: Settings, engine: Engine, champion: Champion, path:
             stored = pd.concat([stored, computed])
         features = stored.reindex(shas).reset_index(drop=True)
     if champion.spec.get("input_kind") != "features":
-        raws = _raw_paths(engine, settings, shas)
+        raws = raw_paths(settings, shas)
         images = [champion.model.pipeline.image(raws[s].read_bytes()) for s in shas]
     proba = predict(champion, features, images)
     stats = image_stats_from_db(engine, shas).reset_index(drop=True)
@@ -124,14 +125,6 @@ def _batch_current(settings: Settings, engine: Engine, champion: Champion, path:
         champion.version,
         extra,
     )
-
-
-def _raw_paths(engine: Engine, settings: Settings, shas: list[str]) -> dict[str, Path]:
-    from conveyor.store.models import Image
-
-    with session_scope(engine) as session:
-        rows = session.execute(select(Image.sha256, Image.raw_path).where(Image.sha256.in_(shas))).all()
-    return {sha: settings.home / raw for sha, raw in rows}
 
 
 def _flat_current(settings: Settings, champion: Champion, path: Path) -> Current:

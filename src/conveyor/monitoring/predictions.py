@@ -84,6 +84,7 @@ class TablePredictionLog:
         import json
 
         from sqlalchemy import MetaData, Table, select
+        from sqlalchemy.exc import NoSuchTableError
 
         from conveyor.workspace import open_workspace
 
@@ -107,7 +108,7 @@ class TablePredictionLog:
                     query = select(fb.c["prediction_id"], fb.c["label"]).order_by(order)
                     for prediction_id, label in conn.execute(query):
                         feedback[str(prediction_id)] = str(label)
-                except Exception:  # no feedback table yet: no labels
+                except NoSuchTableError:  # no feedback table yet: no labels (anything else is a real error)
                     feedback = {}
         out: list[PredictionRecord] = []
         for row in rows:

@@ -57,10 +57,13 @@ def _ready_files(settings: Settings, quiet_seconds: float) -> list[Path]:
     incoming = settings.incoming_dir
     if not incoming.is_dir():
         return []
-    for label_dir in sorted(p for p in incoming.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in sorted(label_dir.rglob("*")):
-            if path.is_file() and now - path.stat().st_mtime >= quiet_seconds:
-                ready.append(path)
+    # Every file outside the watcher's own folders, also one dropped at the top (no label): ingest quarantines it
+    # with that reason instead of it waiting unseen forever.
+    for path in sorted(incoming.rglob("*")):
+        if path.relative_to(incoming).parts[0] in (BATCHES, PROCESSED) or not path.is_file():
+            continue
+        if now - path.stat().st_mtime >= quiet_seconds:
+            ready.append(path)
     return ready
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from conveyor.config import Settings
-from conveyor.data.versions import dataset_members, latest_version
+from conveyor.data.versions import dataset_members, latest_version, raw_paths
 from conveyor.errors import ConveyorError
 from conveyor.features.pipeline import FeaturePipeline
 from conveyor.features.store import compute_features, configured_extractors, load_matrix
@@ -234,24 +234,12 @@ def _load_inputs(settings: Settings, extractor: str, vid: str, members: list[tup
         X_test, _ = load_matrix(settings, extractor, version=vid, split="test")
         return _Inputs(X_train.to_numpy(), X_test.to_numpy())
     pipeline = FeaturePipeline(settings.preprocess, [])
-    raw = _raw_paths(settings, [sha for sha, _, _ in members])
+    raw = raw_paths(settings, [sha for sha, _, _ in members])
 
     def images(split: str) -> np.ndarray:
         return np.stack([pipeline.image(raw[sha].read_bytes()) for sha, _, s in members if s == split])
 
     return _Inputs(images("train"), images("test"))
-
-
-def _raw_paths(settings: Settings, shas: list[str]) -> dict[str, Path]:
-    from sqlalchemy import select
-
-    from conveyor.store.db import session_scope
-    from conveyor.store.models import Image
-
-    engine = open_workspace(settings)
-    with session_scope(engine) as session:
-        rows = session.execute(select(Image.sha256, Image.raw_path).where(Image.sha256.in_(shas))).all()
-    return {sha: settings.home / path for sha, path in rows}
 
 
 def _scores(estimator: Any, X: Any, n_classes: int) -> np.ndarray:
@@ -427,7 +415,7 @@ def _champion_metrics(settings: Settings, version: int, members: list[tuple[str,
 
     model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
     test = [(sha, label) for sha, label, split in members if split == "test"]
-    raw = _raw_paths(settings, [sha for sha, _ in test])
+    raw = raw_paths(settings, [sha for sha, _ in test])
     out = model.predict(pd.DataFrame({"image": [raw[sha].read_bytes() for sha, _ in test]}))
     served = [c.removeprefix("proba_") for c in out.columns if c.startswith("proba_")]
     classes = sorted({label for _, label in test} | set(served))
