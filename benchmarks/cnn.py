@@ -10,14 +10,23 @@ In one run, on the same generated 128x128 demo slices (``render_slice``, half wi
 each with ``n_threads`` = every core, then 1. The ratio is 1-thread time over all-core time (above 1: threads help).
 On a machine whose cores are busy with other work, extra threads can make torch slower, not faster.
 
-Usage: python benchmarks/cnn.py [--n 1000] [--size 128] [--epochs 3] [--architecture small] [--width 16]
+With ``--memory``: the peak resident memory of one training epoch, in a fresh process each, with the images given
+as one in-memory array and as ``ImageRows`` over the pixel store's file (read a batch at a time); the ratio is
+in-memory over pixel store.
+
+Usage: python benchmarks/cnn.py [--n 1000] [--size 128] [--epochs 3] [--architecture small] [--width 16] [--memory]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -57,14 +66,53 @@ def measure(images: np.ndarray, labels: np.ndarray, args: argparse.Namespace, th
     }
 
 
+def peak_rss_child(source: str, path: str, n: int, size: int) -> None:
+    """In a fresh process: one epoch on the images as an array or as ImageRows; prints the peak RSS in MiB."""
+    from conveyor.training.pixels import ImageRows
+
+    rows = ImageRows(Path(path), (size, size), np.arange(n))
+    images = np.asarray(rows) if source == "array" else rows
+    labels = np.array(["no_tumour", "tumour"] * (n // 2))
+    CNNClassifier(max_epochs=1, patience=1).fit(images, labels)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def memory(n: int, size: int) -> None:
+    images, _ = make_images(n, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "pixels.f32"
+        images.tofile(path)
+        del images
+        peak = {}
+        for source in ("array", "rows"):
+            out = subprocess.run(
+                [sys.executable, __file__, "--memory-child", source, str(path), str(n), str(size)],
+                check=True, capture_output=True, text=True,
+            ).stdout  # fmt: skip
+            peak[source] = float(out.split()[-1])
+    mib = n * size * size * 4 / 2**20
+    print(f"one epoch of CNNClassifier(small): {n} images {size}x{size} ({mib:.0f} MiB as float32)")
+    print(f"{'images given as':<32}{'peak RSS MiB':>14}")
+    print(f"{'one in-memory array':<32}{peak['array']:>14.0f}")
+    print(f"{'ImageRows (pixel store file)':<32}{peak['rows']:>14.0f}")
+    print(f"in-memory / pixel store: {peak['array'] / peak['rows']:.2f}x")
+
+
 def main() -> None:
+    if len(sys.argv) == 6 and sys.argv[1] == "--memory-child":
+        peak_rss_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--architecture", default="small")
     parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--memory", action="store_true", help="Peak memory: in-memory array against ImageRows.")
     args = parser.parse_args()
+    if args.memory:
+        memory(args.n, args.size)
+        return
 
     images, labels = make_images(args.n, args.size)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

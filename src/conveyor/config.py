@@ -91,6 +91,26 @@ class FeatureSettings(BaseModel):
     )
 
 
+class CNNSettings(BaseModel):
+    """The convolutional network family (``cnn`` in ``training.families``)."""
+
+    architecture: Literal["small", "densenet", "resnet"] = Field(
+        "small", description="conveyor's small ConvNet, or a small MONAI DenseNet or ResNet (randomly initialised)."
+    )
+    grid: dict[str, list[Any]] = Field(
+        default_factory=lambda: {"learning_rate": [1e-3, 3e-3], "width": [8, 16]},
+        description="CNNClassifier parameters searched on one stratified validation split.",
+    )
+    max_epochs: int = Field(30, ge=1)
+    patience: int = Field(5, ge=1, description="Epochs without a lower validation loss before stopping.")
+    batch_size: int = Field(32, ge=2)
+    time_budget_s: float = Field(
+        900.0, gt=0, description="Wall time for the whole search; each fit (grid points and refit) gets an equal share."
+    )
+    threads: int | None = Field(None, ge=1, description="Torch threads (default: every core this process may use).")
+    progress: bool = Field(True, description="A progress bar per epoch on stderr.")
+
+
 class TrainingSettings(BaseModel):
     """What ``conveyor train`` crosses and how it judges."""
 
@@ -106,6 +126,7 @@ class TrainingSettings(BaseModel):
     positive_class: str | None = Field(None, description="Binary tasks: the class F1 is about (default: last sorted).")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for the 95% intervals.")
     calibration: Literal["sigmoid", "isotonic"] = "sigmoid"
+    cnn: CNNSettings = CNNSettings()
     gate_metric: Literal["balanced_accuracy", "f1", "accuracy", "roc_auc"] = Field(
         "balanced_accuracy",
         description="What a new model must beat the naive baselines (and tie the champion) on. Not F1 by default: "

@@ -320,6 +320,46 @@ def test_float64_and_memory_mapped_images_are_accepted(train: tuple, tmp_path) -
     np.testing.assert_allclose(model.predict_proba(mapped[:4]), model.predict_proba(X[:4]), atol=1e-6)
 
 
+class CountingRows:
+    """An image array that reads its rows on demand (like ImageRows) and records how many each read took."""
+
+    def __init__(self, images: np.ndarray, reads: list[int], rows: np.ndarray | None = None) -> None:
+        self.images, self.reads = images, reads
+        self.rows = np.arange(len(images)) if rows is None else rows
+        self.shape, self.ndim, self.dtype = (len(self.rows), *images.shape[1:]), images.ndim, images.dtype
+
+    def __getitem__(self, key: Any) -> Any:
+        key = key[0] if isinstance(key, tuple) else key
+        if isinstance(key, (int, np.integer)):
+            return self.images[self.rows[key]]
+        return CountingRows(self.images, self.reads, self.rows[key])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        self.reads.append(len(self.rows))
+        return self.images[self.rows].astype(dtype or self.images.dtype)
+
+
+def test_images_read_on_demand_are_read_a_batch_at_a_time_and_give_the_same_model(
+    train: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import conveyor.models.cnn
+
+    monkeypatch.setattr(conveyor.models.cnn, "_CHECK_CHUNK", 32)  # the value-range check's reads
+    X, y = train
+    reads: list[int] = []
+    lazy = quick(max_epochs=2, batch_size=16).fit(CountingRows(X, reads), y)
+    assert max(reads) == 32 and sorted(set(reads)) == [16, 32]  # X has 80 images: never read whole
+    eager = quick(max_epochs=2, batch_size=16).fit(X, y)
+    np.testing.assert_array_equal(lazy.predict_proba(CountingRows(X, [])), eager.predict_proba(X))
+
+
+def test_progress_shows_a_bar_per_epoch_on_stderr(train: tuple, capsys: pytest.CaptureFixture[str]) -> None:
+    X, y = train
+    quick(max_epochs=2, progress=True).fit(X, y)
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "val F1" in err
+
+
 # ------------------------------------------------------------------------------------------------------- errors
 
 

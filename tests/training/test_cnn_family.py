@@ -12,22 +12,12 @@ from conveyor.data.synthetic import SyntheticSpec, generate_dataset
 from conveyor.training.train import PIXELS, TrainResult, train
 from tests.training.test_train import small_settings
 
-
-@pytest.fixture(autouse=True)
-def lean_cnn(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The registered CNN family with one grid point and a few epochs: the behaviour, not the search, is tested."""
-    from conveyor.models.cnn import CNNClassifier
-    from conveyor.models.families import FAMILIES, Family
-
-    def build(seed: int) -> CNNClassifier:
-        return CNNClassifier(seed=seed, max_epochs=8, patience=3, width=8)
-
-    lean = Family("cnn", build, {"learning_rate": [3e-3]}, input_kind="image", search="holdout")
-    monkeypatch.setitem(FAMILIES, "cnn", lean)
+#: One grid point and a few epochs: the behaviour, not the search, is tested.
+LEAN_CNN = {"grid": {"learning_rate": [3e-3], "width": [8]}, "max_epochs": 8, "patience": 3, "progress": False}
 
 
 def train_with_cnn(root: Path) -> TrainResult:
-    settings = small_settings(root / "ws", families=["logreg", "cnn"])
+    settings = small_settings(root / "ws", families=["logreg", "cnn"], cnn=LEAN_CNN)
     generate_dataset(root / "src", SyntheticSpec(n_per_class=40, size=96, seed=9))
     ingest(root / "src", settings)
     return train(settings)
@@ -47,3 +37,31 @@ def test_cnn_is_a_candidate_on_the_same_split_and_repeats_with_the_same_seed(tmp
     assert cnn_first.test.as_dict() == cnn_second.test.as_dict()
     probe = np.random.default_rng(0).random((4, 64, 64), dtype=np.float32)
     np.testing.assert_array_equal(cnn_first.estimator.predict_proba(probe), cnn_second.estimator.predict_proba(probe))
+
+
+def test_the_cnn_settings_set_its_parameters_grid_and_time_share() -> None:
+    from conveyor.models.families import family
+
+    settings = small_settings(
+        Path("unused"), seed=7,
+        cnn={"architecture": "densenet", "grid": {"width": [4, 8, 16]}, "time_budget_s": 100.0, "threads": 1},
+    )  # fmt: skip
+    estimator, grid = family("cnn").estimator_and_grid(settings)
+    assert grid == {"width": [4, 8, 16]}
+    params = estimator.get_params()
+    assert (params["architecture"], params["seed"], params["n_threads"]) == ("densenet", 7, 1)
+    assert params["time_budget_s"] == 25.0  # three grid points and the refit share 100 s
+
+
+@pytest.mark.slow
+def test_training_reads_the_cnn_images_from_the_pixel_store(tmp_path: Path) -> None:
+    from conveyor.data.versions import dataset_members, latest_version
+    from conveyor.training.pixels import PixelStore
+    from conveyor.workspace import open_workspace
+
+    settings = small_settings(tmp_path / "ws", families=["cnn"], cnn={**LEAN_CNN, "max_epochs": 1})
+    generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=12, size=64, seed=2))
+    ingest(tmp_path / "src", settings)
+    train(settings)
+    members = dataset_members(open_workspace(settings), latest_version(open_workspace(settings)))
+    assert len(PixelStore.of(settings)) == len(members) == 24

@@ -47,14 +47,26 @@ class FeaturePipeline:
         self._preprocessor = Preprocessor(self.preprocess)
         self._fitted: dict[str, Any] = {}
 
-    def image(self, data: bytes) -> np.ndarray:
-        """Decode and preprocess one file: (H, W) float32 in [0, 1] (colour kept by the settings is reduced to luma).
+    def image(self, data: bytes, *, colour: bool = False) -> np.ndarray:
+        """Decode and preprocess one file (see :meth:`preprocessed`).
 
         Raises:
             InvalidImageError: the bytes are not a usable image.
         """
-        image = self._preprocessor(decode_image(data, self.limits).pixels)
-        return to_gray_unit(image) if image.ndim == 3 else image
+        return self.preprocessed(decode_image(data, self.limits).pixels, colour=colour)
+
+    def preprocessed(self, pixels: np.ndarray, *, colour: bool = False) -> np.ndarray:
+        """Preprocess decoded pixels: (H, W) float32 in [0, 1], colour reduced to luma (what topology reads).
+
+        With ``colour`` (a network's input) and settings that keep colour, (H, W, 3) instead; a grayscale file then
+        repeats its one channel, so every image of a dataset has the same shape.
+        """
+        image = self._preprocessor(pixels).astype(np.float32, copy=False)
+        if not colour:
+            return to_gray_unit(image) if image.ndim == 3 else image
+        if not self.preprocess.grayscale and image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        return image
 
     def prepare(self, images: Sequence[np.ndarray], cached: Sequence[DiagramBundle | None] | None = None) -> Prepared:
         """Diagram bundles of preprocessed images (taking ``cached[i]`` when given); none when no extractor reads

@@ -48,7 +48,9 @@ ARCHITECTURES: tuple[str, ...] = ("small", "densenet", "resnet")
 
 # The smallest image side each network accepts: its total downsampling (stride-2 stem and pools; ResNet has 5 halvings).
 _MIN_SIZE = {"small": 16, "densenet": 16, "resnet": 32}
+Images = Any  # an (N, H, W[, C]) float ndarray, a memmap, or a lazy array such as ImageRows (see _check_images)
 _ECE_BINS = 10
+_CHECK_CHUNK = 256  # images read at a time to check the value range
 _BN_STATS_IMAGES = 512  # training images whose activations set BatchNorm's statistics after each epoch
 _TEMPERATURE_BOUNDS = (0.05, 20.0)
 _LOG_TEMPERATURE_PRIOR_SD = 1.0
@@ -138,13 +140,14 @@ def _new_network(config: dict[str, Any]) -> nn.Module:
 # ---------------------------------------------------------------------------------------------------------- input
 
 
-def _check_images(X: ArrayLike, min_size: int) -> np.ndarray:
+def _check_images(X: ArrayLike, min_size: int) -> Any:
     """X as an (N, H, W) or (N, H, W, C) float array with values in [0, 1], or ValueError.
 
-    Not converted to float32 here: batches are converted one at a time, so a float64 or memory-mapped X is never
-    copied whole.
+    Not converted to float32 here: batches are converted one at a time, so a float64 or memory-mapped X, or an
+    array-like that reads its rows on demand (``conveyor.training.pixels.ImageRows``: it has ``shape``, ``dtype``
+    and ``__getitem__`` returning the same kind, and converts with ``np.asarray``), is never copied whole.
     """
-    images = X if isinstance(X, np.ndarray) else np.asarray(X)
+    images: Any = X if isinstance(X, np.ndarray) or _is_lazy_array(X) else np.asarray(X)
     if images.dtype.kind != "f":
         raise ValueError(
             f"X: expected float images with values in [0, 1], got dtype {images.dtype}; "
@@ -158,7 +161,10 @@ def _check_images(X: ArrayLike, min_size: int) -> np.ndarray:
         raise ValueError("X: expected at least one image, got none")
     if min(images.shape[1:3]) < min_size:
         raise ValueError(f"X: images must be at least {min_size}x{min_size} pixels, got {images.shape[1:3]}")
-    low, high = float(images.min()), float(images.max())
+    low, high = math.inf, -math.inf
+    for start in range(0, images.shape[0], _CHECK_CHUNK):
+        chunk = np.asarray(images[start : start + _CHECK_CHUNK])
+        low, high = float(np.minimum(low, chunk.min())), float(np.maximum(high, chunk.max()))  # NaN propagates
     if not (low >= 0.0 and high <= 1.0):  # also catches NaN, which compares False
         raise ValueError(
             f"X: expected values in [0, 1], got min {low}, max {high}; scale images to [0, 1] (e.g. uint8 / 255)"
@@ -166,7 +172,11 @@ def _check_images(X: ArrayLike, min_size: int) -> np.ndarray:
     return images
 
 
-def _n_channels(images: np.ndarray) -> int:
+def _is_lazy_array(X: object) -> bool:
+    return all(hasattr(X, name) for name in ("shape", "ndim", "dtype", "__getitem__", "__array__"))
+
+
+def _n_channels(images: Any) -> int:
     return 1 if images.ndim == 3 else int(images.shape[-1])
 
 
@@ -330,6 +340,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         Seeds weight initialisation, dropout, the validation split, batch order and augmentation.
     n_threads : int or None, default=None
         Torch intra-op threads during ``fit`` and ``predict_proba`` (None: every core this process may use).
+    progress : bool, default=False
+        Show a progress bar per epoch on stderr (batches done, running loss, then the validation loss and F1).
 
     Attributes
     ----------
@@ -381,6 +393,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         time_budget_s: float | None = None,
         seed: int = 0,
         n_threads: int | None = None,
+        progress: bool = False,
     ) -> None:
         self.architecture = architecture
         self.width = width
@@ -393,6 +406,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.time_budget_s = time_budget_s
         self.seed = seed
         self.n_threads = n_threads
+        self.progress = progress
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -500,7 +514,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     def _train(
         self,
         model: nn.Module,
-        images: np.ndarray,
+        images: Images,
         codes: np.ndarray,
         train_idx: np.ndarray,
         val_idx: np.ndarray,
@@ -518,49 +532,62 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         history: list[dict[str, Any]] = []
         best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
         stop_reason = "max_epochs"
-        for epoch in range(1, self.max_epochs + 1):
-            epoch_start = time.perf_counter()
-            model.train()
-            total, seen = 0.0, 0
-            # Equal-sized batches (array_split): no trailing batch of one image, which BatchNorm cannot train on.
-            for shuffled in np.array_split(rng.permutation(train_idx), n_batches):
-                batch_idx = np.sort(shuffled)  # ascending reads are kinder to a memory-mapped X; order is irrelevant
-                inputs = _batch(images, batch_idx, augment)
-                loss = F.cross_entropy(model(inputs), targets[batch_idx], weight=class_weight)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * batch_idx.size
-                seen += batch_idx.size
-            _recompute_batchnorm_stats(model, images, stats_idx, self.batch_size)
-            model.eval()
-            val_logits = _logits(model, images, val_idx, self.batch_size)
-            val_targets = targets[val_idx]
-            val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), val_targets, weight=class_weight))
-            row = {
-                "epoch": epoch,
-                "train_loss": total / seen,
-                "val_loss": val_loss,
-                "val_f1": _f1(codes[val_idx], val_logits.argmax(axis=1), n_classes=class_weight.shape[0]),
-                "seconds": time.perf_counter() - epoch_start,
-            }
-            history.append(row)
-            logger.debug("epoch %(epoch)d: train_loss %(train_loss).4f val_loss %(val_loss).4f", row)
-            if epoch_callback is not None:
-                epoch_callback(dict(row))
-            if val_loss < best_loss:
-                best_loss, best_epoch, best_state = val_loss, epoch, copy.deepcopy(model.state_dict())
-            elif epoch - best_epoch >= self.patience:
-                stop_reason = "early_stopping"
-                break
-            elapsed = time.perf_counter() - started
-            if (
-                self.time_budget_s is not None
-                and epoch < self.max_epochs
-                and elapsed + row["seconds"] > self.time_budget_s
-            ):
-                stop_reason = "time_budget"
-                break
+        bars = _EpochBars(self.max_epochs, n_batches) if self.progress else None
+        try:
+            for epoch in range(1, self.max_epochs + 1):
+                epoch_start = time.perf_counter()
+                model.train()
+                total, seen = 0.0, 0
+                if bars is not None:
+                    bars.start(epoch)
+                # Equal-sized batches (array_split): no trailing batch of one image, which BatchNorm cannot train on.
+                for shuffled in np.array_split(rng.permutation(train_idx), n_batches):
+                    batch_idx = np.sort(
+                        shuffled
+                    )  # ascending reads are kinder to a memory-mapped X; order is irrelevant
+                    inputs = _batch(images, batch_idx, augment)
+                    loss = F.cross_entropy(model(inputs), targets[batch_idx], weight=class_weight)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.item() * batch_idx.size
+                    seen += batch_idx.size
+                    if bars is not None:
+                        bars.batch(total / seen)
+                _recompute_batchnorm_stats(model, images, stats_idx, self.batch_size)
+                model.eval()
+                val_logits = _logits(model, images, val_idx, self.batch_size)
+                val_targets = targets[val_idx]
+                val_loss = float(F.cross_entropy(torch.from_numpy(val_logits), val_targets, weight=class_weight))
+                row = {
+                    "epoch": epoch,
+                    "train_loss": total / seen,
+                    "val_loss": val_loss,
+                    "val_f1": _f1(codes[val_idx], val_logits.argmax(axis=1), n_classes=class_weight.shape[0]),
+                    "seconds": time.perf_counter() - epoch_start,
+                }
+                history.append(row)
+                if bars is not None:
+                    bars.end(row)
+                logger.debug("epoch %(epoch)d: train_loss %(train_loss).4f val_loss %(val_loss).4f", row)
+                if epoch_callback is not None:
+                    epoch_callback(dict(row))
+                if val_loss < best_loss:
+                    best_loss, best_epoch, best_state = val_loss, epoch, copy.deepcopy(model.state_dict())
+                elif epoch - best_epoch >= self.patience:
+                    stop_reason = "early_stopping"
+                    break
+                elapsed = time.perf_counter() - started
+                if (
+                    self.time_budget_s is not None
+                    and epoch < self.max_epochs
+                    and elapsed + row["seconds"] > self.time_budget_s
+                ):
+                    stop_reason = "time_budget"
+                    break
+        finally:
+            if bars is not None:
+                bars.close()
         return history, best_state, best_epoch, stop_reason
 
     # ----------------------------------------------------------------------------------------------- predict
@@ -633,7 +660,39 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 # ------------------------------------------------------------------------------------------------------- helpers
 
 
-def _batch(images: np.ndarray, idx: np.ndarray, augment: Callable[[torch.Tensor], Any] | None) -> torch.Tensor:
+class _EpochBars:
+    """One progress bar per epoch on stderr (rich): batches done and the running loss, then the validation scores."""
+
+    def __init__(self, max_epochs: int, n_batches: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.max_epochs, self.n_batches = max_epochs, n_batches
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(), console=Console(stderr=True),
+        )  # fmt: skip
+        self.task: Any = None
+
+    def start(self, epoch: int) -> None:
+        if self.task is None:
+            self.progress.start()
+        self.task = self.progress.add_task(f"epoch {epoch}/{self.max_epochs}", total=self.n_batches, note="")
+
+    def batch(self, loss: float) -> None:
+        self.progress.update(self.task, advance=1, note=f"loss {loss:.4f}")
+
+    def end(self, row: dict[str, Any]) -> None:
+        note = f"loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  val F1 {row['val_f1']:.3f}"
+        self.progress.update(self.task, note=note)
+        self.progress.refresh()
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.progress.stop()
+
+
+def _batch(images: Images, idx: np.ndarray, augment: Callable[[torch.Tensor], Any] | None) -> torch.Tensor:
     """One training batch built now from ``images[idx]``, augmented image by image when ``augment`` is given."""
     tensor = _to_tensor(images[idx])
     if augment is None:
@@ -643,7 +702,7 @@ def _batch(images: np.ndarray, idx: np.ndarray, augment: Callable[[torch.Tensor]
     return torch.stack(augmented).clamp_(0.0, 1.0).contiguous(memory_format=torch.channels_last)
 
 
-def _recompute_batchnorm_stats(model: nn.Module, images: np.ndarray, idx: np.ndarray, batch_size: int) -> None:
+def _recompute_batchnorm_stats(model: nn.Module, images: Images, idx: np.ndarray, batch_size: int) -> None:
     """Set every BatchNorm layer's running mean and variance to their average over ``images[idx]`` (not augmented).
 
     Running statistics are an exponential average (momentum 0.1) over training batches, most of them seen with older
@@ -668,7 +727,7 @@ def _recompute_batchnorm_stats(model: nn.Module, images: np.ndarray, idx: np.nda
         layer.eval()
 
 
-def _logits(model: nn.Module, images: np.ndarray, idx: np.ndarray, batch_size: int) -> np.ndarray:
+def _logits(model: nn.Module, images: Images, idx: np.ndarray, batch_size: int) -> np.ndarray:
     """float32 logits (len(idx), n_classes) of ``images[idx]`` in eval mode, without gradients, batch by batch."""
     outputs = []
     with torch.inference_mode():

@@ -8,13 +8,17 @@ cross-validation fold's training part only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sklearn.base import BaseEstimator
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+
+if TYPE_CHECKING:
+    from conveyor.config import Settings
 
 __all__ = ["FAMILIES", "Family", "family", "register_family"]
 
@@ -30,6 +34,8 @@ class Family:
         input_kind: ``"features"`` or ``"image"``.
         search: ``"kfold"`` (stratified k-fold CV on the training split) or ``"holdout"`` (one stratified
             validation split: for families too slow for k fits per grid point).
+        configure: sets the built estimator's parameters and picks the grid from the settings (a family with
+            settings of its own); without it, ``build`` and ``grid`` are used as they are.
     """
 
     name: str
@@ -37,6 +43,14 @@ class Family:
     grid: dict[str, list[Any]] = field(default_factory=dict)
     input_kind: Literal["features", "image"] = "features"
     search: Literal["kfold", "holdout"] = "kfold"
+    configure: Callable[[BaseEstimator, Settings], tuple[BaseEstimator, dict[str, list[Any]]]] | None = None
+
+    def estimator_and_grid(self, settings: Settings) -> tuple[BaseEstimator, dict[str, list[Any]]]:
+        """A fresh estimator (seeded by ``training.seed``) and the grid to search, as the settings say."""
+        estimator = self.build(settings.training.seed)
+        if self.configure is None:
+            return estimator, self.grid
+        return self.configure(estimator, settings)
 
 
 def _scaled(estimator: BaseEstimator) -> Pipeline:
@@ -76,7 +90,19 @@ def _xgboost(seed: int) -> BaseEstimator:
 def _cnn(seed: int) -> BaseEstimator:
     from conveyor.models.cnn import CNNClassifier
 
-    return CNNClassifier(seed=seed, max_epochs=30, patience=5, time_budget_s=120.0)  # per fit of the grid
+    return CNNClassifier(seed=seed)
+
+
+def _configure_cnn(estimator: BaseEstimator, settings: Settings) -> tuple[BaseEstimator, dict[str, list[Any]]]:
+    """``training.cnn``: the architecture, the epochs, and the search's time budget shared equally by its fits."""
+    cnn = settings.training.cnn
+    grid = {name: list(values) for name, values in cnn.grid.items()}
+    fits = math.prod(len(values) for values in grid.values()) + 1  # one per grid point on the holdout, then the refit
+    estimator.set_params(
+        architecture=cnn.architecture, max_epochs=cnn.max_epochs, patience=cnn.patience, batch_size=cnn.batch_size,
+        time_budget_s=cnn.time_budget_s / fits, n_threads=cnn.threads, progress=cnn.progress,
+    )  # fmt: skip
+    return estimator, grid
 
 
 FAMILIES: dict[str, Family] = {}
@@ -98,13 +124,7 @@ for _family in (
         {"clf__learning_rate": [0.05, 0.1], "clf__max_depth": [None, 4]},
     ),
     Family("xgboost", _xgboost, {"clf__max_depth": [3, 6], "clf__learning_rate": [0.05, 0.1]}),
-    Family(
-        "cnn",
-        _cnn,
-        {"learning_rate": [1e-3, 3e-3], "width": [8, 16]},
-        input_kind="image",
-        search="holdout",
-    ),
+    Family("cnn", _cnn, input_kind="image", search="holdout", configure=_configure_cnn),
 ):
     register_family(_family)
 

@@ -42,7 +42,6 @@ class ServedModel:
     name: str
     version: int
     model: Any  # ConveyorModel
-    preprocessor: Any  # conveyor.preprocess.transforms.Preprocessor, built from the model's own settings
 
     @property
     def classes(self) -> list[str]:
@@ -50,12 +49,8 @@ class ServedModel:
 
     def predict(self, pixels: list[np.ndarray]) -> np.ndarray:
         """Probabilities (n, classes) of decoded images (the model's preprocessing, features and classifier)."""
-        from conveyor.preprocess.transforms import to_gray_unit
-
-        images = []
-        for p in pixels:
-            image = self.preprocessor(p)
-            images.append(to_gray_unit(image) if image.ndim == 3 else image)
+        pipeline, colour = self.model.pipeline, self.model.takes_pixels
+        images = [pipeline.preprocessed(p, colour=colour) for p in pixels]
         return np.asarray(self.model.predict_images(images), dtype=np.float64)
 
 
@@ -63,7 +58,6 @@ def load_version(settings: Settings, version: int) -> ServedModel:
     """Load one registered version of the model (by number, so what is loaded is what is reported)."""
     import mlflow.pyfunc
 
-    from conveyor.preprocess.transforms import Preprocessor
     from conveyor.tracking.setup import configure_mlflow
 
     configure_mlflow(settings)
@@ -73,7 +67,7 @@ def load_version(settings: Settings, version: int) -> ServedModel:
     finally:
         sys.path[:] = saved_path  # the model's code_paths copy of conveyor must not shadow the installed package
     inner = loaded.unwrap_python_model()
-    return ServedModel(settings.model_name, version, inner, Preprocessor(inner.pipeline.preprocess))
+    return ServedModel(settings.model_name, version, inner)
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,11 @@ class ConveyorModel(PythonModel):
             PreprocessSettings(**self.spec["preprocess"]), [(n, p) for n, p in self.spec["extractors"]]
         )
 
+    @property
+    def takes_pixels(self) -> bool:
+        """A network on the preprocessed pixels (colour kept when the settings keep it), not feature vectors."""
+        return bool(self.spec["input_kind"] == "image")
+
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
@@ -84,7 +89,7 @@ class ConveyorModel(PythonModel):
 
         try:
             blobs = decode_inputs(model_input)
-            images = [self.pipeline.image(blob) for blob in blobs]
+            images = [self.pipeline.image(blob, colour=self.takes_pixels) for blob in blobs]
         except (ValueError, InvalidImageError) as exc:
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
         proba = self.predict_images(images)
@@ -96,7 +101,7 @@ class ConveyorModel(PythonModel):
             return np.empty((0, len(self.classes)))
         import sklearn
 
-        if self.spec["input_kind"] == "image":
+        if self.takes_pixels:
             inputs: Any = np.stack(images)
         else:
             inputs = self.pipeline.vectors(self.pipeline.prepare(images))

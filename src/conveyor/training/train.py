@@ -28,11 +28,11 @@ import pandas as pd
 from conveyor.config import Settings
 from conveyor.data.versions import dataset_members, latest_version, raw_paths
 from conveyor.errors import ConveyorError
-from conveyor.features.pipeline import FeaturePipeline
 from conveyor.features.store import compute_features, configured_extractors, load_matrix
 from conveyor.models.families import Family, family
 from conveyor.training.baselines import evaluate_baselines
 from conveyor.training.evaluate import Metrics, confusion_matrix_png, evaluate, positive_class, roc_curve_png
+from conveyor.training.pixels import PixelStore
 from conveyor.workspace import open_workspace
 
 __all__ = ["CandidateResult", "TrainResult", "train"]
@@ -233,13 +233,12 @@ def _load_inputs(settings: Settings, extractor: str, vid: str, members: list[tup
         X_train, _ = load_matrix(settings, extractor, version=vid, split="train")
         X_test, _ = load_matrix(settings, extractor, version=vid, split="test")
         return _Inputs(X_train.to_numpy(), X_test.to_numpy())
-    pipeline = FeaturePipeline(settings.preprocess, [])
+    # Preprocessed once into the workspace's pixel store and read batch by batch: never the whole split in memory.
+    store = PixelStore.of(settings)
     raw = raw_paths(settings, [sha for sha, _, _ in members])
-
-    def images(split: str) -> np.ndarray:
-        return np.stack([pipeline.image(raw[sha].read_bytes()) for sha, _, s in members if s == split])
-
-    return _Inputs(images("train"), images("test"))
+    train_shas = [sha for sha, _, split in members if split == "train"]
+    test_shas = [sha for sha, _, split in members if split == "test"]
+    return _Inputs(store.rows(train_shas, raw), store.rows(test_shas, raw))
 
 
 def _scores(estimator: Any, X: Any, n_classes: int) -> np.ndarray:
@@ -278,9 +277,10 @@ def _fit_candidate(
         cv: Any = StratifiedKFold(folds, shuffle=True, random_state=cfg.seed)
     else:
         cv = StratifiedShuffleSplit(1, test_size=0.2, random_state=cfg.seed)
+    estimator, grid = fam.estimator_and_grid(settings)
     search = GridSearchCV(
-        fam.build(cfg.seed),
-        fam.grid,
+        estimator,
+        grid,
         cv=cv,
         scoring=scorer,
         n_jobs=-1 if fam.input_kind == "features" else 1,  # the CNN parallelises inside torch
