@@ -174,3 +174,22 @@ def test_cli_start_status_advance_and_rollback(home, monkeypatch: pytest.MonkeyP
     again = run("rollback")  # no rollout now, and no earlier champion to go back to
     assert (again["code"], again["error"]) == (1, "model 'conveyor' has no earlier champion to roll back to")
     assert rollout.active_rollout(__import__("conveyor.workspace").workspace.open_workspace(settings)) is None
+
+
+def test_of_two_decisions_taken_at_once_one_wins(home, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Two processes (or two feedback requests) judging the same stage: the second finds it decided, nothing moves."""
+    from conveyor.errors import ConveyorError
+    from conveyor.workspace import open_workspace
+
+    settings = settings_for(home)
+    engine = open_workspace(settings)
+    seen = rollout.start(settings, engine, "canary", "test")
+    rollout.advance(settings, engine, "first", force=True)
+    monkeypatch.setattr(rollout, "_require_active", lambda engine: seen)  # the second saw stage 0 as well
+    with pytest.raises(ConveyorError, match=f"rollout {seen.id} was decided meanwhile"):
+        rollout.advance(settings, engine, "second", force=True)
+    with pytest.raises(ConveyorError, match="decided meanwhile"):
+        rollout.promote(settings, engine, "second")
+    state = rollout.active_rollout(engine)
+    assert state is not None and state.stage == 1
+    assert current_version(settings, CHAMPION) == 1  # the stale promotion never moved the alias

@@ -344,7 +344,6 @@ def advance(settings: Settings, engine: Engine, who: str, *, force: bool = False
     Raises:
         ConveyorError: no rollout in progress.
     """
-    from conveyor.serving.tables import Rollout
 
     state = _require_active(engine)
     cfg = serving_settings(settings)
@@ -365,10 +364,7 @@ def advance(settings: Settings, engine: Engine, who: str, *, force: bool = False
         return decision, promote(settings, engine, who, decision.reason, {"decision": decision.to_dict()})
     stage = state.stage + 1
     share = _share(state.mode, stage, cfg)
-    with session_scope(engine) as session:
-        row = session.get(Rollout, state.id)
-        assert row is not None
-        row.stage, row.share, row.stage_started_at = stage, share, utcnow()
+    _claim(engine, state, stage=stage, share=share, stage_started_at=utcnow())
     _record(
         settings, engine, state.id, "advance", decision.reason,
         {"stage": stage, "share": share, "decision": decision.to_dict()}, who,
@@ -378,17 +374,47 @@ def advance(settings: Settings, engine: Engine, who: str, *, force: bool = False
     return decision, new
 
 
-def _end(engine: Engine, rollout_id: int, status: str) -> RolloutStatus:
+def _claim(engine: Engine, state: RolloutStatus, **changes: Any) -> None:
+    """Apply ``changes`` to the rollout only if it is still active at the stage ``state`` saw: of two decisions taken
+    at once (two feedback requests, two server processes), one wins and the other raises.
+
+    Raises:
+        ConveyorError: the rollout was decided meanwhile.
+    """
+    from sqlalchemy import update
+
     from conveyor.serving.tables import Rollout
 
     with session_scope(engine) as session:
-        row = session.get(Rollout, rollout_id)
+        claimed = session.execute(
+            update(Rollout)
+            .where(Rollout.id == state.id, Rollout.status == "active", Rollout.stage == state.stage)
+            .values(**changes)
+        ).rowcount
+    if claimed != 1:
+        raise ConveyorError(f"rollout {state.id} was decided meanwhile (it left stage {state.stage}); nothing done")
+
+
+def _end(engine: Engine, state: RolloutStatus, status: str) -> RolloutStatus:
+    from conveyor.serving.tables import Rollout
+
+    _claim(engine, state, status=status, ended_at=utcnow(), share=0.0)
+    with session_scope(engine) as session:
+        row = session.get(Rollout, state.id)
         assert row is not None
-        row.status, row.ended_at = status, utcnow()
-        if status != "active":
-            row.share = 0.0
-        session.flush()
         return _status(row)
+
+
+def _reopen(engine: Engine, state: RolloutStatus) -> None:
+    """Undo a claimed end whose registry move failed: the rollout is active again, as it was."""
+    from sqlalchemy import update
+
+    from conveyor.serving.tables import Rollout
+
+    with session_scope(engine) as session:
+        session.execute(
+            update(Rollout).where(Rollout.id == state.id).values(status="active", ended_at=None, share=state.share)
+        )
 
 
 def promote(
@@ -406,8 +432,12 @@ def promote(
     from conveyor.tracking.registry import promote as registry_promote
 
     state = _require_active(engine)
-    registry_promote(settings, state.challenger_version, reason=f"rollout {state.id}: {reason}", who=who)
-    ended = _end(engine, state.id, "promoted")
+    ended = _end(engine, state, "promoted")  # claimed first, so two promotions never move the alias twice
+    try:
+        registry_promote(settings, state.challenger_version, reason=f"rollout {state.id}: {reason}", who=who)
+    except BaseException:
+        _reopen(engine, state)
+        raise
     _record(
         settings, engine, state.id, "promote", reason, {"version": state.challenger_version, **(details or {})}, who
     )
@@ -433,7 +463,7 @@ def rollback(
     if state is None:
         registry_rollback(settings, reason=reason, who=who)
         return latest_rollout(engine)
-    ended = _end(engine, state.id, "rolled_back")
+    ended = _end(engine, state, "rolled_back")
     _record(
         settings, engine, state.id, "rollback", reason, {"version": state.challenger_version, **(details or {})}, who
     )

