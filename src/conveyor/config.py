@@ -98,7 +98,7 @@ class CNNSettings(BaseModel):
         "small", description="conveyor's small ConvNet, or a small MONAI DenseNet or ResNet (randomly initialised)."
     )
     grid: dict[str, list[Any]] = Field(
-        default_factory=lambda: {"learning_rate": [1e-3, 3e-3], "width": [8, 16]},
+        default_factory=lambda: {"learning_rate": [1e-3, 3e-3], "width": [8, 16]},  # type: ignore[arg-type]
         description="CNNClassifier parameters searched on one stratified validation split.",
     )
     max_epochs: int = Field(30, ge=1)

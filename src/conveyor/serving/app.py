@@ -24,7 +24,7 @@ from conveyor.serving.metrics import Metrics, MetricsMiddleware
 from conveyor.serving.rollout import serving_settings
 from conveyor.serving.service import ModelUnavailable, PredictionService
 
-__all__ = ["create_app", "status_for"]
+__all__ = ["app_from_environment", "check_startable", "create_app", "status_for"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,20 @@ def _error(
     return JSONResponse({"detail": detail, "reason": reason}, status_code=status, headers=headers)
 
 
+def check_startable(settings: Settings) -> None:
+    """Raises ConfigError when the server must not start: production mode with no admin token."""
+    cfg = serving_settings(settings)
+    if cfg.production and not cfg.admin_token:
+        raise ConfigError("serving.production is set but serving.admin_token is empty: refusing to start")
+
+
+def app_from_environment() -> FastAPI:
+    """The app for the settings of this process's environment: what each ``conveyor serve --workers`` process runs."""
+    from conveyor.config import get_settings
+
+    return create_app(get_settings())
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The serving app for the workspace of ``settings``.
 
@@ -58,9 +72,8 @@ def create_app(settings: Settings) -> FastAPI:
     from conveyor.serving.routes import admin, feedback, health, page, predict
     from conveyor.workspace import open_workspace
 
+    check_startable(settings)
     cfg = serving_settings(settings)
-    if cfg.production and not cfg.admin_token:
-        raise ConfigError("serving.production is set but serving.admin_token is empty: refusing to start")
     engine = open_workspace(settings)
     metrics = Metrics()
     service = PredictionService(settings, engine, on_prediction=metrics.record_prediction)

@@ -7,6 +7,7 @@ Plain functions plus ``rollout_app``; ``conveyor.cli`` registers them (``app.com
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -153,22 +154,62 @@ def rollout_rollback(reason: ReasonOption = None, as_json: JsonOption = False) -
 def serve(
     host: Annotated[str | None, typer.Option("--host", help="Address (default serving.host, 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Port (default serving.port, 8000).")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Server processes (default serving.workers: every core).")
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = True,
 ) -> None:
-    """Serve the champion: REST API, upload page, metrics (FastAPI + uvicorn)."""
+    """Serve the champion: REST API, upload page, metrics (FastAPI + uvicorn).
+
+    With several workers, each process loads the model and serves requests on the same port; the metrics add up over
+    the processes, and an admin reload reaches the process that gets it (the others within serving.reload_interval_s).
+    """
     import uvicorn
 
-    from conveyor.serving.app import create_app
+    from conveyor.serving.app import check_startable, create_app
     from conveyor.serving.rollout import serving_settings
 
     settings = _settings()
     cfg = serving_settings(settings)
+    processes = workers or cfg.workers or available_cores()
+    host, port = host or cfg.host, port if port is not None else cfg.port
     with _errors(False):
-        app = create_app(settings)
-    where = f"http://{host or cfg.host}:{port if port is not None else cfg.port}"
-    typer.echo(f"upload page: {where}/   API docs: {where}/docs   (Ctrl-C to stop)")
-    uvicorn.run(
-        app, host=host or cfg.host, port=port if port is not None else cfg.port, log_level=log_level,
-        access_log=access_log,
-    )  # fmt: skip
+        check_startable(settings)
+        app = create_app(settings) if processes == 1 else None
+    where = f"http://{host}:{port}"
+    typer.echo(f"upload page: {where}/   API docs: {where}/docs   ({processes} process(es); Ctrl-C to stop)")
+    if app is not None:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
+        return
+    with metrics_folder():
+        uvicorn.run(
+            "conveyor.serving.app:app_from_environment", factory=True, workers=processes, host=host, port=port,
+            log_level=log_level, access_log=access_log,
+        )  # fmt: skip
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def metrics_folder() -> Iterator[None]:
+    """A fresh folder for prometheus_client's multiprocess mode, named in the environment the workers inherit."""
+    import tempfile
+
+    from conveyor.serving.metrics import MULTIPROC_ENV
+
+    with tempfile.TemporaryDirectory(prefix="conveyor-metrics-") as folder:
+        previous = os.environ.get(MULTIPROC_ENV)
+        os.environ[MULTIPROC_ENV] = folder
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop(MULTIPROC_ENV, None)
+            else:
+                os.environ[MULTIPROC_ENV] = previous

@@ -1,13 +1,21 @@
-"""Prometheus metrics of one app (its own registry, so several apps in one process do not collide)."""
+"""Prometheus metrics of one app (its own registry, so several apps in one process do not collide).
+
+Under ``conveyor serve --workers N`` the processes share the folder named by ``PROMETHEUS_MULTIPROC_DIR``:
+prometheus_client then keeps every process's values in files there, and ``/metrics`` adds them up, whichever
+process answers.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-__all__ = ["Metrics", "MetricsMiddleware"]
+__all__ = ["MULTIPROC_ENV", "Metrics", "MetricsMiddleware"]
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
@@ -30,6 +38,16 @@ class Metrics:
             "conveyor_predictions", "Predictions made, by model version, arm and predicted class.",
             ["model", "version", "arm", "label"], registry=self.registry,
         )  # fmt: skip
+
+    def exposition(self) -> bytes:
+        """The text format of every metric: this app's, or every server process's in multiprocess mode."""
+        if not os.environ.get(MULTIPROC_ENV):
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
 
     def record_prediction(self, outcome: Any) -> None:
         self.predictions.labels(outcome.model.name, str(outcome.model.version), outcome.arm, outcome.label).inc()

@@ -386,11 +386,12 @@ def _claim(engine: Engine, state: RolloutStatus, **changes: Any) -> None:
     from conveyor.serving.tables import Rollout
 
     with session_scope(engine) as session:
-        claimed = session.execute(
+        result: Any = session.execute(
             update(Rollout)
             .where(Rollout.id == state.id, Rollout.status == "active", Rollout.stage == state.stage)
             .values(**changes)
-        ).rowcount
+        )
+        claimed = result.rowcount
     if claimed != 1:
         raise ConveyorError(f"rollout {state.id} was decided meanwhile (it left stage {state.stage}); nothing done")
 

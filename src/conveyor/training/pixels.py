@@ -74,7 +74,7 @@ class ImageRows:
             else:
                 raise IndexError(f"ImageRows selects whole images: index with one key (and ...), got {key!r}")
         if isinstance(key, (int, np.integer)):
-            return np.asarray(ImageRows(self.path, self.row_shape, self.rows[[key]]))[0]
+            return np.asarray(ImageRows(self.path, self.row_shape, self.rows[[int(key)]]))[0]
         return ImageRows(self.path, self.row_shape, self.rows[key])
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -91,7 +91,7 @@ class ImageRows:
             breaks = np.flatnonzero((np.diff(sorted_rows) != 1) | (np.diff(order) != 1)) + 1
             for run in np.split(np.arange(len(self)), breaks):
                 first = int(order[run[0]])
-                target = memoryview(flat[first : first + run.size]).cast("B")
+                target = memoryview(flat[first : first + run.size]).cast("B")  # type: ignore[arg-type]
                 handle.seek(int(sorted_rows[run[0]]) * row_bytes)
                 if handle.readinto(target) != target.nbytes:
                     raise EOFError(f"{self.path} is shorter than its index: rebuild the pixel store")
