@@ -213,3 +213,48 @@ def test_unexpected_errors_are_500_without_internals(settings: Settings) -> None
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.post("/v1/predict", content=png(14))
     assert (response.status_code, response.json()["detail"]) == (500, "internal error; it has been logged")
+
+
+MULTIPART = "multipart/form-data; boundary=XyZ"
+
+
+def part(name: str, content: bytes, filename: str | None = None) -> bytes:
+    disposition = f'form-data; name="{name}"' + ("" if filename is None else f'; filename="{filename}"')
+    return f"--XyZ\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+
+
+def test_multipart_fields_that_are_not_files_are_ignored(client: TestClient) -> None:
+    body = part("note", b"left lobe") + part("file", png(9), "scan.png") + b"--XyZ--\r\n"
+    response = client.post("/v1/predict", content=body, headers={"content-type": MULTIPART})
+    assert response.status_code == 200
+    assert response.json()["input"]["format"] == "png"
+
+
+def test_multipart_cut_short_is_422(client: TestClient) -> None:
+    body = part("file", png(9), "scan.png")[:-40]
+    response = client.post("/v1/predict", content=body, headers={"content-type": MULTIPART})
+    assert response.status_code == 422
+    assert response.json() == {
+        "detail": "the multipart body ends inside a part: it was cut short",
+        "reason": "bad_multipart",
+    }
+
+
+def test_multipart_without_a_boundary_is_422(client: TestClient) -> None:
+    response = client.post("/v1/predict", content=b"--x\r\n", headers={"content-type": "multipart/form-data"})
+    assert response.status_code == 422
+    assert response.json()["detail"] == "the multipart body cannot be parsed: no boundary in content-type"
+
+
+def test_multipart_with_no_file_part_is_422(client: TestClient) -> None:
+    body = part("note", b"only text") + b"--XyZ--\r\n"
+    response = client.post("/v1/predict", content=body, headers={"content-type": MULTIPART})
+    assert response.status_code == 422
+    assert response.json()["reason"] == "no_file"
+
+
+def test_two_files_to_the_single_image_endpoint_is_413(client: TestClient) -> None:
+    body = part("file", png(1), "a.png") + part("file", png(2), "b.png") + b"--XyZ--\r\n"
+    response = client.post("/v1/predict", content=body, headers={"content-type": MULTIPART})
+    assert response.status_code == 413
+    assert response.json() == {"detail": "more than 1 files sent; at most 1 per request", "reason": "too_many_files"}
