@@ -1,9 +1,12 @@
 """Serving speed: the same registered model behind ``conveyor serve`` and behind ``mlflow models serve``.
 
-Trains a small champion on generated demo data (in a temporary workspace), starts both servers on 127.0.0.1, and
+Trains a small champion on generated demo data (in a temporary workspace), starts the servers on 127.0.0.1, and
 sends the same 224x224 JPEGs at concurrency 1, 8 and 32 for a bounded time each (loopback only), with ``wrk``
 (Debian's package; C, so the load generator does not eat the 2 cores a Python client would). Prints requests
-per second, p50/p99 latency, errors and each server's resident memory at start and end, and the throughput ratio.
+per second, p50/p99 latency, errors and each server's resident memory (all its processes) at start and end, and
+the throughput ratio against ``mlflow models serve`` as it starts by default (one worker process). Both servers
+run with their defaults (``conveyor serve``: one process per core); a row for ``mlflow models serve --workers``
+with as many processes shows how much of the difference is processes and how much is work per request.
 
 Usage: python benchmarks/serve.py [--seconds 8] [--concurrency 1,8,32]
 """
@@ -160,7 +163,9 @@ def main() -> None:
             "OMP_NUM_THREADS": "1",
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }
-        ours, theirs = free_port(), free_port()
+        cores = len(os.sched_getaffinity(0))
+        ours, theirs, theirs_n = free_port(), free_port(), free_port()
+        mlflow_n = f"mlflow models serve -w {cores}"
         servers = {
             "conveyor serve": subprocess.Popen(
                 [str(BIN / "conveyor"), "serve", "--port", str(ours), "--no-access-log", "--log-level", "warning"],
@@ -171,10 +176,16 @@ def main() -> None:
                  "--env-manager", "local", "-h", "127.0.0.1", "-p", str(theirs)],
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             ),
+            mlflow_n: subprocess.Popen(
+                [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{settings.model_name}@champion",
+                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(theirs_n), "-w", str(cores)],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            ),
         }  # fmt: skip
         try:
             wait_ready(f"http://127.0.0.1:{ours}/readyz")
             wait_ready(f"http://127.0.0.1:{theirs}/ping")
+            wait_ready(f"http://127.0.0.1:{theirs_n}/ping")
             images = jpegs()
             ours_bodies = [multipart(image)[0] for image in images]
             ours_type = multipart(images[0])[1]
@@ -187,6 +198,7 @@ def main() -> None:
             targets = {
                 "conveyor serve": (f"http://127.0.0.1:{ours}/v1/predict", ours_bodies, ours_type),
                 "mlflow models serve": (f"http://127.0.0.1:{theirs}/invocations", theirs_bodies, "application/json"),
+                mlflow_n: (f"http://127.0.0.1:{theirs_n}/invocations", theirs_bodies, "application/json"),
             }
             rows = []
             for name, process in servers.items():
@@ -202,14 +214,17 @@ def main() -> None:
                     process.wait(timeout=20)
                 except (ProcessLookupError, subprocess.TimeoutExpired):
                     pass
-    print(f"224x224 JPEGs, loopback, {args.seconds:.0f} s per level, {os.cpu_count()} cores")
-    print(f"{'server':<22}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'RSS MiB start/end':>20}")
+    print(f"224x224 JPEGs, loopback, {args.seconds:.0f} s per level, {cores} cores")
+    print(f"{'server':<28}{'conc':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'RSS MiB start/end':>20}")
     for name, level, rate, p50, p99, errors, m0, m1 in rows:
-        print(f"{name:<22}{level:>5}{rate:>9.1f}{p50:>9.1f}{p99:>9.1f}{errors:>8}{m0:>11.0f} / {m1:<6.0f}")
+        print(f"{name:<28}{level:>5}{rate:>9.1f}{p50:>9.1f}{p99:>9.1f}{errors:>8}{m0:>11.0f} / {m1:<6.0f}")
     for level in levels:
-        ours_rate = next(r[2] for r in rows if r[0] == "conveyor serve" and r[1] == level)
-        theirs_rate = next(r[2] for r in rows if r[0] == "mlflow models serve" and r[1] == level)
-        print(f"concurrency {level}: conveyor serve / mlflow models serve throughput = {ours_rate / theirs_rate:.1f}x")
+        rate = {name: r[2] for r in rows for name in servers if r[0] == name and r[1] == level}
+        print(
+            f"concurrency {level}: conveyor serve / mlflow models serve throughput = "
+            f"{rate['conveyor serve'] / rate['mlflow models serve']:.1f}x "
+            f"({rate['conveyor serve'] / rate[mlflow_n]:.1f}x against {mlflow_n})"
+        )
 
 
 if __name__ == "__main__":
