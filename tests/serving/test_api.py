@@ -206,7 +206,7 @@ def test_background_poll_picks_up_a_new_champion(home) -> None:  # type: ignore[
 def test_unexpected_errors_are_500_without_internals(settings: Settings) -> None:
     app = create_app(settings)
 
-    def broken(data: bytes) -> None:
+    async def broken(data: bytes) -> None:
         raise RuntimeError("secret internals")
 
     app.state.service.predict = broken

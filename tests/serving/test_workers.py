@@ -1,4 +1,4 @@
-"""``conveyor serve --workers 2``: two processes on one port answer, share feedback and add up their metrics."""
+"""``conveyor serve --workers 2``: a real server with two scoring processes answers, takes feedback and counts."""
 
 from __future__ import annotations
 
@@ -67,13 +67,13 @@ def server(home: Path) -> Iterator[str]:
             process.wait(timeout=30)
 
 
-def test_two_processes_answer_take_feedback_and_add_up_their_metrics(server: str) -> None:
+def test_a_server_with_scoring_processes_answers_takes_feedback_and_counts(server: str) -> None:
     ids = []
     for seed in range(8):
         status, body = call(f"{server}/v1/predict", png(seed), "application/octet-stream")
         assert status == 200
         ids.append(json.loads(body)["request_id"])
-    for request_id in ids:  # whichever process answers the feedback finds the prediction the other one logged
+    for request_id in ids:
         status, body = call(f"{server}/v1/feedback", json.dumps({"request_id": request_id, "label": "tumour"}).encode())
         assert status == 200, body
     status, text = call(f"{server}/metrics")

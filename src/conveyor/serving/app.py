@@ -22,9 +22,10 @@ from conveyor.config import Settings
 from conveyor.errors import ConfigError, ConveyorError, InvalidImageError, NotFoundError
 from conveyor.serving.metrics import Metrics, MetricsMiddleware
 from conveyor.serving.rollout import serving_settings
+from conveyor.serving.scoring import ScorerUnavailable
 from conveyor.serving.service import ModelUnavailable, PredictionService
 
-__all__ = ["app_from_environment", "check_startable", "create_app", "status_for"]
+__all__ = ["check_startable", "create_app", "status_for"]
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +57,11 @@ def check_startable(settings: Settings) -> None:
         raise ConfigError("serving.production is set but serving.admin_token is empty: refusing to start")
 
 
-def app_from_environment() -> FastAPI:
-    """The app for the settings of this process's environment: what each ``conveyor serve --workers`` process runs."""
-    from conveyor.config import get_settings
-
-    return create_app(get_settings())
-
-
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, scoring_processes: int = 1) -> FastAPI:
     """The serving app for the workspace of ``settings``.
+
+    ``scoring_processes``: 1 decodes and scores in a thread of this process; more starts that many scoring
+    processes (``conveyor serve`` starts one per core).
 
     Raises:
         ConfigError: production mode with no admin token.
@@ -76,7 +73,9 @@ def create_app(settings: Settings) -> FastAPI:
     cfg = serving_settings(settings)
     engine = open_workspace(settings)
     metrics = Metrics()
-    service = PredictionService(settings, engine, on_prediction=metrics.record_prediction)
+    service = PredictionService(
+        settings, engine, on_prediction=metrics.record_prediction, scoring_processes=scoring_processes
+    )
     try:
         service.refresh()
     except Exception:  # no model registered yet, or the registry is down: not ready, keep polling
@@ -117,6 +116,10 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(ModelUnavailable)
     async def unavailable(request: Request, exc: ModelUnavailable) -> JSONResponse:
         return _error(request, 503, str(exc), "not_ready", {"Retry-After": "5"})
+
+    @app.exception_handler(ScorerUnavailable)
+    async def scorer_unavailable(request: Request, exc: ScorerUnavailable) -> JSONResponse:
+        return _error(request, 503, str(exc), "scorer_restarting", {"Retry-After": "1"})
 
     @app.exception_handler(ConveyorError)
     async def conflict(request: Request, exc: ConveyorError) -> JSONResponse:

@@ -155,19 +155,20 @@ def serve(
     host: Annotated[str | None, typer.Option("--host", help="Address (default serving.host, 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Port (default serving.port, 8000).")] = None,
     workers: Annotated[
-        int | None, typer.Option("--workers", min=1, help="Server processes (default serving.workers: every core).")
+        int | None,
+        typer.Option("--workers", min=1, help="Scoring processes (default serving.workers: every core; 1: none)."),
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = True,
 ) -> None:
     """Serve the champion: REST API, upload page, metrics (FastAPI + uvicorn).
 
-    With several workers, each process loads the model and serves requests on the same port; the metrics add up over
-    the processes, and an admin reload reaches the process that gets it (the others within serving.reload_interval_s).
+    One server process speaks HTTP; uploads are decoded and scored in scoring processes, one per core by default,
+    each request by whichever is free.
     """
     import uvicorn
 
-    from conveyor.serving.app import check_startable, create_app
+    from conveyor.serving.app import create_app
     from conveyor.serving.rollout import serving_settings
 
     settings = _settings()
@@ -175,18 +176,10 @@ def serve(
     processes = workers or cfg.workers or available_cores()
     host, port = host or cfg.host, port if port is not None else cfg.port
     with _errors(False):
-        check_startable(settings)
-        app = create_app(settings) if processes == 1 else None
+        app = create_app(settings, scoring_processes=processes)
     where = f"http://{host}:{port}"
-    typer.echo(f"upload page: {where}/   API docs: {where}/docs   ({processes} process(es); Ctrl-C to stop)")
-    if app is not None:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
-        return
-    with metrics_folder():
-        uvicorn.run(
-            "conveyor.serving.app:app_from_environment", factory=True, workers=processes, host=host, port=port,
-            log_level=log_level, access_log=access_log,
-        )  # fmt: skip
+    typer.echo(f"upload page: {where}/   API docs: {where}/docs   ({processes} scoring process(es); Ctrl-C to stop)")
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
 
 
 def available_cores() -> int:
@@ -194,22 +187,3 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
-
-
-@contextmanager
-def metrics_folder() -> Iterator[None]:
-    """A fresh folder for prometheus_client's multiprocess mode, named in the environment the workers inherit."""
-    import tempfile
-
-    from conveyor.serving.metrics import MULTIPROC_ENV
-
-    with tempfile.TemporaryDirectory(prefix="conveyor-metrics-") as folder:
-        previous = os.environ.get(MULTIPROC_ENV)
-        os.environ[MULTIPROC_ENV] = folder
-        try:
-            yield
-        finally:
-            if previous is None:
-                os.environ.pop(MULTIPROC_ENV, None)
-            else:
-                os.environ[MULTIPROC_ENV] = previous

@@ -1,21 +1,13 @@
-"""Prometheus metrics of one app (its own registry, so several apps in one process do not collide).
-
-Under ``conveyor serve --workers N`` the processes share the folder named by ``PROMETHEUS_MULTIPROC_DIR``:
-prometheus_client then keeps every process's values in files there, and ``/metrics`` adds them up, whichever
-process answers.
-"""
+"""Prometheus metrics of one app (its own registry, so several apps in one process do not collide)."""
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-__all__ = ["MULTIPROC_ENV", "Metrics", "MetricsMiddleware"]
-
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+__all__ = ["Metrics", "MetricsMiddleware"]
 
 
 class Metrics:
@@ -40,14 +32,8 @@ class Metrics:
         )  # fmt: skip
 
     def exposition(self) -> bytes:
-        """The text format of every metric: this app's, or every server process's in multiprocess mode."""
-        if not os.environ.get(MULTIPROC_ENV):
-            return generate_latest(self.registry)
-        from prometheus_client import multiprocess
-
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
+        """Every metric in Prometheus' text format."""
+        return generate_latest(self.registry)
 
     def record_prediction(self, outcome: Any) -> None:
         self.predictions.labels(outcome.model.name, str(outcome.model.version), outcome.arm, outcome.label).inc()

@@ -6,9 +6,8 @@ preprocessing settings and classifier directly, so serving runs the training cod
 DataFrame and a schema check per request. :meth:`PredictionService.refresh` picks up a moved alias or a changed
 rollout without a restart.
 
-Requests that wait at the same time are scored together (:class:`Batcher`): one call of the model for all of them
-pays scikit-learn's per-call checks once (1.3 ms for one image, 0.2 ms per image in a batch of 8), and a lone request
-waits for nothing.
+Uploads are decoded and scored by a scorer (:mod:`conveyor.serving.scoring`): in a thread of this process, or in
+scoring processes, one per core; either scores the requests that wait at the same time in one call of the model.
 
 The prediction log is written by one background thread in batches (:class:`PredictionLog`), so a request never waits
 on the database; :meth:`PredictionLog.flush` waits for what was queued (feedback flushes before it looks a request up).
@@ -16,6 +15,7 @@ on the database; :meth:`PredictionLog.flush` waits for what was queued (feedback
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import queue
@@ -30,11 +30,12 @@ import numpy as np
 from sqlalchemy import Engine, insert
 
 from conveyor.config import Settings
-from conveyor.data.decode import DecodeLimits, decode_image
+from conveyor.data.decode import DecodeLimits
 from conveyor.errors import InvalidImageError
 from conveyor.serving.rollout import RolloutStatus, active_rollout, choose_arm, serving_settings
+from conveyor.serving.scoring import Inspected, ModelFailed, ProcessScorer, ThreadScorer
 
-__all__ = ["Batcher", "Inspected", "PredictionLog", "PredictionService", "ServedModel", "inspect", "load_version"]
+__all__ = ["ModelUnavailable", "Outcome", "PredictionLog", "PredictionService", "ServedModel", "load_version"]
 
 log = logging.getLogger(__name__)
 
@@ -72,115 +73,6 @@ def load_version(settings: Settings, version: int) -> ServedModel:
         sys.path[:] = saved_path  # the model's code_paths copy of conveyor must not shadow the installed package
     inner = loaded.unwrap_python_model()
     return ServedModel(settings.model_name, version, inner)
-
-
-@dataclass(frozen=True)
-class Inspected:
-    """A decoded upload and the statistics monitoring compares (as ingest computes them)."""
-
-    sha256: str
-    format: str
-    width: int
-    height: int
-    brightness: float
-    contrast: float
-    pixels: np.ndarray
-
-
-def inspect(data: bytes, limits: DecodeLimits) -> Inspected:
-    """Decode one upload (format sniffed from the content, geometry checked before decoding).
-
-    Raises:
-        InvalidImageError: the bytes are not a usable image.
-    """
-    from conveyor.data.ingest import reduced_gray  # the same statistics as the images table
-
-    decoded = decode_image(data, limits)
-    gray = reduced_gray(decoded.pixels)
-    return Inspected(
-        sha256=hashlib.sha256(data).hexdigest(),
-        format=decoded.format,
-        width=decoded.width,
-        height=decoded.height,
-        brightness=float(gray.mean()),
-        contrast=float(gray.std()),
-        pixels=decoded.pixels,
-    )
-
-
-@dataclass
-class _Job:
-    model: ServedModel
-    pixels: np.ndarray
-    done: threading.Event = field(default_factory=threading.Event)
-    result: np.ndarray | None = None
-    error: BaseException | None = None
-
-
-class Batcher:
-    """Dynamic batching: one thread scores every request that is waiting when it is free, in one call per model.
-
-    It never waits for more requests to come (no added latency); under load the queue fills while a batch is being
-    scored. A batch that fails is scored again one image at a time, so a bad image fails its own request only.
-    """
-
-    def __init__(self, max_batch: int = 32) -> None:
-        self.max_batch = max_batch
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="model-batcher", daemon=True)
-        self._thread.start()
-
-    def predict(self, model: ServedModel, pixels: np.ndarray) -> np.ndarray:
-        """The probabilities of one decoded image (blocks until its batch is scored; raises what the model raised)."""
-        if not self._thread.is_alive():
-            raise RuntimeError("the batcher is closed")
-        job = _Job(model, pixels)
-        self._queue.put(job)
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        assert job.result is not None
-        return job.result
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
-                break
-            jobs = [first]
-            while len(jobs) < self.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                jobs.append(item)
-            models = {id(job.model): job.model for job in jobs}  # champion and challenger, in arrival order
-            for model in models.values():
-                self._score([job for job in jobs if job.model is model])
-
-    @staticmethod
-    def _score(jobs: list[_Job]) -> None:
-        try:
-            proba = jobs[0].model.predict([job.pixels for job in jobs])
-        except Exception as exc:
-            if len(jobs) == 1:
-                jobs[0].error = exc
-                jobs[0].done.set()
-            else:
-                for job in jobs:
-                    Batcher._score([job])
-            return
-        for job, row in zip(jobs, proba, strict=True):
-            job.result = row
-            job.done.set()
 
 
 class PredictionLog:
@@ -259,9 +151,16 @@ class ModelUnavailable(Exception):
 
 
 class PredictionService:
-    """The models being served, the rollout in force, and the prediction log."""
+    """The models being served, the rollout in force, the scorer and the prediction log.
 
-    def __init__(self, settings: Settings, engine: Engine, on_prediction: Any = None) -> None:
+    Args:
+        scoring_processes: 1 scores in a thread of this process; more starts that many scoring processes (each
+            loads the models; see :class:`~conveyor.serving.scoring.ProcessScorer`) once a champion is loaded.
+    """
+
+    def __init__(
+        self, settings: Settings, engine: Engine, on_prediction: Any = None, scoring_processes: int = 1
+    ) -> None:
         self.settings = settings
         self.engine = engine
         cfg = serving_settings(settings)
@@ -270,7 +169,8 @@ class PredictionService:
         self.challenger: ServedModel | None = None
         self.rollout: RolloutStatus | None = None
         self.log = PredictionLog(engine)
-        self.batcher = Batcher()
+        self.scoring_processes = scoring_processes
+        self.scorer: ThreadScorer | ProcessScorer | None = ThreadScorer(self.limits) if scoring_processes == 1 else None
         self._lock = threading.Lock()  # one refresh at a time; readers take a consistent snapshot of attributes
         self._on_prediction = on_prediction or (lambda outcome: None)
 
@@ -292,6 +192,11 @@ class PredictionService:
             elif self.challenger is None or self.challenger.version != wanted:
                 self.challenger = load_version(self.settings, wanted)
             self.rollout = rollout
+            if self.scorer is None and self.champion is not None:
+                preload = [m.version for m in (self.champion, self.challenger) if m is not None]
+                scorer = ProcessScorer(self.settings, self.limits, self.scoring_processes, preload)
+                scorer.warm_up()
+                self.scorer = scorer
             return self.describe()
 
     def describe(self) -> dict[str, Any]:
@@ -304,7 +209,7 @@ class PredictionService:
 
     @property
     def ready(self) -> bool:
-        return self.champion is not None
+        return self.champion is not None and self.scorer is not None
 
     def classes(self) -> list[str]:
         if self.champion is None:
@@ -313,55 +218,66 @@ class PredictionService:
 
     # ------------------------------------------------------------------------------------------- predicting
 
-    def predict(self, data: bytes) -> tuple[Outcome, Any]:
-        """Answer one upload. Returns the outcome and a callable that scores the shadow (run it after responding).
+    async def predict(self, data: bytes) -> tuple[Outcome, Any]:
+        """Answer one upload. Returns the outcome and a coroutine function that scores the shadow (await it after
+        responding), or None.
 
         Raises:
-            InvalidImageError: the upload is not a usable image.
+            InvalidImageError: the upload is not a usable image (or the champion cannot process it).
             ModelUnavailable: no champion loaded.
+            ScorerUnavailable: the scoring process died meanwhile.
         """
         started = time.perf_counter()
         champion, challenger, rollout = self.champion, self.challenger, self.rollout  # one consistent snapshot
-        if champion is None:
+        scorer = self.scorer
+        if champion is None or scorer is None:
             raise ModelUnavailable("no champion model is loaded")
-        inspected = inspect(data, self.limits)
-        arm = choose_arm(rollout, inspected.sha256) if challenger is not None else "champion"
+        sha256 = hashlib.sha256(data).hexdigest()
+        arm = choose_arm(rollout, sha256) if challenger is not None else "champion"
         model = challenger if arm == "challenger" and challenger is not None else champion
         request_id = str(uuid.uuid4())
         try:
-            proba = self.batcher.predict(model, inspected.pixels)
-        except Exception as exc:
+            scored = await asyncio.wrap_future(scorer.submit(model, data))
+        except ModelFailed as exc:
             if model is champion:
-                if isinstance(exc, _INPUT_ERRORS):
+                if exc.input_like:
                     raise _unprocessable(model, exc) from exc
                 raise
             # The challenger failed: log its failure (it counts against it) and let the champion answer.
-            self._log_row(request_id, challenger, "challenger", rollout, inspected, None, started, exc)
+            self._log_row(request_id, challenger, "challenger", rollout, exc.inspected, None, started, exc)
             request_id = str(uuid.uuid4())
             arm, model = "champion", champion
             try:
-                proba = self.batcher.predict(model, inspected.pixels)
-            except _INPUT_ERRORS as exc2:
-                raise _unprocessable(model, exc2) from exc2
-        outcome = self._outcome(request_id, arm, model, proba, inspected, started, rollout)
-        self._log_row(request_id, model, arm, rollout, inspected, proba, started, None)
+                scored = await asyncio.wrap_future(scorer.submit(model, data))
+            except ModelFailed as exc2:
+                if exc2.input_like:
+                    raise _unprocessable(model, exc2) from exc2
+                raise
+        outcome = self._outcome(request_id, arm, model, scored.proba, scored.inspected, started, rollout)
+        self._log_row(request_id, model, arm, rollout, scored.inspected, scored.proba, started, None)
         self._on_prediction(outcome)
         shadow = None
         if rollout is not None and rollout.mode == "shadow" and challenger is not None:
 
-            def shadow() -> None:
-                self._score_shadow(challenger, request_id, rollout, inspected)
+            async def shadow() -> None:
+                await self._score_shadow(scorer, challenger, request_id, rollout, data)
 
         return outcome, shadow
 
-    def _score_shadow(self, model: ServedModel, request_id: str, rollout: RolloutStatus, inspected: Inspected) -> None:
+    async def _score_shadow(
+        self, scorer: ThreadScorer | ProcessScorer, model: ServedModel, request_id: str, rollout: RolloutStatus,
+        data: bytes,
+    ) -> None:  # fmt: skip
         started = time.perf_counter()
         try:
-            proba = self.batcher.predict(model, inspected.pixels)
-        except Exception as exc:
-            self._log_row(request_id, model, "shadow", rollout, inspected, None, started, exc)
+            scored = await asyncio.wrap_future(scorer.submit(model, data))
+        except ModelFailed as exc:
+            self._log_row(request_id, model, "shadow", rollout, exc.inspected, None, started, exc)
             return
-        self._log_row(request_id, model, "shadow", rollout, inspected, proba, started, None)
+        except Exception:  # the shadow never troubles the answer already given
+            log.exception("shadow scoring failed")
+            return
+        self._log_row(request_id, model, "shadow", rollout, scored.inspected, scored.proba, started, None)
 
     def _outcome(
         self,
@@ -425,16 +341,10 @@ class PredictionService:
         )
 
     def close(self) -> None:
-        self.batcher.close()
+        if self.scorer is not None:
+            self.scorer.close()
         self.log.close()
 
 
-#: What a model raises on an input it cannot handle (a degenerate image after preprocessing), as opposed to a bug.
-_INPUT_ERRORS = (ValueError, ArithmeticError, IndexError, InvalidImageError)
-
-
-def _unprocessable(model: ServedModel, exc: Exception) -> InvalidImageError:
-    log.warning("model version %d failed on an upload: %r", model.version, exc)
-    return InvalidImageError(
-        "unprocessable", f"model version {model.version} cannot process this image: {type(exc).__name__}: {exc}"
-    )
+def _unprocessable(model: ServedModel, exc: ModelFailed) -> InvalidImageError:
+    return InvalidImageError("unprocessable", f"model version {model.version} cannot process this image: {exc}")

@@ -45,7 +45,10 @@ class ServingSettings(BaseModel):
     max_batch: int = Field(32, ge=1, description="Most images in one /v1/predict/batch request.")
     unsure_below: float = Field(0.7, ge=0.0, le=1.0, description="Confidence under which the page says 'unsure'.")
     workers: int | None = Field(
-        None, ge=1, description="Server processes (each loads the model); default every core this machine gives us."
+        None,
+        ge=1,
+        description="Scoring processes of conveyor serve (each loads the model); default every core, 1: "
+        "decode and score in the server process.",
     )
     reload_interval_s: float = Field(
         30.0, ge=0.0, description="Seconds between checks of the registry aliases and rollout state (0: never)."

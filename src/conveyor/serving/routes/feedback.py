@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, HTTPException
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -15,26 +13,17 @@ from conveyor.store.db import session_scope
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
 
-#: How long an unknown request id is looked for: another server process may not have stored its prediction yet.
-_OTHER_PROCESS_GRACE_S = 0.25
-
 
 def record_feedback(service: PredictionService, body: FeedbackRequest, who: str) -> tuple[str | None, bool]:
     """Store the label; returns (what was predicted, whether a rollout is in progress)."""
     from conveyor.serving.tables import Feedback, Prediction
 
-    service.log.flush()  # the prediction may still be queued here
-    deadline = time.monotonic() + _OTHER_PROCESS_GRACE_S
+    service.log.flush()  # the prediction may still be queued
     with session_scope(service.engine) as session:
-        while True:
-            rows = session.scalars(select(Prediction).where(Prediction.request_id == body.request_id)).all()
-            answered = [r for r in rows if r.arm != "shadow" and r.label is not None]
-            if answered:
-                break
-            if time.monotonic() > deadline:
-                raise HTTPException(404, f"no prediction with request id {body.request_id!r}")
-            session.rollback()  # a fresh snapshot for the next look
-            time.sleep(0.02)
+        rows = session.scalars(select(Prediction).where(Prediction.request_id == body.request_id)).all()
+        answered = [r for r in rows if r.arm != "shadow" and r.label is not None]
+        if not answered:
+            raise HTTPException(404, f"no prediction with request id {body.request_id!r}")
         classes = sorted((answered[0].probabilities or {}).keys())
         if body.label not in classes:
             raise HTTPException(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Request
-from starlette.concurrency import run_in_threadpool
 
 from conveyor.errors import InvalidImageError
 from conveyor.serving.deps import ServiceDep, ServingDep, read_limited
@@ -150,9 +149,9 @@ def file_parts(body: bytes, content_type: str, max_files: int) -> list[tuple[str
 async def predict_one(
     service: PredictionService, serving: ServingSettings, data: bytes, background: BackgroundTasks
 ) -> PredictionResponse:
-    outcome, shadow = await run_in_threadpool(service.predict, data)
+    outcome, shadow = await service.predict(data)  # awaits the scorer: no thread of this process waits
     if shadow is not None:
-        background.add_task(run_in_threadpool, shadow)
+        background.add_task(shadow)
     return to_response(outcome, serving)
 
 
