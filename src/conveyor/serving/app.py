@@ -83,6 +83,7 @@ def create_app(settings: Settings, scoring_processes: int = 1) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        freeze_heap()
         poller = asyncio.create_task(_poll(service, cfg.reload_interval_s)) if cfg.reload_interval_s > 0 else None
         try:
             yield
@@ -132,6 +133,15 @@ def create_app(settings: Settings, scoring_processes: int = 1) -> FastAPI:
 
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
+
+
+def freeze_heap() -> None:
+    """Move everything loaded so far (MLflow, scikit-learn, the models: millions of objects) out of the garbage
+    collector's sight. A full collection scanning them all paused the server ~0.2 s every few seconds under load."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 async def _poll(service: PredictionService, interval: float) -> None:

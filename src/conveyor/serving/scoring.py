@@ -241,6 +241,9 @@ def _worker_start(settings: Settings, preload: list[int]) -> None:
     _WORKER_SETTINGS = settings
     for version in preload:
         _worker_model(version)
+    from conveyor.serving.app import freeze_heap
+
+    freeze_heap()
 
 
 def _worker_model(version: int) -> Any:
