@@ -168,7 +168,7 @@ def serve(
     """
     import uvicorn
 
-    from conveyor.serving.app import create_app
+    from conveyor.serving.app import create_app, freeze_heap
     from conveyor.serving.rollout import serving_settings
 
     settings = _settings()
@@ -179,6 +179,7 @@ def serve(
         app = create_app(settings, scoring_processes=processes)
     where = f"http://{host}:{port}"
     typer.echo(f"upload page: {where}/   API docs: {where}/docs   ({processes} scoring process(es); Ctrl-C to stop)")
+    freeze_heap()
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
 
 
