@@ -1,12 +1,13 @@
 """Serving speed: the same registered model behind ``conveyor serve`` and behind ``mlflow models serve``.
 
-Trains a small champion on generated demo data (in a temporary workspace), starts the servers on 127.0.0.1, and
-sends the same 224x224 JPEGs at concurrency 1, 8 and 32 for a bounded time each (loopback only), with ``wrk``
-(Debian's package; C, so the load generator does not eat the 2 cores a Python client would). Prints requests
-per second, p50/p99 latency, errors and each server's resident memory (all its processes) at start and end, and
-the throughput ratio against ``mlflow models serve`` as it starts by default (one worker process). Both servers
-run with their defaults (``conveyor serve``: one process per core); a row for ``mlflow models serve --workers``
-with as many processes shows how much of the difference is processes and how much is work per request.
+Trains a small champion on generated demo data (in a temporary workspace), starts each server in turn on
+127.0.0.1 (alone on the machine), and sends the same 224x224 JPEGs at concurrency 1, 8 and 32 for a bounded time
+each (loopback only), with ``wrk`` (Debian's package; C, so the load generator does not eat the 2 cores a Python
+client would). Prints requests per second, p50/p99 latency, errors and each server's resident memory (all its
+processes) at start and end, and the throughput ratio against ``mlflow models serve`` as it starts by default (one
+worker process). Both servers run with their defaults (``conveyor serve``: a scoring process per core); a row for
+``mlflow models serve --workers`` with as many processes shows how much of the difference is processes and how
+much is work per request.
 
 Usage: python benchmarks/serve.py [--seconds 8] [--concurrency 1,8,32]
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import json
 import os
@@ -45,14 +47,18 @@ def free_port() -> int:
 
 
 def rss_mib(pid: int) -> float:
-    """Resident memory of a process and its children, in MiB (from /proc)."""
-    total = 0
-    pids = [pid]
-    for child in Path(f"/proc/{pid}/task").glob("*/children"):
-        pids += [int(p) for p in child.read_text().split()]
-    for p in pids:
+    """Resident memory of a process and all its descendants (worker processes), in MiB (from /proc)."""
+    total, pending, seen = 0, [pid], set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                pending += [int(p) for p in children.read_text().split()]
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
         except OSError:
@@ -164,51 +170,39 @@ def main() -> None:
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         }
         cores = len(os.sched_getaffinity(0))
-        ours, theirs, theirs_n = free_port(), free_port(), free_port()
         mlflow_n = f"mlflow models serve -w {cores}"
-        servers = {
-            "conveyor serve": subprocess.Popen(
-                [str(BIN / "conveyor"), "serve", "--port", str(ours), "--no-access-log", "--log-level", "warning"],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        model_uri = f"models:/{settings.model_name}@champion"
+        mlflow = [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1"]
+        images = jpegs()
+        ours_type = multipart(images[0])[1]
+        ours_bodies = [multipart(image)[0] for image in images]
+        theirs_bodies = [
+            json.dumps({"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(i).decode()]]}}).encode()
+            for i in images
+        ]
+        servers = {  # name: (command without the port, ready path, predict path, bodies, content type)
+            "conveyor serve": (
+                [str(BIN / "conveyor"), "serve", "--no-access-log", "--log-level", "warning", "--port"],
+                "/readyz", "/v1/predict", ours_bodies, ours_type,
             ),
-            "mlflow models serve": subprocess.Popen(
-                [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{settings.model_name}@champion",
-                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(theirs)],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            ),
-            mlflow_n: subprocess.Popen(
-                [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{settings.model_name}@champion",
-                 "--env-manager", "local", "-h", "127.0.0.1", "-p", str(theirs_n), "-w", str(cores)],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-            ),
+            "mlflow models serve": ([*mlflow, "-p"], "/ping", "/invocations", theirs_bodies, "application/json"),
+            mlflow_n: ([*mlflow, "-w", str(cores), "-p"], "/ping", "/invocations", theirs_bodies, "application/json"),
         }  # fmt: skip
-        try:
-            wait_ready(f"http://127.0.0.1:{ours}/readyz")
-            wait_ready(f"http://127.0.0.1:{theirs}/ping")
-            wait_ready(f"http://127.0.0.1:{theirs_n}/ping")
-            images = jpegs()
-            ours_bodies = [multipart(image)[0] for image in images]
-            ours_type = multipart(images[0])[1]
-            theirs_bodies = [
-                json.dumps(
-                    {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(i).decode()]]}}
-                ).encode()
-                for i in images
-            ]
-            targets = {
-                "conveyor serve": (f"http://127.0.0.1:{ours}/v1/predict", ours_bodies, ours_type),
-                "mlflow models serve": (f"http://127.0.0.1:{theirs}/invocations", theirs_bodies, "application/json"),
-                mlflow_n: (f"http://127.0.0.1:{theirs_n}/invocations", theirs_bodies, "application/json"),
-            }
-            rows = []
-            for name, process in servers.items():
-                url, bodies, content_type = targets[name]
+        rows = []
+        for name, (command, ready, path, bodies, content_type) in servers.items():  # one at a time: the machine is
+            port = free_port()  # the server's alone
+            process = subprocess.Popen(
+                [*command, str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+            try:
+                wait_ready(f"http://127.0.0.1:{port}{ready}")
                 start_mib = rss_mib(process.pid)
                 for level in levels:
+                    url = f"http://127.0.0.1:{port}{path}"
                     rate, errors, p50, p99 = load(url, bodies, content_type, level, args.seconds, Path(tmp))
                     rows.append((name, level, rate, p50, p99, errors, start_mib, rss_mib(process.pid)))
-        finally:
-            for process in servers.values():
+            finally:
                 try:
                     os.killpg(process.pid, signal.SIGTERM)
                     process.wait(timeout=20)
