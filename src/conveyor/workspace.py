@@ -98,6 +98,14 @@ def workspace_lock(home: Path, *, wait: bool = False) -> Iterator[None]:
             fcntl.lockf(handle, fcntl.LOCK_UN)
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def die_with_parent() -> None:
     """In a worker process: ask Linux to kill it when its parent dies, so a killed command leaves no orphans.
 

@@ -59,10 +59,17 @@ def test_the_cnn_champion_answers_a_batch_and_refuses_a_bad_file(client: TestCli
     assert set(items[0]["prediction"]["probabilities"]) == {"no_tumour", "tumour"}
 
 
+def predictions_counted(client: TestClient) -> float:
+    text = client.get("/metrics").text
+    lines = [line for line in text.splitlines() if line.startswith("conveyor_predictions_total{")]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if 'version="1"' in line and 'arm="champion"' in line)
+
+
 def test_the_cnn_champion_is_ready_and_counted_in_metrics(client: TestClient) -> None:
-    assert client.get("/readyz").status_code == 200
+    assert client.get("/readyz").json()["champion"] == 1
+    before = predictions_counted(client)
     client.post("/v1/predict", files={"file": ("c.png", png(7, size=80), "image/png")})
-    assert 'conveyor_predictions_total{arm="champion",label=' in client.get("/metrics").text
+    assert predictions_counted(client) == before + 1
 
 
 def test_the_pixel_store_is_not_needed_to_serve(cnn_settings: Settings, tmp_path: Path) -> None:

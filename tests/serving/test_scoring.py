@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import threading
@@ -40,6 +41,10 @@ class FakeModel:
         return np.array([[p.shape[0] / 100, (100 - p.shape[0]) / 100] for p in pixels])
 
 
+def with_hash(data: bytes) -> tuple[bytes, str]:
+    return data, hashlib.sha256(data).hexdigest()
+
+
 @pytest.fixture
 def scorer() -> Any:
     scorer = ThreadScorer(LIMITS)
@@ -67,6 +72,7 @@ def test_requests_waiting_together_are_scored_in_one_call(scorer: ThreadScorer) 
     assert model.batches == [1, 3]
     assert [r.proba.tolist() for r in results] == [[0.5, 0.5], [0.6, 0.4], [0.7, 0.3]]
     assert [(r.inspected.width, r.inspected.format) for r in results] == [(50, "png"), (60, "png"), (70, "png")]
+    assert results[0].inspected.sha256 == hashlib.sha256(png(0, size=50)).hexdigest()
 
 
 def test_an_image_the_model_fails_on_fails_alone(scorer: ThreadScorer) -> None:
@@ -145,9 +151,9 @@ def test_scoring_processes_give_the_same_answers_and_recover_from_a_killed_one(h
 def test_a_job_whose_caller_gave_up_does_not_stop_the_scorer(scorer: ThreadScorer) -> None:
     model = FakeModel()
     model.hold.clear()
-    held = scorer.submit(model, png(1, size=50))
+    held = scorer.submit(model, *with_hash(png(1, size=50)))
     assert model.entered.wait(5)
-    abandoned = scorer.submit(model, png(2, size=60))
+    abandoned = scorer.submit(model, *with_hash(png(2, size=60)))
     assert abandoned.cancel()  # what asyncio does when the client disconnects
     model.hold.set()
     assert held.result(10).proba.tolist() == [0.5, 0.5]

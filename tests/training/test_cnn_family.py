@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +66,21 @@ def test_training_reads_the_cnn_images_from_the_pixel_store(tmp_path: Path) -> N
     train(settings)
     members = dataset_members(open_workspace(settings), latest_version(open_workspace(settings)))
     assert len(PixelStore.of(settings)) == len(members) == 24
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ({"learnin_rate": [1e-3]}, "training.cnn.grid: CNNClassifier has no parameter 'learnin_rate'; it has"),
+        ({"width": []}, "training.cnn.grid: 'width' has no values to search"),
+    ],
+)
+def test_a_bad_cnn_grid_is_refused_before_anything_trains(tmp_path: Path, grid: dict, message: str) -> None:
+    from conveyor.errors import ConfigError
+
+    settings = small_settings(tmp_path / "ws", families=["logreg", "cnn"], cnn={"grid": grid})
+    generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=6, size=64, seed=1))
+    ingest(tmp_path / "src", settings)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train(settings)
+    assert not any((tmp_path / "ws" / "features").rglob("*.parquet"))  # refused before the features were computed

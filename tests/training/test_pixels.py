@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +31,18 @@ def write_images(folder: Path, n: int, mode: str = "L") -> dict[str, Path]:
     return out
 
 
+def found(raw: dict[str, Path]) -> Callable[[list[str]], dict[str, Path]]:
+    """A ``locate`` for the store: the paths of the asked sha256s that ``raw`` has."""
+    return lambda missing: {sha: raw[sha] for sha in missing if sha in raw}
+
+
 def expected(path: Path, preprocess: PreprocessSettings = PREPROCESS) -> np.ndarray:
     return FeaturePipeline(preprocess, []).image(path.read_bytes(), colour=True)
 
 
 def test_rows_are_the_preprocessed_images_in_the_order_asked(tmp_path: Path) -> None:
     raw = write_images(tmp_path / "raw", 4)
-    rows = PixelStore(tmp_path / "ws", PREPROCESS).rows(["sha2", "sha0", "sha3"], raw)
+    rows = PixelStore(tmp_path / "ws", PREPROCESS).rows(["sha2", "sha0", "sha3"], found(raw))
     assert rows.shape == (3, 16, 20)
     images = np.asarray(rows)
     assert images.dtype == np.float32
@@ -47,7 +53,7 @@ def test_rows_are_the_preprocessed_images_in_the_order_asked(tmp_path: Path) -> 
 def test_a_second_call_preprocesses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     raw = write_images(tmp_path / "raw", 3)
     store = PixelStore(tmp_path / "ws", PREPROCESS)
-    first = np.asarray(store.rows(list(raw), raw))
+    first = np.asarray(store.rows(list(raw), found(raw)))
     monkeypatch.setattr(FeaturePipeline, "image", lambda *a, **k: pytest.fail("preprocessed again"))
     again = np.asarray(PixelStore(tmp_path / "ws", PREPROCESS).rows(list(raw)))  # no raw paths needed
     np.testing.assert_array_equal(again, first)
@@ -56,7 +62,7 @@ def test_a_second_call_preprocesses_nothing(tmp_path: Path, monkeypatch: pytest.
 def test_a_grown_dataset_preprocesses_only_the_new_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     raw = write_images(tmp_path / "raw", 5)
     store = PixelStore(tmp_path / "ws", PREPROCESS)
-    store.rows(["sha0", "sha1"], raw)
+    store.rows(["sha0", "sha1"], found(raw))
     seen: list[bytes] = []
     original = FeaturePipeline.image
 
@@ -65,7 +71,7 @@ def test_a_grown_dataset_preprocesses_only_the_new_images(tmp_path: Path, monkey
         return original(self, data, colour=colour)
 
     monkeypatch.setattr(FeaturePipeline, "image", counting)
-    rows = store.rows(list(raw), raw)
+    rows = store.rows(list(raw), found(raw))
     assert len(seen) == 3
     assert len(store) == 5
     np.testing.assert_array_equal(np.asarray(rows)[4], expected(raw["sha4"]))
@@ -74,10 +80,10 @@ def test_a_grown_dataset_preprocesses_only_the_new_images(tmp_path: Path, monkey
 def test_rows_a_killed_append_left_past_the_index_are_cut_off(tmp_path: Path) -> None:
     raw = write_images(tmp_path / "raw", 3)
     store = PixelStore(tmp_path / "ws", PREPROCESS)
-    store.rows(["sha0"], raw)
+    store.rows(["sha0"], found(raw))
     with open(store.folder / "pixels.f32", "ab") as handle:  # half a row written, then the process died
         handle.write(b"\xff" * 700)
-    rows = store.rows(["sha0", "sha1", "sha2"], raw)
+    rows = store.rows(["sha0", "sha1", "sha2"], found(raw))
     assert (store.folder / "pixels.f32").stat().st_size == 3 * 16 * 20 * 4
     np.testing.assert_array_equal(np.asarray(rows)[1], expected(raw["sha1"]))
 
@@ -85,13 +91,13 @@ def test_rows_a_killed_append_left_past_the_index_are_cut_off(tmp_path: Path) ->
 def test_an_image_neither_stored_nor_in_the_raw_store_is_a_key_error(tmp_path: Path) -> None:
     raw = write_images(tmp_path / "raw", 1)
     with pytest.raises(KeyError, match=r"1 image\(s\) are not in the raw store, e.g. nope"):
-        PixelStore(tmp_path / "ws", PREPROCESS).rows(["sha0", "nope"], raw)
+        PixelStore(tmp_path / "ws", PREPROCESS).rows(["sha0", "nope"], found(raw))
 
 
 def test_colour_settings_keep_three_channels_and_repeat_a_grayscale_file(tmp_path: Path) -> None:
     colour = PreprocessSettings(size=(16, 20), grayscale=False)
     raw = {**write_images(tmp_path / "rgb", 1, "RGB"), "gray": write_images(tmp_path / "gray", 1)["sha0"]}
-    rows = np.asarray(PixelStore(tmp_path / "ws", colour).rows(["sha0", "gray"], raw))
+    rows = np.asarray(PixelStore(tmp_path / "ws", colour).rows(["sha0", "gray"], found(raw)))
     assert rows.shape == (2, 16, 20, 3)
     np.testing.assert_array_equal(rows[0], expected(raw["sha0"], colour))
     gray = FeaturePipeline(colour, []).image(raw["gray"].read_bytes())
@@ -107,7 +113,7 @@ def test_each_preprocessing_configuration_has_its_own_store(tmp_path: Path) -> N
 @pytest.fixture
 def rows(tmp_path: Path) -> ImageRows:
     raw = write_images(tmp_path / "raw", 6)
-    return PixelStore(tmp_path / "ws", PREPROCESS).rows(list(raw), raw)
+    return PixelStore(tmp_path / "ws", PREPROCESS).rows(list(raw), found(raw))
 
 
 def test_indexing_gives_views_that_read_the_same_values(rows: ImageRows) -> None:
@@ -136,3 +142,12 @@ def test_it_pickles_as_a_path_and_row_numbers(rows: ImageRows) -> None:
     blob = pickle.dumps(view)
     assert len(blob) < 1000  # no pixels inside
     np.testing.assert_array_equal(np.asarray(pickle.loads(blob)), np.asarray(view))
+
+
+def test_only_the_missing_images_are_looked_up(tmp_path: Path) -> None:
+    raw = write_images(tmp_path / "raw", 3)
+    store = PixelStore(tmp_path / "ws", PREPROCESS)
+    store.rows(["sha0"], found(raw))
+    asked: list[list[str]] = []
+    store.rows(["sha0", "sha1", "sha2", "sha1"], lambda missing: asked.append(missing) or found(raw)(missing))
+    assert asked == [["sha1", "sha2"]]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
@@ -41,7 +40,7 @@ from conveyor.errors import InvalidImageError
 from conveyor.preprocess.transforms import to_gray_unit
 from conveyor.store.db import session_scope
 from conveyor.store.models import Image, Ingest, IngestFile, LabelConflict, utcnow
-from conveyor.workspace import atomic_write, die_with_parent, open_workspace, workspace_lock
+from conveyor.workspace import atomic_write, available_cores, die_with_parent, open_workspace, workspace_lock
 
 __all__ = ["IngestSummary", "Inspection", "ingest", "inspect_image"]
 
@@ -333,7 +332,7 @@ def _prepare_in_order(files: list[SourceFile], context: _PrepareContext) -> Iter
     Processes, not threads: hashing and decoding release the GIL but the Python around them does not, and a thread
     pool was slower than one loop. At most a few chunks are in flight, so memory stays flat.
     """
-    workers = min(8, os.cpu_count() or 1)
+    workers = min(8, available_cores())
     if workers < 2 or len(files) < _PARALLEL_FROM:
         for index, item in enumerate(files):
             yield item, _prepare(_task(index, item, context), context)

@@ -37,7 +37,7 @@ from conveyor.features.persistence import BUNDLE_KEYS, DIAGRAM_VERSION, DiagramB
 from conveyor.features.pipeline import FeaturePipeline
 from conveyor.store.db import session_scope
 from conveyor.store.models import Image
-from conveyor.workspace import die_with_parent, open_workspace, workspace_lock
+from conveyor.workspace import available_cores, die_with_parent, open_workspace, workspace_lock
 
 __all__ = ["FeatureSummary", "FeatureTable", "compute_features", "configured_extractors", "load_matrix", "read_table"]
 
@@ -337,7 +337,7 @@ def _run_chunks(
                 shas = wanted[start : start + _CHUNK]
                 yield [(sha, cached_rows.pop(sha)) for sha in shas], {sha: _row_bundle(table.loc[sha]) for sha in shas}
 
-    n_workers = workers or os.cpu_count() or 1
+    n_workers = workers or available_cores()
     if n_workers == 1 or len(todo) <= _CHUNK:
         for chunk, cached in tasks():
             yield _compute_chunk(home, chunk, preprocess, specs, cached)

@@ -23,7 +23,6 @@ import copy
 import logging
 import math
 import numbers
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,6 +37,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torch.nn import functional as F
+
+from conveyor.workspace import available_cores
 
 __all__ = ["ARCHITECTURES", "CNNClassifier"]
 
@@ -220,18 +221,10 @@ def _is_real(value: object) -> bool:
 # ------------------------------------------------------------------------------------------------ torch settings
 
 
-def _available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 @contextmanager
 def _torch_threads(n_threads: int | None) -> Iterator[None]:
     """Run with ``n_threads`` intra-op threads (None: every core this process may use), then restore the old count."""
-    wanted = int(n_threads) if n_threads is not None else _available_cores()
+    wanted = int(n_threads) if n_threads is not None else available_cores()
     previous = torch.get_num_threads()
     torch.set_num_threads(wanted)
     try:

@@ -94,9 +94,21 @@ def _cnn(seed: int) -> BaseEstimator:
 
 
 def _configure_cnn(estimator: BaseEstimator, settings: Settings) -> tuple[BaseEstimator, dict[str, list[Any]]]:
-    """``training.cnn``: the architecture, the epochs, and the search's time budget shared equally by its fits."""
+    """``training.cnn``: the architecture, the epochs, and the search's time budget shared equally by its fits.
+
+    Raises:
+        ConfigError: the grid names a parameter CNNClassifier does not have, or gives one no values.
+    """
+    from conveyor.errors import ConfigError
+
     cnn = settings.training.cnn
     grid = {name: list(values) for name, values in cnn.grid.items()}
+    known = estimator.get_params()
+    for name, values in grid.items():
+        if name not in known:
+            raise ConfigError(f"training.cnn.grid: CNNClassifier has no parameter {name!r}; it has {sorted(known)}")
+        if not values:
+            raise ConfigError(f"training.cnn.grid: {name!r} has no values to search")
     fits = math.prod(len(values) for values in grid.values()) + 1  # one per grid point on the holdout, then the refit
     estimator.set_params(
         architecture=cnn.architecture, max_epochs=cnn.max_epochs, patience=cnn.patience, batch_size=cnn.batch_size,

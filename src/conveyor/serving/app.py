@@ -25,7 +25,7 @@ from conveyor.serving.rollout import serving_settings
 from conveyor.serving.scoring import ScorerUnavailable
 from conveyor.serving.service import ModelUnavailable, PredictionService
 
-__all__ = ["check_startable", "create_app", "freeze_heap", "status_for"]
+__all__ = ["check_startable", "create_app", "status_for"]
 
 log = logging.getLogger(__name__)
 
@@ -132,16 +132,6 @@ def create_app(settings: Settings, scoring_processes: int = 1) -> FastAPI:
 
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
-
-
-def freeze_heap() -> None:
-    """Move everything loaded so far (MLflow, scikit-learn, the models: millions of objects) out of the garbage
-    collector's sight. A full collection scanning them all paused the server ~0.2 s every few seconds under load.
-    For a server process (``conveyor serve``, a scoring process), once it has loaded what it serves."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
 
 
 async def _poll(service: PredictionService, interval: float) -> None:

@@ -7,7 +7,6 @@ Plain functions plus ``rollout_app``; ``conveyor.cli`` registers them (``app.com
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -168,8 +167,10 @@ def serve(
     """
     import uvicorn
 
-    from conveyor.serving.app import create_app, freeze_heap
+    from conveyor.serving.app import create_app
     from conveyor.serving.rollout import serving_settings
+    from conveyor.serving.scoring import freeze_heap
+    from conveyor.workspace import available_cores
 
     settings = _settings()
     cfg = serving_settings(settings)
@@ -181,10 +182,3 @@ def serve(
     typer.echo(f"upload page: {where}/   API docs: {where}/docs   ({processes} scoring process(es); Ctrl-C to stop)")
     freeze_heap()
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=access_log)
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1

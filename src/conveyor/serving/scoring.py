@@ -16,10 +16,12 @@ compares), predict the batch, and if the batch fails, predict one image at a tim
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import queue
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -39,6 +41,7 @@ __all__ = [
     "Scored",
     "ScorerUnavailable",
     "ThreadScorer",
+    "freeze_heap",
     "inspect",
     "score_blobs",
 ]
@@ -62,8 +65,9 @@ class Inspected:
     contrast: float
 
 
-def inspect(data: bytes, limits: DecodeLimits) -> tuple[Inspected, np.ndarray]:
+def inspect(data: bytes, sha256: str, limits: DecodeLimits) -> tuple[Inspected, np.ndarray]:
     """Decode one upload (format sniffed from the content, geometry checked before decoding): its facts and pixels.
+    ``sha256`` is the caller's hash of ``data`` (the server needs it first, to route the request).
 
     Raises:
         InvalidImageError: the bytes are not a usable image.
@@ -73,7 +77,7 @@ def inspect(data: bytes, limits: DecodeLimits) -> tuple[Inspected, np.ndarray]:
     decoded = decode_image(data, limits)
     gray = reduced_gray(decoded.pixels)
     facts = Inspected(
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256,
         format=decoded.format,
         width=decoded.width,
         height=decoded.height,
@@ -108,14 +112,14 @@ class ScorerUnavailable(Exception):
     """A scoring process died while it held this upload (it is being replaced): try again."""
 
 
-def score_blobs(model: Any, blobs: list[bytes], limits: DecodeLimits) -> list[Scored | Exception]:
-    """Decode and score uploads with one model (a ``ServedModel``): per upload, its result or its error
-    (``InvalidImageError`` for a bad file, ``ModelFailed`` when the model raised)."""
-    out: list[Scored | Exception | None] = [None] * len(blobs)
+def score_blobs(model: Any, blobs: list[tuple[bytes, str]], limits: DecodeLimits) -> list[Scored | Exception]:
+    """Decode and score uploads, given as (bytes, sha256), with one model (a ``ServedModel``): per upload, its result
+    or its error (``InvalidImageError`` for a bad file, ``ModelFailed`` when the model raised)."""
+    out: dict[int, Scored | Exception] = {}
     decoded: list[tuple[int, Inspected, np.ndarray]] = []
-    for index, blob in enumerate(blobs):
+    for index, (blob, sha256) in enumerate(blobs):
         try:
-            facts, pixels = inspect(blob, limits)
+            facts, pixels = inspect(blob, sha256, limits)
         except InvalidImageError as exc:
             out[index] = exc
             continue
@@ -135,13 +139,14 @@ def score_blobs(model: Any, blobs: list[bytes], limits: DecodeLimits) -> list[Sc
             continue
         for (index, facts, _), row in zip(group, proba, strict=True):
             out[index] = Scored(facts, np.asarray(row, dtype=np.float64))
-    return [item for item in out if item is not None]
+    return [out[index] for index in range(len(blobs))]
 
 
 @dataclass
 class _Job:
     model: Any  # ServedModel
     data: bytes
+    sha256: str
     future: Future[Scored] = field(default_factory=Future)
 
     def finish(self, result: Scored | Exception) -> None:
@@ -165,19 +170,20 @@ class _Scorer:
         self._thread = threading.Thread(target=self._run, name=f"{type(self).__name__}", daemon=True)
         self._thread.start()
 
-    def submit(self, model: Any, data: bytes) -> Future[Scored]:
-        """Queue one upload to be decoded and scored with ``model``; the future holds its :class:`Scored`, or raises
-        ``InvalidImageError`` (not a usable image), ``ModelFailed`` (the model raised on it) or
-        ``ScorerUnavailable`` (the process scoring it died). ``await asyncio.wrap_future(...)`` from a coroutine."""
+    def submit(self, model: Any, data: bytes, sha256: str) -> Future[Scored]:
+        """Queue one upload (and its sha256) to be decoded and scored with ``model``; the future holds its
+        :class:`Scored`, or raises ``InvalidImageError`` (not a usable image), ``ModelFailed`` (the model raised on
+        it) or ``ScorerUnavailable`` (the process scoring it died). ``await asyncio.wrap_future(...)`` from a
+        coroutine."""
         if self._closed:
             raise RuntimeError("the scorer is closed")
-        job = _Job(model, data)
+        job = _Job(model, data, sha256)
         self._queue.put(job)
         return job.future
 
     def score(self, model: Any, data: bytes) -> Scored:
-        """:meth:`submit` and wait."""
-        return self.submit(model, data).result()
+        """:meth:`submit` and wait (the hash computed here)."""
+        return self.submit(model, data, hashlib.sha256(data).hexdigest()).result()
 
     def close(self) -> None:
         self._closed = True
@@ -218,7 +224,7 @@ class ThreadScorer(_Scorer):
 
     def _dispatch(self, model: Any, jobs: list[_Job]) -> None:
         try:
-            results: list[Scored | Exception] = score_blobs(model, [job.data for job in jobs], self.limits)
+            results: list[Scored | Exception] = score_blobs(model, _blobs(jobs), self.limits)
         except Exception as exc:  # score_blobs catches the model's errors; anything else is a bug: fail the batch
             log.exception("scoring a batch failed")
             results = [exc] * len(jobs)
@@ -226,9 +232,21 @@ class ThreadScorer(_Scorer):
             job.finish(result)
 
 
+def _blobs(jobs: list[_Job]) -> list[tuple[bytes, str]]:
+    return [(job.data, job.sha256) for job in jobs]
+
+
+def freeze_heap() -> None:
+    """Move everything loaded so far (MLflow, scikit-learn, the models: millions of objects) out of the garbage
+    collector's sight. A full collection scanning them all paused the server ~0.2 s every few seconds under load.
+    For a server process (``conveyor serve``, a scoring process), once it has loaded what it serves."""
+    gc.collect()
+    gc.freeze()
+
+
 # --------------------------------------------------------------------------------------------- scoring processes
 
-_WORKER_MODELS: dict[int, Any] = {}  # in a scoring process: the versions it has loaded
+_WORKER_MODELS: OrderedDict[int, Any] = OrderedDict()  # in a scoring process: the versions it has loaded, by use
 _WORKER_SETTINGS: Settings | None = None
 _KEEP_VERSIONS = 3
 
@@ -241,8 +259,6 @@ def _worker_start(settings: Settings, preload: list[int]) -> None:
     _WORKER_SETTINGS = settings
     for version in preload:
         _worker_model(version)
-    from conveyor.serving.app import freeze_heap
-
     freeze_heap()
 
 
@@ -252,12 +268,13 @@ def _worker_model(version: int) -> Any:
     if version not in _WORKER_MODELS:
         assert _WORKER_SETTINGS is not None
         _WORKER_MODELS[version] = load_version(_WORKER_SETTINGS, version)
-        for old in sorted(_WORKER_MODELS)[:-_KEEP_VERSIONS]:  # a long-running server sees many versions
-            del _WORKER_MODELS[old]
+        while len(_WORKER_MODELS) > _KEEP_VERSIONS:  # a long-running server sees many versions: drop the least used
+            _WORKER_MODELS.popitem(last=False)
+    _WORKER_MODELS.move_to_end(version)
     return _WORKER_MODELS[version]
 
 
-def _worker_score(version: int, blobs: list[bytes], limits: DecodeLimits) -> list[Scored | Exception]:
+def _worker_score(version: int, blobs: list[tuple[bytes, str]], limits: DecodeLimits) -> list[Scored | Exception]:
     return score_blobs(_worker_model(version), blobs, limits)
 
 
@@ -276,6 +293,7 @@ class ProcessScorer(_Scorer):
         self._free = threading.Semaphore(2 * processes)
         self._context = multiprocessing.get_context("spawn")  # never fork a process with threads and a DB pool
         self._pool = self._new_pool()
+        self._replacing = threading.Lock()
         super().__init__(limits, max_batch)
 
     def _new_pool(self) -> ProcessPoolExecutor:
@@ -297,21 +315,30 @@ class ProcessScorer(_Scorer):
         self._free.acquire()
 
     def _dispatch(self, model: Any, jobs: list[_Job]) -> None:
+        pool = self._pool
         try:
-            future = self._pool.submit(_worker_score, model.version, [job.data for job in jobs], self.limits)
-        except BrokenProcessPool:
-            self._replace_pool()
-            future = self._pool.submit(_worker_score, model.version, [job.data for job in jobs], self.limits)
-        future.add_done_callback(self._done_callback(jobs))
+            try:
+                future = pool.submit(_worker_score, model.version, _blobs(jobs), self.limits)
+            except BrokenProcessPool:  # it broke between batches: this batch goes to the new pool
+                pool = self._replace_pool(pool)
+                future = pool.submit(_worker_score, model.version, _blobs(jobs), self.limits)
+        except Exception as exc:  # shut down, or broken again at once: these requests fail, the capacity returns
+            self._free.release()
+            for job in jobs:
+                job.finish(ScorerUnavailable(f"the scoring processes are unavailable: {exc}"))
+            return
+        future.add_done_callback(self._done_callback(pool, jobs))
 
-    def _done_callback(self, jobs: list[_Job]) -> Callable[[Future[list[Scored | Exception]]], None]:
+    def _done_callback(
+        self, pool: ProcessPoolExecutor, jobs: list[_Job]
+    ) -> Callable[[Future[list[Scored | Exception]]], None]:
         def done(future: Future[list[Scored | Exception]]) -> None:
             self._free.release()
             try:
                 results = future.result()
             except BrokenProcessPool:
                 log.error("a scoring process died; starting new ones")
-                self._replace_pool()
+                self._replace_pool(pool)
                 results = [ScorerUnavailable("the scoring process died; try again")] * len(jobs)
             except Exception as exc:
                 log.exception("scoring a batch failed")
@@ -321,11 +348,10 @@ class ProcessScorer(_Scorer):
 
         return done
 
-    def _replace_pool(self) -> None:
-        with _REPLACE_LOCK:
-            if getattr(self._pool, "_broken", False):
-                self._pool.shutdown(wait=False, cancel_futures=True)
+    def _replace_pool(self, broken: ProcessPoolExecutor) -> ProcessPoolExecutor:
+        """A new pool in place of ``broken`` (once, however many batches saw it break); the pool to use now."""
+        with self._replacing:
+            if self._pool is broken:
+                broken.shutdown(wait=False, cancel_futures=True)
                 self._pool = self._new_pool()
-
-
-_REPLACE_LOCK = threading.Lock()
+            return self._pool

@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from sqlalchemy import Engine, insert
@@ -237,22 +237,18 @@ class PredictionService:
         model = challenger if arm == "challenger" and challenger is not None else champion
         request_id = str(uuid.uuid4())
         try:
-            scored = await asyncio.wrap_future(scorer.submit(model, data))
+            scored = await asyncio.wrap_future(scorer.submit(model, data, sha256))
         except ModelFailed as exc:
             if model is champion:
-                if exc.input_like:
-                    raise _unprocessable(model, exc) from exc
-                raise
+                _champion_failed(model, exc)
             # The challenger failed: log its failure (it counts against it) and let the champion answer.
             self._log_row(request_id, challenger, "challenger", rollout, exc.inspected, None, started, exc)
             request_id = str(uuid.uuid4())
             arm, model = "champion", champion
             try:
-                scored = await asyncio.wrap_future(scorer.submit(model, data))
+                scored = await asyncio.wrap_future(scorer.submit(model, data, sha256))
             except ModelFailed as exc2:
-                if exc2.input_like:
-                    raise _unprocessable(model, exc2) from exc2
-                raise
+                _champion_failed(model, exc2)
         outcome = self._outcome(request_id, arm, model, scored.proba, scored.inspected, started, rollout)
         self._log_row(request_id, model, arm, rollout, scored.inspected, scored.proba, started, None)
         self._on_prediction(outcome)
@@ -260,17 +256,17 @@ class PredictionService:
         if rollout is not None and rollout.mode == "shadow" and challenger is not None:
 
             async def shadow() -> None:
-                await self._score_shadow(scorer, challenger, request_id, rollout, data)
+                await self._score_shadow(scorer, challenger, request_id, rollout, data, sha256)
 
         return outcome, shadow
 
     async def _score_shadow(
         self, scorer: ThreadScorer | ProcessScorer, model: ServedModel, request_id: str, rollout: RolloutStatus,
-        data: bytes,
+        data: bytes, sha256: str,
     ) -> None:  # fmt: skip
         started = time.perf_counter()
         try:
-            scored = await asyncio.wrap_future(scorer.submit(model, data))
+            scored = await asyncio.wrap_future(scorer.submit(model, data, sha256))
         except ModelFailed as exc:
             self._log_row(request_id, model, "shadow", rollout, exc.inspected, None, started, exc)
             return
@@ -346,5 +342,10 @@ class PredictionService:
         self.log.close()
 
 
-def _unprocessable(model: ServedModel, exc: ModelFailed) -> InvalidImageError:
-    return InvalidImageError("unprocessable", f"model version {model.version} cannot process this image: {exc}")
+def _champion_failed(model: ServedModel, exc: ModelFailed) -> NoReturn:
+    """The champion failed on an upload: a 422 for the kind of error a degenerate image causes, else the failure
+    itself (a 500)."""
+    if exc.input_like:
+        detail = f"model version {model.version} cannot process this image: {exc}"
+        raise InvalidImageError("unprocessable", detail) from exc
+    raise exc

@@ -20,7 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ class ImageRows:
     Args:
         path: the raw file of fixed-size rows.
         row_shape: (H, W) or (H, W, C) of one row.
-        rows: which rows of the file, in order (default: all of them).
+        rows: which rows of the file, in order.
     """
 
     def __init__(self, path: Path, row_shape: tuple[int, ...], rows: np.ndarray) -> None:
@@ -122,17 +122,18 @@ class PixelStore:
     def of(cls, settings: Settings) -> PixelStore:
         return cls(settings.home, settings.preprocess)
 
-    def rows(self, shas: Sequence[str], raw: dict[str, Path] | None = None) -> ImageRows:
-        """The images of ``shas`` in that order, preprocessing (from ``raw``, sha -> file) those not stored yet.
+    def rows(self, shas: Sequence[str], locate: Callable[[list[str]], dict[str, Path]] | None = None) -> ImageRows:
+        """The images of ``shas`` in that order, preprocessing those not stored yet from their raw files, which
+        ``locate`` finds (sha256s -> paths; asked only about the missing ones).
 
         Raises:
-            KeyError: a sha256 is neither stored nor in ``raw``.
+            KeyError: a sha256 is neither stored nor found by ``locate``.
         """
         with self._locked():
             index = self._load_index()
             missing = [sha for sha in dict.fromkeys(shas) if sha not in index]
             if missing:
-                index = self._append(missing, raw or {}, index)
+                index = self._append(missing, locate(missing) if locate is not None else {}, index)
         return ImageRows(self._data, self.row_shape, np.array([index[sha] for sha in shas], dtype=np.int64))
 
     def __len__(self) -> int:
@@ -152,11 +153,13 @@ class PixelStore:
             handle.seek(len(index) * row_bytes)
             for sha in shas:
                 image = pipeline.image(raw[sha].read_bytes(), colour=True)
+                if image.shape != self.row_shape:  # a misfit row would shift every later one
+                    raise ValueError(f"image {sha} preprocessed to {image.shape}, the store holds {self.row_shape}")
                 handle.write(np.ascontiguousarray(image, dtype=_DTYPE).tobytes())
                 index[sha] = len(index)
             handle.flush()
             os.fsync(handle.fileno())
-        atomic_write(self._index, json.dumps({"row_shape": self.row_shape, "shas": list(index)}).encode())
+        atomic_write(self._index, json.dumps({"shas": list(index)}).encode())
         return index
 
     def _load_index(self) -> dict[str, int]:

@@ -155,6 +155,8 @@ def train(
     y_train = np.array([index[label] for label in train_labels])
 
     families = [family(name) for name in cfg.families]
+    for fam in families:  # a family's settings are checked now, not after the other families have trained
+        fam.estimator_and_grid(settings)
     extractor_names = cfg.extractors or [e.name for e in configured_extractors(settings)] + ["all"]
     if any(f.input_kind == "features" for f in families):
         compute_features(settings)  # nothing to do when the tables are complete
@@ -235,10 +237,13 @@ def _load_inputs(settings: Settings, extractor: str, vid: str, members: list[tup
         return _Inputs(X_train.to_numpy(), X_test.to_numpy())
     # Preprocessed once into the workspace's pixel store and read batch by batch: never the whole split in memory.
     store = PixelStore.of(settings)
-    raw = raw_paths(settings, [sha for sha, _, _ in members])
     train_shas = [sha for sha, _, split in members if split == "train"]
     test_shas = [sha for sha, _, split in members if split == "test"]
-    return _Inputs(store.rows(train_shas, raw), store.rows(test_shas, raw))
+
+    def locate(missing: list[str]) -> dict[str, Path]:
+        return raw_paths(settings, missing)
+
+    return _Inputs(store.rows(train_shas, locate), store.rows(test_shas, locate))
 
 
 def _scores(estimator: Any, X: Any, n_classes: int) -> np.ndarray:

@@ -99,51 +99,64 @@ def file_parts(body: bytes, content_type: str, max_files: int) -> list[tuple[str
     boundary = options.get(b"boundary")
     if not boundary:
         raise InvalidImageError("bad_multipart", "the multipart body cannot be parsed: no boundary in content-type")
-    files: list[tuple[str | None, bytes]] = []
-    chunks: list[bytes] = []
-    header: dict[str, bytes] = {}
-    disposition: dict[bytes, bytes] = {}
-
-    def on_part_begin() -> None:
-        chunks.clear()
-        disposition.clear()
-        header["open"] = b"1"
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        header["field"] = header.get("field", b"") + data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        header["value"] = header.get("value", b"") + data[start:end]
-
-    def on_header_end() -> None:
-        if header.pop("field", b"").lower() == b"content-disposition":
-            disposition.update(parse_options_header(header.get("value", b""))[1])
-        header.pop("value", None)
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        chunks.append(data[start:end])
-
-    def on_part_end() -> None:
-        header.pop("open", None)
-        if b"filename" in disposition:
-            if len(files) == max_files:
-                detail = f"more than {max_files} files sent; at most {max_files} per request"
-                raise InvalidImageError("too_many_files", detail)
-            files.append((disposition[b"filename"].decode("utf-8", "replace"), b"".join(chunks)))
-
-    callbacks = {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_part_data": on_part_data, "on_part_end": on_part_end,
-    }  # fmt: skip
+    parts = _FileParts(max_files)
     try:
-        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser = MultipartParser(boundary, parts.callbacks())  # type: ignore[arg-type]
         parser.write(body)
         parser.finalize()
     except MultipartParseError as exc:
         raise InvalidImageError("bad_multipart", f"the multipart body cannot be parsed: {exc}") from exc
-    if "open" in header:
+    if parts.open:
         raise InvalidImageError("bad_multipart", "the multipart body ends inside a part: it was cut short")
-    return files
+    return parts.files
+
+
+class _FileParts:
+    """Collects the file parts python-multipart's parser reports, part by part."""
+
+    def __init__(self, max_files: int) -> None:
+        self.max_files = max_files
+        self.files: list[tuple[str | None, bytes]] = []
+        self.open = False  # inside a part: a body that ends here was cut short
+        self._chunks: list[bytes] = []
+        self._field, self._value = b"", b""
+        self._disposition: dict[bytes, bytes] = {}
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "on_part_begin": self._begin, "on_header_field": self._header_field,
+            "on_header_value": self._header_value, "on_header_end": self._header_end, "on_part_data": self._data,
+            "on_part_end": self._end,
+        }  # fmt: skip
+
+    def _begin(self) -> None:
+        self.open = True
+        self._chunks, self._disposition = [], {}
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        if self._field.lower() == b"content-disposition":
+            self._disposition = parse_options_header(self._value)[1]
+        self._field, self._value = b"", b""
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        self._chunks.append(data[start:end])
+
+    def _end(self) -> None:
+        self.open = False
+        if b"filename" not in self._disposition:  # a plain form field
+            return
+        if len(self.files) == self.max_files:
+            detail = f"more than {self.max_files} files sent; at most {self.max_files} per request"
+            raise InvalidImageError("too_many_files", detail)
+        self.files.append((self._disposition[b"filename"].decode("utf-8", "replace"), b"".join(self._chunks)))
 
 
 async def predict_one(
