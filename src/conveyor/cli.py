@@ -216,33 +216,76 @@ def _print_features(summary: Any) -> None:
         out.print(f"[red]failed[/] {failure['sha256'][:12]}: {failure['reason']}")
 
 
+SearchModeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--search",
+        help="race (successive halving, then the finalists' whole grids), grid (every candidate's whole grid), "
+        "refit (the last search's best candidates, their parameters), auto (refit unless the data grew or drifted); "
+        "default training.search.mode.",
+    ),
+]
+
+
 @app.command()
 def train(
     version: Annotated[str | None, typer.Option(help="Dataset version to train on; default the latest.")] = None,
+    search: SearchModeOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Train every extractor x family candidate, compare with baselines, register the best if it passes the gate."""
+    """Search the extractor x family candidates, compare with baselines, register the best if it passes the gate."""
     from conveyor.training.train import train as run_train
 
     settings = _settings()
-    with _errors(as_json), _progress("training", not as_json) as (start, advance):
-        result = run_train(settings, version=version, on_start=start, on_candidate=lambda _c: advance(1))
+    if search is not None and search not in ("race", "grid", "refit", "auto"):
+        err.print(f"[bold red]error:[/] --search must be race, grid, refit or auto, got {search!r}")
+        raise typer.Exit(2)
+    with _errors(as_json), _search_progress(not as_json) as progress:
+        result = run_train(settings, version=version, mode=search, on_progress=progress)
     if as_json:
         _emit_json(result.to_dict())
         return
     _print_training(result)
 
 
+@contextmanager
+def _search_progress(enabled: bool) -> Iterator[Callable[[int, int, str | None, float | None], None] | None]:
+    """One bar for a search: fits done of planned, and the best candidate so far (on stderr, on a terminal)."""
+    if not enabled or not err.is_terminal:
+        yield None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task("searching", total=None)
+
+        def update(done: int, total: int, best: str | None, score: float | None) -> None:
+            label = "searching" if best is None else f"searching (best so far {best}, CV F1 {score:.3f})"
+            progress.update(task, completed=done, total=max(total, done), description=label)
+
+        yield update
+
+
 def _print_training(result: Any) -> None:
-    table = Table(title=f"candidates on dataset {result.dataset_version} (best first)")
-    for column in ("candidate", "CV F1", "test F1 [95% interval]", "accuracy", "ROC-AUC", "fit s"):
-        table.add_column(column, justify="left" if column == "candidate" else "right", no_wrap=True)
+    search = result.search
+    out.print(
+        f"search [bold]{search.mode}[/] ({search.reason}): {search.fits} fits in {search.seconds:.1f} s"
+        + "".join(f"; round {r['round']}: {r['configs']} configs on {r['n']} images" for r in search.rounds)
+    )
+    table = Table(title=f"candidates on dataset {result.dataset_version} (finalists by CV, then the raced out)")
+    for column in ("candidate", "CV F1", "stage", "test F1 [95% interval]", "accuracy", "ROC-AUC", "fit s"):
+        table.add_column(column, justify="left" if column in ("candidate", "stage") else "right", no_wrap=True)
     for c in result.candidates:
+        stage = c.stage if c.stage == "final" else f"out, {c.stage} (n={c.n})"
+        if c.test is None:
+            table.add_row(f"[dim]{c.name}[/]", f"[dim]{c.cv_f1:.3f} ± {c.cv_f1_std:.3f}[/]", f"[dim]{stage}[/]",
+                          "-", "-", "-", f"{c.fit_seconds:.1f}")  # fmt: skip
+            continue
         f1 = c.test.intervals["f1"]
         auc = "-" if c.test.roc_auc is None else f"{c.test.roc_auc:.3f}"
         table.add_row(
             c.name,
             f"{c.cv_f1:.3f} ± {c.cv_f1_std:.3f}",
+            stage,
             f"{c.test.f1:.3f} [{f1.low:.2f}, {f1.high:.2f}]",
             f"{c.test.accuracy:.3f}",
             auc,
@@ -252,6 +295,7 @@ def _print_training(result: Any) -> None:
         f1 = m.intervals["f1"]
         table.add_row(
             f"[dim]{name}[/]",
+            "",
             "",
             f"[dim]{m.f1:.3f} [{f1.low:.3f}, {f1.high:.3f}][/]",
             f"[dim]{m.accuracy:.3f}[/]",
@@ -267,7 +311,7 @@ def _print_training(result: Any) -> None:
     if result.registered_version is not None:
         out.print(f"registered as version {result.registered_version}, alias [bold]{result.alias}[/]")
     else:
-        out.print("[yellow]not registered:[/] " + "; ".join(result.gate["reasons"]))
+        out.print("[yellow]not registered:[/] " + "; ".join(result.gate.reasons))
 
 
 @app.command()
@@ -358,8 +402,8 @@ def demo(
             summary = run_ingest(target, settings, on_start=start, on_file=lambda _file: advance(1))
         with _progress("features", not as_json) as (start, advance):
             feature_summary = compute_features(settings, on_start=start, on_progress=advance)
-        with _progress("training", not as_json) as (start, advance):
-            result = run_train(settings, on_start=start, on_candidate=lambda _c: advance(1))
+        with _search_progress(not as_json) as progress:
+            result = run_train(settings, on_progress=progress)
         if not as_json:
             out.print(f"demo data: {target}")
             _print_ingest(summary)
@@ -496,7 +540,12 @@ _register_stage_commands()
 
 def main() -> None:
     """Entry point of the ``conveyor`` script."""
+    from conveyor.logs import route_to_log
     from conveyor.tracking.setup import disable_telemetry
 
     disable_telemetry()
+    from contextlib import suppress
+
+    with suppress(OSError, ValueError):  # an unusable workspace or settings: the command itself reports it
+        route_to_log(get_settings().logs_dir / "conveyor.log")
     app()

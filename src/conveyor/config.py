@@ -111,6 +111,30 @@ class CNNSettings(BaseModel):
     progress: bool = Field(True, description="A progress bar per epoch on stderr.")
 
 
+class SearchSettings(BaseModel):
+    """How ``conveyor train`` searches the candidate table (see :mod:`conveyor.training.search`)."""
+
+    mode: Literal["race", "grid", "refit", "auto"] = Field(
+        "race",
+        description="What `conveyor train` runs: race (successive halving, then the finalists' whole grids), "
+        "grid (every candidate's whole grid), refit (the last search's best candidates), auto (the policy below).",
+    )
+    retrain_mode: Literal["race", "grid", "refit", "auto"] = Field(
+        "auto", description="What a retrain the monitor's policy calls for runs."
+    )
+    new_search_share: float = Field(
+        0.5, ge=0.0, description="auto: growth of the training split since the last search that calls for a new one."
+    )
+    new_search_on_drift: bool = Field(True, description="auto: drift seen by the monitor calls for a new search.")
+    factor: int = Field(3, ge=2, description="race: each round keeps 1/factor of the configurations, on factor x data.")
+    min_samples: int = Field(100, ge=2, description="race: the smallest subset a round is scored on.")
+    folds: int = Field(3, ge=2, le=10, description="race: CV folds of the rounds before the final.")
+    points_per_candidate: int = Field(1, ge=1, description="race: grid points each candidate enters round 0 with.")
+    finalists: int = Field(3, ge=1, description="race: candidates whose whole grid is searched with cv_folds folds.")
+    refit_candidates: int = Field(3, ge=1, description="refit: the last search's best candidates refitted.")
+    jobs: int = Field(-1, description="Parallel fits of the search (joblib n_jobs; -1: every core).")
+
+
 class TrainingSettings(BaseModel):
     """What ``conveyor train`` crosses and how it judges."""
 
@@ -127,6 +151,7 @@ class TrainingSettings(BaseModel):
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for the 95% intervals.")
     calibration: Literal["sigmoid", "isotonic"] = "sigmoid"
     cnn: CNNSettings = CNNSettings()
+    search: SearchSettings = SearchSettings()
     gate_metric: Literal["balanced_accuracy", "f1", "accuracy", "roc_auc"] = Field(
         "balanced_accuracy",
         description="What a new model must beat the naive baselines (and tie the champion) on. Not F1 by default: "

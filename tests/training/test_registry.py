@@ -28,7 +28,7 @@ def test_second_model_becomes_challenger_then_promote_and_rollback(tmp_path: Pat
     ingest(tmp_path / "src", settings)
     first, second = train(settings), train(settings)
     assert (first.alias, second.alias) == (CHAMPION, CHALLENGER)
-    assert second.gate["champion_version"] == 1
+    assert second.gate.champion_version == 1
 
     assert promote(settings, reason="canary passed") == 2
     assert (current_version(settings, CHAMPION), current_version(settings, CHALLENGER)) == (2, None)

@@ -58,7 +58,7 @@ def test_every_candidate_is_in_the_table(trained: tuple[Settings, TrainResult]) 
 
 def test_the_first_model_passing_the_gate_becomes_champion(trained: tuple[Settings, TrainResult]) -> None:
     settings, result = trained
-    assert result.gate["passed"] is True
+    assert result.gate.passed is True
     assert (result.registered_version, result.alias) == (1, "champion")
     [record] = history(settings, settings.model_name)
     assert (record.action, record.details["version"], record.details["candidate"]) == (
@@ -138,8 +138,8 @@ def test_a_model_that_cannot_beat_the_dummies_is_refused(tmp_path: Path) -> None
         (shuffled / label / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
     ingest(shuffled, settings)
     result = train(settings)
-    assert result.gate["passed"] is False
-    assert "does not clear" in result.gate["reasons"][0]
+    assert result.gate.passed is False
+    assert "does not clear" in result.gate.reasons[0]
     assert (result.registered_version, result.alias) == (None, None)
     [record] = history(settings, settings.model_name)
     assert record.action == "refused"

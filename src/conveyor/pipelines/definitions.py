@@ -45,11 +45,19 @@ def features_task(settings: Settings, _params: Mapping[str, Any], _up: Outputs) 
     return compute_features(settings).to_dict()
 
 
-def train_task(settings: Settings, _params: Mapping[str, Any], _up: Outputs) -> dict[str, Any]:
+def train_task(settings: Settings, params: Mapping[str, Any], up: Outputs) -> dict[str, Any]:
+    """Train on all data. After a monitor, the search is ``training.search.retrain_mode`` (``auto``: refit the last
+    search's best candidates unless the data grew enough or drifted); on its own, ``training.search.mode``."""
     from conveyor.training.train import train
 
-    result = train(settings).to_dict()
-    return {key: result[key] for key in ("dataset_version", "best", "gate", "registered_version", "alias")}
+    monitor = up.get("monitor")
+    if monitor is None:
+        result = train(settings, mode=params.get("search")).to_dict()
+    else:
+        drift = any(a.get("rule") == "drift_share" for a in monitor.get("alerts", []) if isinstance(a, dict))
+        result = train(settings, mode=settings.training.search.retrain_mode, drift=drift).to_dict()
+    keep = ("dataset_version", "search", "best", "gate", "registered_version", "alias")
+    return {key: result[key] for key in keep}
 
 
 def monitor_task(settings: Settings, params: Mapping[str, Any], _up: Outputs) -> dict[str, Any]:

@@ -24,6 +24,10 @@ def configure_mlflow(settings: Settings) -> str:
     disable_telemetry()
     import mlflow
 
+    from conveyor.logs import quiet_mlflow
+
+    quiet_mlflow()
+
     uri = settings.resolved_tracking_uri
     # MLflow exports both URIs to the environment (for subprocesses); conveyor reads MLFLOW_TRACKING_URI as the
     # user's choice, so put back whatever the user had, or a second workspace in this process would inherit this one's.
@@ -48,6 +52,7 @@ def disable_telemetry() -> None:
     user chose otherwise. Must run before MLflow is first imported."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in conveyor's output
 
 
 def run_tags() -> dict[str, str]:

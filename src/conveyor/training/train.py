@@ -1,20 +1,18 @@
-"""Train: every extractor's table (and all of them side by side) crossed with every model family, compared honestly.
+"""Train: choose the best candidate (feature table or pixels x model family) honestly, calibrate it, gate it, and
+register it.
 
-For each candidate, a grid search with stratified k-fold cross-validation on the training split picks the
-parameters; the candidate is then scored once on the held-out test split (the same split for every candidate), with
-bootstrap intervals. The winner is chosen by its cross-validation score, never by the test score, then calibrated
-(the confidence it serves must mean what it says) and judged by the gate before it is registered:
+The stages, each in its own module: :mod:`~conveyor.training.search` ranks the candidates by cross-validation on the
+training split (``race``, ``grid`` or ``refit``); the finalists are refitted on the whole training split and scored
+once on the held-out test split (the same split for every candidate, with bootstrap intervals); the winner, chosen
+by its CV score and never by the test score, is calibrated on its out-of-fold scores; :mod:`~conveyor.training.gate`
+decides whether it may be registered; :mod:`conveyor.tracking.register` registers it. This module loads the data,
+wires those stages and records every step in MLflow.
 
-* it must beat every naive baseline: the lower end of its test F1 interval above the best baseline's F1;
-* if a champion exists, the champion's F1 on this same test split must not exceed the top of the challenger's
-  interval (the challenger beats or ties it).
-
-A model that fails is never registered; the refusal goes to the audit log with its reasons.
+A model that fails the gate is never registered; the refusal goes to the audit log with its reasons.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,27 +30,39 @@ from conveyor.features.store import compute_features, configured_extractors, loa
 from conveyor.models.families import Family, family
 from conveyor.training.baselines import evaluate_baselines
 from conveyor.training.evaluate import Metrics, confusion_matrix_png, evaluate, positive_class, roc_curve_png
+from conveyor.training.gate import GateDecision, judge_gate
 from conveyor.training.pixels import PixelStore
+from conveyor.training.search import CandidateScore, SearchOutcome, choose_mode, search
 from conveyor.workspace import open_workspace
 
 __all__ = ["CandidateResult", "TrainResult", "train"]
 
 PIXELS = "pixels"  # the input name of image families in the candidate table
 
+Progress = Callable[[int, int, str | None, float | None], None]
+
 
 @dataclass
 class CandidateResult:
-    """One (input, family) pair after its grid search and its test."""
+    """One (input, family) pair after the search; ``test`` only for finalists (the others were raced out).
+
+    ``stage``: ``final`` (scored by ``cv_folds``-fold CV on the whole training split, comparable with the other
+    finalists) or ``round K`` (eliminated there, its score from ``folds``-fold CV on ``n`` training images).
+    """
 
     extractor: str
     family: str
     cv_f1: float
     cv_f1_std: float
     params: dict[str, Any]
-    test: Metrics
+    test: Metrics | None
     fit_seconds: float
+    stage: str = "final"
+    n: int = 0
+    folds: int = 0
     run_id: str | None = None
     estimator: Any = field(default=None, repr=False)
+    oof_scores: Any = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -66,10 +76,28 @@ class CandidateResult:
             "cv_f1": self.cv_f1,
             "cv_f1_std": self.cv_f1_std,
             "params": {k: _jsonable(v) for k, v in self.params.items()},
-            "test": self.test.as_dict(),
+            "stage": self.stage,
+            "cv_n": self.n,
+            "cv_folds": self.folds,
+            "test": None if self.test is None else self.test.as_dict(),
             "fit_seconds": round(self.fit_seconds, 3),
             "run_id": self.run_id,
         }
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    """Which search ran, why, and what it cost."""
+
+    mode: str
+    reason: str
+    rounds: list[dict[str, Any]]
+    fits: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "reason": self.reason, "rounds": self.rounds, "fits": self.fits,
+                "seconds": round(self.seconds, 3)}  # fmt: skip
 
 
 @dataclass
@@ -83,23 +111,27 @@ class TrainResult:
     baselines: dict[str, Metrics]
     best: CandidateResult
     calibrated: Metrics
-    gate: dict[str, Any]
+    gate: GateDecision
     registered_version: int | None
     alias: str | None
     parent_run_id: str | None
+    search: SearchSummary
+    seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "dataset_version": self.dataset_version,
             "classes": self.classes,
             "positive_class": self.positive,
+            "search": self.search.to_dict(),
             "candidates": [c.to_dict() for c in self.candidates],
             "baselines": {name: m.as_dict() for name, m in self.baselines.items()},
             "best": {**self.best.to_dict(), "calibrated_test": self.calibrated.as_dict()},
-            "gate": self.gate,
+            "gate": self.gate.to_dict(),
             "registered_version": self.registered_version,
             "alias": self.alias,
             "parent_run_id": self.parent_run_id,
+            "seconds": round(self.seconds, 3),
         }
 
 
@@ -117,24 +149,22 @@ class _Inputs:
     X_test: Any
 
 
-def train(
-    settings: Settings,
-    *,
-    version: str | None = None,
-    on_start: Callable[[int], None] | None = None,
-    on_candidate: Callable[[CandidateResult], None] | None = None,
-) -> TrainResult:
-    """Train and compare every candidate on a dataset version (default: the latest: all data so far).
+@dataclass(frozen=True)
+class _Data:
+    """The dataset version as training sees it."""
 
-    Raises:
-        ConveyorError: fewer than two classes, or too few images per class for the folds.
-    """
-    import mlflow
+    version: str
+    members: list[tuple[str, str, str]]
+    classes: list[str]
+    positive: str | None
+    train_labels: list[str]
+    test_labels: list[str]
+    y_train: np.ndarray
+    folds: int
 
-    from conveyor.tracking.setup import configure_mlflow, run_tags
 
+def _dataset(settings: Settings, version: str | None) -> _Data:
     engine = open_workspace(settings)
-    cfg = settings.training
     vid = version or latest_version(engine)
     members = dataset_members(engine, vid)
     train_labels = [label for _, label, split in members if split == "train"]
@@ -145,82 +175,234 @@ def train(
         raise ConveyorError(
             f"dataset {vid}: training needs at least two classes in the train split, got {dict(counts)}"
         )
-    folds = min(cfg.cv_folds, int(counts.min()))
+    folds = min(settings.training.cv_folds, int(counts.min()))
     if folds < 2:
         raise ConveyorError(f"dataset {vid}: class {counts.idxmin()!r} has {counts.min()} training image(s); need 2")
     if not test_labels:
         raise ConveyorError(f"dataset {vid}: the test split is empty; ingest more images (test_fraction > 0)")
-    positive = positive_class(classes, cfg.positive_class)
+    positive = positive_class(classes, settings.training.positive_class)
     index = {label: i for i, label in enumerate(classes)}
     y_train = np.array([index[label] for label in train_labels])
+    return _Data(vid, members, classes, positive, train_labels, test_labels, y_train, folds)
 
+
+def train(
+    settings: Settings,
+    *,
+    version: str | None = None,
+    mode: str | None = None,
+    drift: bool = False,
+    on_progress: Progress | None = None,
+) -> TrainResult:
+    """Search, calibrate, gate and register on a dataset version (default: the latest: all data so far).
+
+    Args:
+        mode: ``race``, ``grid``, ``refit`` or ``auto`` (default ``training.search.mode``); see
+            :mod:`conveyor.training.search` and :func:`~conveyor.training.search.choose_mode`.
+        drift: the monitor saw drift (``auto`` then searches anew, when ``training.search.new_search_on_drift``).
+        on_progress: called after each fit with (fits done, fits planned, best candidate so far, its score).
+
+    Raises:
+        ConveyorError: fewer than two classes, or too few images per class for the folds.
+    """
+    import mlflow
+
+    from conveyor.tracking.searches import SEARCH_REASON_TAG, SEARCH_TAG, last_search
+    from conveyor.tracking.setup import configure_mlflow, run_tags
+
+    began = time.perf_counter()
+    cfg = settings.training
+    data = _dataset(settings, version)
     families = [family(name) for name in cfg.families]
-    for fam in families:  # a family's settings are checked now, not after the other families have trained
-        fam.estimator_and_grid(settings)
+    settings_of = {fam.name: fam.estimator_and_grid(settings) for fam in families}  # settings checked up front
     extractor_names = cfg.extractors or [e.name for e in configured_extractors(settings)] + ["all"]
-    if any(f.input_kind == "features" for f in families):
-        compute_features(settings)  # nothing to do when the tables are complete
-    plan = [(ex, f) for f in families if f.input_kind == "features" for ex in extractor_names]
-    plan += [(PIXELS, f) for f in families if f.input_kind == "image"]
-    if on_start is not None:
-        on_start(len(plan))
-
+    tabular = [f for f in families if f.input_kind == "features"]
+    imaging = [f for f in families if f.input_kind == "image"]
     experiment = configure_mlflow(settings)
-    dataset = _mlflow_dataset(members, vid, settings)
-    inputs: dict[str, _Inputs] = {}
-    candidates: list[CandidateResult] = []
+    previous = last_search(settings)
+    inputs_now = (extractor_names if tabular else []) + ([PIXELS] if imaging else [])
+    chosen, reason = choose_mode(
+        mode or cfg.search.mode,
+        previous=None if previous is None else (previous.n_train, previous.extractors, previous.families),
+        n_train=len(data.y_train),
+        extractors=inputs_now,
+        families=list(cfg.families),
+        drift=drift,
+        new_search_share=cfg.search.new_search_share,
+        new_search_on_drift=cfg.search.new_search_on_drift,
+    )
+    if tabular:
+        compute_features(settings)  # nothing to do when the tables are complete
+    inputs = {ex: _load_inputs(settings, ex, data.version, data.members) for ex in extractor_names if tabular}
+    positive_code = None if data.positive is None else data.classes.index(data.positive)
+    outcome = search(
+        chosen,
+        {f.name: settings_of[f.name] for f in tabular},
+        {ex: inputs[ex].X_train for ex in inputs},
+        data.y_train,
+        folds=data.folds, positive=positive_code, seed=cfg.seed, factor=cfg.search.factor,
+        min_samples=cfg.search.min_samples, race_folds=min(cfg.search.folds, data.folds),
+        points_per_candidate=cfg.search.points_per_candidate, finalists=cfg.search.finalists,
+        previous=[] if previous is None else previous.ranking[: cfg.search.refit_candidates],
+        jobs=cfg.search.jobs, on_progress=on_progress,
+    ) if tabular else SearchOutcome(chosen, [], [], 0, 0.0)  # fmt: skip
+    candidates = _finalists(outcome, settings_of, inputs, data, settings)
+    if imaging:
+        inputs[PIXELS] = _load_inputs(settings, PIXELS, data.version, data.members)
+        fixed = {} if previous is None else {(e["extractor"], e["family"]): e["params"] for e in previous.ranking}
+        for fam in imaging:
+            if chosen == "refit" and (PIXELS, fam.name) not in fixed:
+                continue
+            params = fixed.get((PIXELS, fam.name)) if chosen == "refit" else None
+            candidates.append(_fit_image_candidate(fam, inputs[PIXELS], data, settings, params))
+    if not candidates:
+        raise ConveyorError("no candidate to train: training.families names no family for the configured inputs")
+    candidates.sort(key=lambda c: (c.stage != "final", -c.cv_f1, c.cv_f1_std))
+    best = candidates[0]
+    summary = SearchSummary(chosen, reason, [r.to_dict() for r in outcome.rounds], outcome.fits, outcome.seconds)
+    baselines = evaluate_baselines(
+        data.train_labels, data.test_labels, data.classes, positive=data.positive, n_boot=cfg.bootstrap, seed=cfg.seed
+    )
+    calibrated_estimator = _calibrate(best, data.y_train, settings)
+    proba = np.asarray(calibrated_estimator.predict_proba(inputs[best.extractor].X_test))
+    calibrated = evaluate(
+        data.test_labels, [data.classes[i] for i in proba.argmax(axis=1)], proba, data.classes,
+        positive=data.positive, n_boot=cfg.bootstrap, seed=cfg.seed,
+    )  # fmt: skip
+    from conveyor.tracking.registry import CHAMPION, current_version
+
+    champion_version = current_version(settings, CHAMPION)
+    champion = None
+    if champion_version is not None:
+        champion = (champion_version, _champion_metrics(settings, champion_version, data.members))
+    gate = judge_gate(cfg.gate_metric, calibrated, baselines, data.version, champion)
+    spec = _model_spec(settings, best, data.classes, data.positive, data.version)
     with (
         tempfile.TemporaryDirectory() as tmp,
-        mlflow.start_run(experiment_id=experiment, run_name=f"train {vid}", tags=run_tags()) as parent,
+        mlflow.start_run(experiment_id=experiment, run_name=f"train {data.version}", tags=run_tags()) as parent,
     ):
+        mlflow.set_tags({SEARCH_TAG: chosen, SEARCH_REASON_TAG: reason[:5000], "best_candidate": best.name})
+        _log_parent(settings, data, summary, calibrated, baselines, gate, candidates, extractor_names)
+        dataset = _mlflow_dataset(data.members, data.version, settings)
         mlflow.log_input(dataset, context="training")
-        mlflow.log_params({"dataset_version": vid, "classes": ",".join(classes), "cv_folds": folds, "seed": cfg.seed})
-        mlflow.log_dict(settings.preprocess.model_dump(mode="json"), "config/preprocess.json")
-        configs = {e.name: e.config() for e in configured_extractors(settings)}
-        mlflow.log_dict(configs, "config/extractors.json")
-        mlflow.log_text(_environment(), "environment/packages.txt")
-        for ex, fam in plan:
-            if ex not in inputs:
-                inputs[ex] = _load_inputs(settings, ex, vid, members)
-            result = _fit_candidate(ex, fam, inputs[ex], y_train, test_labels, classes, positive, folds, settings)
+        for result in candidates:
             with mlflow.start_run(experiment_id=experiment, run_name=result.name, nested=True, tags=run_tags()) as run:
-                _log_candidate(result, dataset, test_labels, inputs[ex].X_test, classes, Path(tmp))
-                mlflow.log_dict(settings.preprocess.model_dump(mode="json"), "config/preprocess.json")
-                used = configs if ex == "all" else {ex: configs[ex]} if ex in configs else {}
-                mlflow.log_dict(used, "config/extractors.json")
+                x_test = inputs[result.extractor].X_test if result.test is not None else None
+                _log_candidate(result, data, x_test, Path(tmp), settings)
                 result.run_id = run.info.run_id
-            candidates.append(result)
-            if on_candidate is not None:
-                on_candidate(result)
-        candidates.sort(key=lambda c: (-c.cv_f1, -c.test.f1))
-        best = candidates[0]
-        baselines = evaluate_baselines(
-            train_labels, test_labels, classes, positive=positive, n_boot=cfg.bootstrap, seed=cfg.seed
-        )
-        calibrated_estimator = _calibrate(best, inputs[best.extractor].X_train, y_train, folds, settings)
-        proba = np.asarray(calibrated_estimator.predict_proba(inputs[best.extractor].X_test))
-        calibrated = evaluate(
-            test_labels, [classes[i] for i in proba.argmax(axis=1)], proba, classes,
-            positive=positive, n_boot=cfg.bootstrap, seed=cfg.seed,
-        )  # fmt: skip
-        mlflow.log_metrics(calibrated.as_dict("best_test_"))
-        for name, metrics in baselines.items():
-            mlflow.log_metrics(metrics.as_dict(f"{name}_test_"))
-        mlflow.set_tag("best_candidate", best.name)
-        gate = _gate(settings, calibrated, baselines, vid, members)
-        mlflow.log_dict(gate, "gate.json")
         registered, alias = None, None
-        spec = _model_spec(settings, best, classes, positive, vid)
-        if gate["passed"]:
-            registered, alias = _register(settings, calibrated_estimator, spec, calibrated, gate, best, vid)
+        details = {"candidate": best.name, "dataset_version": data.version, "search": chosen,
+                   "metrics": calibrated.as_dict("test_"), "gate": gate.to_dict()}  # fmt: skip
+        if gate.passed:
+            from conveyor.tracking.register import register_model
+
+            registered, alias = register_model(settings, calibrated_estimator, spec, details)
         else:
             from conveyor.tracking.registry import audit
 
-            audit(settings, "refused", settings.model_name, "; ".join(gate["reasons"]),
-                  {"candidate": best.name, "dataset_version": vid, "metrics": calibrated.as_dict("test_")})  # fmt: skip
+            audit(settings, "refused", settings.model_name, "; ".join(gate.reasons), details)
         return TrainResult(
-            vid, classes, positive, candidates, baselines, best, calibrated, gate, registered, alias, parent.info.run_id
-        )
+            data.version, data.classes, data.positive, candidates, baselines, best, calibrated, gate, registered,
+            alias, parent.info.run_id, summary, time.perf_counter() - began,
+        )  # fmt: skip
+
+
+def _finalists(
+    outcome: SearchOutcome,
+    settings_of: dict[str, tuple[Any, dict[str, list[Any]]]],
+    inputs: dict[str, _Inputs],
+    data: _Data,
+    settings: Settings,
+) -> list[CandidateResult]:
+    """The finalists refitted on the whole training split (in parallel) and scored on the test split; the raced-out
+    candidates as they left the race."""
+    from joblib import Parallel, delayed
+    from sklearn.base import clone
+
+    cfg = settings.training
+
+    def refit(score: CandidateScore) -> tuple[Any, float]:
+        began = time.perf_counter()
+        estimator = clone(settings_of[score.family][0]).set_params(**score.params)
+        return estimator.fit(inputs[score.extractor].X_train, data.y_train), time.perf_counter() - began
+
+    fitted = Parallel(n_jobs=cfg.search.jobs)(delayed(refit)(s) for s in outcome.finalists)
+    results = []
+    for score, (estimator, seconds) in zip(outcome.finalists, fitted, strict=True):
+        proba = _scores(estimator, inputs[score.extractor].X_test, len(data.classes))
+        predicted = [data.classes[i] for i in proba.argmax(axis=1)]
+        metrics = evaluate(
+            data.test_labels, predicted, proba, data.classes, positive=data.positive, n_boot=cfg.bootstrap,
+            seed=cfg.seed,
+        )  # fmt: skip
+        results.append(
+            CandidateResult(
+                score.extractor, score.family, score.cv_mean, score.cv_std, score.params, metrics,
+                score.fit_seconds + seconds, "final", score.n, score.folds, estimator=estimator,
+                oof_scores=score.oof_scores,
+            )
+        )  # fmt: skip
+    for score in outcome.ranking:
+        if not score.final:
+            results.append(
+                CandidateResult(
+                    score.extractor, score.family, score.cv_mean, score.cv_std, score.params, None,
+                    score.fit_seconds, score.stage, score.n, score.folds,
+                )
+            )  # fmt: skip
+    return results
+
+
+def _log_parent(
+    settings: Settings,
+    data: _Data,
+    summary: SearchSummary,
+    calibrated: Metrics,
+    baselines: dict[str, Metrics],
+    gate: GateDecision,
+    candidates: list[CandidateResult],
+    extractor_names: list[str],
+) -> None:
+    """The parent run: data, settings, search, the winner's calibrated metrics, the gate and the leaderboard."""
+    import mlflow
+
+    from conveyor.tracking.searches import LEADERBOARD, LEADERBOARD_TAG
+
+    cfg = settings.training
+    mlflow.log_params({
+        "dataset_version": data.version, "classes": ",".join(data.classes), "cv_folds": data.folds, "seed": cfg.seed,
+        "search": summary.mode, "n_train": len(data.y_train), "n_test": len(data.test_labels),
+    })  # fmt: skip
+    metrics = {**calibrated.as_dict("best_test_"), "search_seconds": summary.seconds, "search_fits": summary.fits}
+    for name, m in baselines.items():
+        metrics.update(m.as_dict(f"{name}_test_"))
+    mlflow.log_metrics(metrics)
+    mlflow.log_dict(settings.preprocess.model_dump(mode="json"), "config/preprocess.json")
+    mlflow.log_dict({e.name: e.config() for e in configured_extractors(settings)}, "config/extractors.json")
+    mlflow.log_dict(cfg.search.model_dump(mode="json"), "config/search.json")
+    mlflow.log_text(_environment(), "environment/packages.txt")
+    mlflow.log_dict(gate.to_dict(), "gate.json")
+    inputs = list(extractor_names) if any(c.extractor != PIXELS for c in candidates) else []
+    inputs += [PIXELS] if any(c.extractor == PIXELS for c in candidates) else []
+    board = {
+        "mode": summary.mode,
+        "reason": summary.reason,
+        "dataset_version": data.version,
+        "n_train": len(data.y_train),
+        "extractors": inputs,
+        "families": list(cfg.families),
+        "rounds": summary.rounds,
+        "ranking": [
+            {"extractor": c.extractor, "family": c.family, "params": {k: _jsonable(v) for k, v in c.params.items()},
+             "cv_f1": c.cv_f1, "cv_f1_std": c.cv_f1_std}
+            for c in candidates if c.stage == "final"
+        ],
+    }  # fmt: skip
+    if summary.mode != "refit":  # a refit's ranking is the one it reused: the search it refitted stays the record
+        mlflow.log_dict(board, LEADERBOARD)
+        mlflow.set_tag(LEADERBOARD_TAG, "true")
+    else:
+        mlflow.log_dict(board, "search/refit.json")
 
 
 def _environment() -> str:
@@ -259,55 +441,45 @@ def _scores(estimator: Any, X: Any, n_classes: int) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def _fit_candidate(
-    extractor: str,
-    fam: Family,
-    data: _Inputs,
-    y_train: np.ndarray,
-    test_labels: list[str],
-    classes: list[str],
-    positive: str | None,
-    folds: int,
-    settings: Settings,
+def _fit_image_candidate(
+    fam: Family, data: _Inputs, d: _Data, settings: Settings, params: dict[str, Any] | None
 ) -> CandidateResult:
+    """An image family: its grid searched on one stratified validation split (k fits of a network per grid point
+    would not fit any budget), or the given parameters (a refit); torch parallelises inside each fit."""
     from sklearn.metrics import f1_score, make_scorer
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold, StratifiedShuffleSplit
+    from sklearn.model_selection import GridSearchCV, StratifiedShuffleSplit
 
     cfg = settings.training
-    if positive is not None:
-        scorer: Any = make_scorer(f1_score, pos_label=classes.index(positive), zero_division=0)
+    if d.positive is not None:
+        scorer: Any = make_scorer(f1_score, pos_label=d.classes.index(d.positive), zero_division=0)
     else:
         scorer = make_scorer(f1_score, average="macro", zero_division=0)
-    if fam.search == "kfold":
-        cv: Any = StratifiedKFold(folds, shuffle=True, random_state=cfg.seed)
-    else:
-        cv = StratifiedShuffleSplit(1, test_size=0.2, random_state=cfg.seed)
+    cv = StratifiedShuffleSplit(1, test_size=0.2, random_state=cfg.seed)
     estimator, grid = fam.estimator_and_grid(settings)
-    search = GridSearchCV(
-        estimator,
-        grid,
-        cv=cv,
-        scoring=scorer,
-        n_jobs=-1 if fam.input_kind == "features" else 1,  # the CNN parallelises inside torch
-        refit=True,
-        error_score="raise",
-    )
+    if params is not None:
+        grid = {name: [value] for name, value in params.items()}
+    found = GridSearchCV(estimator, grid, cv=cv, scoring=scorer, n_jobs=1, refit=True, error_score="raise")
     start = time.perf_counter()
-    search.fit(data.X_train, y_train)
+    found.fit(data.X_train, d.y_train)
     seconds = time.perf_counter() - start
-    proba = _scores(search.best_estimator_, data.X_test, len(classes))
-    predicted = [classes[i] for i in proba.argmax(axis=1)]
-    metrics = evaluate(test_labels, predicted, proba, classes, positive=positive, n_boot=cfg.bootstrap, seed=cfg.seed)
-    best = search.best_index_
+    proba = _scores(found.best_estimator_, data.X_test, len(d.classes))
+    predicted = [d.classes[i] for i in proba.argmax(axis=1)]
+    metrics = evaluate(
+        d.test_labels, predicted, proba, d.classes, positive=d.positive, n_boot=cfg.bootstrap, seed=cfg.seed
+    )
+    index = found.best_index_
     return CandidateResult(
-        extractor=extractor,
+        extractor=PIXELS,
         family=fam.name,
-        cv_f1=float(search.cv_results_["mean_test_score"][best]),
-        cv_f1_std=float(search.cv_results_["std_test_score"][best]),
-        params=dict(search.best_params_),
+        cv_f1=float(found.cv_results_["mean_test_score"][index]),
+        cv_f1_std=float(found.cv_results_["std_test_score"][index]),
+        params=dict(found.best_params_),
         test=metrics,
         fit_seconds=seconds,
-        estimator=search.best_estimator_,
+        stage="final",
+        n=len(d.y_train),
+        folds=1,
+        estimator=found.best_estimator_,
     )
 
 
@@ -324,94 +496,45 @@ def _mlflow_dataset(members: list[tuple[str, str, str]], vid: str, settings: Set
         )
 
 
-def _log_candidate(
-    result: CandidateResult, dataset: Any, test_labels: list[str], X_test: Any, classes: list[str], tmp: Path
-) -> None:
+def _log_candidate(result: CandidateResult, data: _Data, X_test: Any, tmp: Path, settings: Settings) -> None:
+    """A candidate's nested run: its parameters and CV score; for a finalist also its test metrics, learning curve
+    and plots (a raced-out candidate has no test score: the test split is only for the finalists)."""
     import mlflow
+    from mlflow.entities import Metric, Param
 
-    mlflow.log_input(dataset, context="training")
-    mlflow.log_params({"family": result.family, "extractor": result.extractor})
-    mlflow.log_params({f"param_{k}": _jsonable(v) for k, v in result.params.items()})
-    mlflow.log_metrics({"cv_f1": result.cv_f1, "cv_f1_std": result.cv_f1_std, "fit_seconds": result.fit_seconds})
-    mlflow.log_metrics(result.test.as_dict("test_"))
+    params = {"family": result.family, "extractor": result.extractor, "stage": result.stage, "cv_n": result.n,
+              "cv_folds": result.folds, **{f"param_{k}": _jsonable(v) for k, v in result.params.items()}}  # fmt: skip
+    metrics = {"cv_f1": result.cv_f1, "cv_f1_std": result.cv_f1_std, "fit_seconds": result.fit_seconds}
+    if result.test is not None:
+        metrics.update(result.test.as_dict("test_"))
+    now = int(time.time() * 1000)
+    rows = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
     for row in getattr(result.estimator, "history_", []) or []:  # a network's learning curve, per epoch
         step = int(row["epoch"])
-        mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=step)
-    proba = _scores(result.estimator, X_test, len(classes))
-    predicted = [classes[i] for i in proba.argmax(axis=1)]
+        rows += [Metric(k, float(v), now, step) for k, v in row.items() if k != "epoch"]
+    run_id = mlflow.active_run().info.run_id  # type: ignore[union-attr]
+    mlflow.MlflowClient().log_batch(run_id, metrics=rows, params=[Param(k, str(v)) for k, v in params.items()])
+    if result.test is None or X_test is None:
+        return
+    proba = _scores(result.estimator, X_test, len(data.classes))
+    predicted = [data.classes[i] for i in proba.argmax(axis=1)]
     folder = tmp / result.name.replace("@", "_at_")
     folder.mkdir(parents=True, exist_ok=True)
-    confusion_matrix_png(test_labels, predicted, classes, folder / "confusion_matrix.png", title=result.name)
-    if len(set(test_labels)) > 1:  # a ROC curve needs both kinds of cases
-        roc_curve_png(test_labels, proba, classes, folder / "roc_curve.png", title=result.name)
+    confusion_matrix_png(data.test_labels, predicted, data.classes, folder / "confusion_matrix.png", title=result.name)
+    if len(set(data.test_labels)) > 1:  # a ROC curve needs both kinds of cases
+        roc_curve_png(data.test_labels, proba, data.classes, folder / "roc_curve.png", title=result.name)
     mlflow.log_artifacts(str(folder), artifact_path="plots")
 
 
-def _calibrate(best: CandidateResult, X_train: Any, y_train: np.ndarray, folds: int, settings: Settings) -> Any:
-    """The winner refitted inside a calibrator, so its probabilities are honest. A network calibrates itself
-    (temperature scaling on its validation fold) and is used as it is."""
-    from sklearn.base import clone
-    from sklearn.calibration import CalibratedClassifierCV
+def _calibrate(best: CandidateResult, y_train: np.ndarray, settings: Settings) -> Any:
+    """The winner, refitted on the whole training split, with its confidence calibrated on its out-of-fold scores
+    from the search. A network calibrates itself (temperature scaling on its validation fold) and is used as is."""
+    from conveyor.training.calibration import OutOfFoldCalibrated
 
-    if hasattr(best.estimator, "temperature_"):
+    if hasattr(best.estimator, "temperature_") or best.oof_scores is None:
         return best.estimator
-    # ensemble=False: one classifier refitted on all the training data, calibrated on cross-validated predictions.
-    # The default ensemble of one classifier per fold made every served prediction pay scikit-learn's input checks
-    # five times (13 of 15 ms per request).
-    calibrated = CalibratedClassifierCV(
-        clone(best.estimator), method=settings.training.calibration, cv=folds, ensemble=False
-    )
-    return calibrated.fit(X_train, y_train)
-
-
-def _gate(
-    settings: Settings,
-    challenger: Metrics,
-    baselines: dict[str, Metrics],
-    vid: str,
-    members: list[tuple[str, str, str]],
-) -> dict[str, Any]:
-    """Whether the new best may be registered, with the numbers and reasons (on ``training.gate_metric``)."""
-    from conveyor.tracking.registry import CHAMPION, current_version
-
-    metric = settings.training.gate_metric
-    value = _metric(challenger, metric)
-    interval = challenger.intervals.get(metric)
-    low, high = (interval.low, interval.high) if interval is not None else (value, value)
-    reasons: list[str] = []
-    best_baseline = max(baselines, key=lambda name: _metric(baselines[name], metric))
-    baseline_value = _metric(baselines[best_baseline], metric)
-    if not low > baseline_value:
-        reasons.append(
-            f"test {metric} interval [{low:.3f}, {high:.3f}] does not clear {best_baseline} {metric} "
-            f"{baseline_value:.3f}"
-        )
-    champion_version = current_version(settings, CHAMPION)
-    champion_value = None
-    if champion_version is not None:
-        champion_value = _metric(_champion_metrics(settings, champion_version, members), metric)
-        if champion_value > high:
-            reasons.append(
-                f"champion v{champion_version} scores {metric} {champion_value:.3f} on this test split, above the "
-                f"challenger's interval [{low:.3f}, {high:.3f}]"
-            )
-    return {
-        "passed": not reasons,
-        "reasons": reasons,
-        "metric": metric,
-        "value": value,
-        "interval": [low, high],
-        "best_baseline": best_baseline,
-        "best_baseline_value": baseline_value,
-        "champion_version": champion_version,
-        "champion_value": champion_value,
-        "dataset_version": vid,
-    }
-
-
-def _metric(metrics: Metrics, name: str) -> float:
-    value = getattr(metrics, name)
-    return float("nan") if value is None else float(value)
+    method = settings.training.calibration
+    return OutOfFoldCalibrated(best.estimator, method=method).fit(best.oof_scores, y_train)
 
 
 def _champion_metrics(settings: Settings, version: int, members: list[tuple[str, str, str]]) -> Metrics:
@@ -449,66 +572,3 @@ def _model_spec(
         "extractor": best.extractor,
         "dataset_version": vid,
     }
-
-
-def _register(
-    settings: Settings,
-    estimator: Any,
-    spec: dict[str, Any],
-    metrics: Metrics,
-    gate: dict[str, Any],
-    best: CandidateResult,
-    vid: str,
-) -> tuple[int, str]:
-    """Log the pyfunc model in the parent run, register it, and give it its alias (champion if it is the first)."""
-    import joblib
-    import mlflow
-    import mlflow.pyfunc
-
-    import conveyor
-    from conveyor.tracking.pyfunc import ConveyorModel
-    from conveyor.tracking.registry import CHALLENGER, CHAMPION, set_alias
-
-    with tempfile.TemporaryDirectory() as tmp:
-        classifier = Path(tmp) / "classifier.joblib"
-        joblib.dump(estimator, classifier)
-        spec_path = Path(tmp) / "spec.json"
-        spec_path.write_text(json.dumps(spec, indent=2))
-        example = pd.DataFrame({"image": [_example_image(settings)]})
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=ConveyorModel(),
-            artifacts={"classifier": str(classifier), "spec": str(spec_path)},
-            code_paths=[str(Path(conveyor.__file__).parent)],
-            signature=_signature(spec["classes"]),
-            input_example=example,
-            registered_model_name=settings.model_name,
-            await_registration_for=60,
-        )
-    version = int(info.registered_model_version)
-    from conveyor.tracking.registry import current_version
-
-    alias = CHAMPION if current_version(settings, CHAMPION) is None else CHALLENGER
-    reason = "first model to pass the gate" if alias == CHAMPION else "passed the gate against the champion"
-    details = {"candidate": best.name, "dataset_version": vid, "metrics": metrics.as_dict("test_"), "gate": gate}
-    set_alias(settings, alias, version, reason, details)
-    return version, alias
-
-
-def _signature(classes: list[str]) -> Any:
-    """Input: ``image`` (bytes; base64 in JSON) or ``path``, each optional; output: label, confidence, probabilities."""
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
-
-    input_columns: list[Any] = [ColSpec("binary", "image", required=False), ColSpec("string", "path", required=False)]
-    output_columns: list[Any] = [ColSpec("string", "label"), ColSpec("double", "confidence")]
-    output_columns += [ColSpec("double", f"proba_{name}") for name in classes]
-    inputs, outputs = Schema(input_columns), Schema(output_columns)
-    return ModelSignature(inputs=inputs, outputs=outputs)
-
-
-def _example_image(settings: Settings) -> bytes:
-    """The bytes of one stored image, as the input example of the model's signature."""
-    for path in sorted((settings.home / "raw").rglob("*.*"))[:1]:
-        return path.read_bytes()
-    raise ConveyorError("no stored image to use as the model's input example")
