@@ -35,6 +35,7 @@ bench: install  ## speed and quality claims, printed as tables of ratios
 	$(BIN)/python benchmarks/features.py
 	$(BIN)/python benchmarks/cnn.py
 	$(BIN)/python benchmarks/quality.py
+	$(BIN)/python benchmarks/train.py
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache .mypy_cache .ruff_cache

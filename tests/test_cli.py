@@ -66,11 +66,12 @@ def test_demo_runs_the_whole_story(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert summary["features"]["tables"]["intensity"]["rows"] == 80
     assert sorted(c["name"] for c in summary["train"]["candidates"]) == ["logreg@all", "logreg@intensity"]
     assert (summary["train"]["registered_version"], summary["train"]["alias"]) == (1, "champion")
-    same, lesion, large, _fresh = summary["batches"]
+    same, lesion, large, feedback, _fresh = summary["batches"]
     assert [b["batch"] for b in summary["batches"]] == [
         "same distribution",
         "unseen lesion type",
         "large batch",
+        "clinician feedback",
         "fresh test batch",
     ]
     assert all(b["status"] == "success" for b in summary["batches"])
@@ -78,7 +79,9 @@ def test_demo_runs_the_whole_story(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert same["model_f1"] > max(same["dummy_by_reference_f1"], same["dummy_by_current_f1"])
     assert lesion["drift_share"] > 0.2
     assert (large["files"], large["retrain"]) == (40, True)
-    assert (large["alias"], large["rollout"]) == ("challenger", "canary")
+    assert (large["alias"], large["rollout"]) == ("challenger", "canary started at 10%")
+    assert feedback["rollout"].startswith("canary 10% -> 50% -> 100% -> promoted v2")
+    assert (large["champion_version"], feedback["champion_version"]) == (1, 2)
 
 
 def test_conflict_is_listed_then_resolved_into_a_new_dataset_version(tmp_path: Path) -> None:
@@ -106,3 +109,41 @@ def test_resolving_with_a_label_it_was_never_filed_under_is_refused(tmp_path: Pa
     result = runner.invoke(app, ["conflicts", "--resolve", conflict["sha256"], "--label", "maybe", "--json"])
     assert result.exit_code == 1
     assert "resolve it as one of them, not 'maybe'" in json.loads(result.stdout)["error"]
+
+
+@pytest.mark.slow
+def test_train_json_prints_only_the_json_and_library_notices_go_to_the_log(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from conveyor.data.synthetic import SyntheticSpec, generate_dataset
+
+    generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=20, size=64, seed=1))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "MLFLOW_"))}
+    env.update(
+        CONVEYOR_HOME=str(tmp_path / "ws"),
+        CONVEYOR_FEATURES__EXTRACTORS='["intensity"]',
+        CONVEYOR_TRAINING__FAMILIES='["logreg"]',
+        CONVEYOR_PREPROCESS__SIZE="[64, 64]",
+    )
+
+    def conveyor(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "conveyor", *args]
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=240, check=False)
+
+    assert conveyor("ingest", str(tmp_path / "src"), "--json").returncode == 0
+    trained = conveyor("train", "--json")
+    assert trained.returncode == 0, trained.stderr
+    assert trained.stdout.count("\n") == 1
+    assert json.loads(trained.stdout)["registered_version"] == 1
+    assert trained.stderr == ""
+    log = (tmp_path / "ws" / "logs" / "conveyor.log").read_text()
+    assert "Successfully registered model 'conveyor'" in log
+    assert "CloudPickle" in log
+
+
+def test_train_refuses_an_unknown_search_mode(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "--search", "fast"])
+    assert result.exit_code == 2
+    assert "--search must be race, grid, refit or auto, got 'fast'" in result.output

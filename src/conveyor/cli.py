@@ -265,17 +265,25 @@ def _search_progress(enabled: bool) -> Iterator[Callable[[int, int, str | None, 
         yield update
 
 
-def _print_training(result: Any) -> None:
+def _print_training(result: Any, compact: bool = False) -> None:
+    """The search line and the candidate table (``compact``: the finalists only, the raced-out counted)."""
     search = result.search
     out.print(
         f"search [bold]{search.mode}[/] ({search.reason}): {search.fits} fits in {search.seconds:.1f} s"
-        + "".join(f"; round {r['round']}: {r['configs']} configs on {r['n']} images" for r in search.rounds)
+        + "".join(
+            f"; {'final' if i == len(search.rounds) - 1 else 'round ' + str(r['round'])}: {r['configs']} configs on "
+            f"{r['n']} images x {r['folds']} folds"
+            for i, r in enumerate(search.rounds)
+        )
     )
     table = Table(title=f"candidates on dataset {result.dataset_version} (finalists by CV, then the raced out)")
     for column in ("candidate", "CV F1", "stage", "test F1 [95% interval]", "accuracy", "ROC-AUC", "fit s"):
         table.add_column(column, justify="left" if column in ("candidate", "stage") else "right", no_wrap=True)
+    raced_out = [c for c in result.candidates if c.test is None]
     for c in result.candidates:
         stage = c.stage if c.stage == "final" else f"out, {c.stage} (n={c.n})"
+        if c.test is None and compact:
+            continue
         if c.test is None:
             table.add_row(f"[dim]{c.name}[/]", f"[dim]{c.cv_f1:.3f} ± {c.cv_f1_std:.3f}[/]", f"[dim]{stage}[/]",
                           "-", "-", "-", f"{c.fit_seconds:.1f}")  # fmt: skip
@@ -303,6 +311,8 @@ def _print_training(result: Any) -> None:
             "",
         )
     out.print(table)
+    if compact and raced_out:
+        out.print(f"{len(raced_out)} more candidates left the race early (`conveyor train --json` lists them)")
     cal = result.calibrated
     out.print(
         f"best: [bold]{result.best.name}[/], calibrated test F1 {cal.f1:.3f}, calibration error (ECE) "
@@ -391,9 +401,10 @@ def demo(
     from conveyor.data.ingest import ingest as run_ingest
     from conveyor.data.synthetic import SyntheticSpec, generate_dataset
     from conveyor.features.store import compute_features
+    from conveyor.pipelines.story import demo_settings
     from conveyor.training.train import train as run_train
 
-    settings = _settings()
+    settings = demo_settings(_settings())
     target = settings.home / "demo" / "original"
     with _errors(as_json):
         if not target.exists():
@@ -408,7 +419,7 @@ def demo(
             out.print(f"demo data: {target}")
             _print_ingest(summary)
             _print_features(feature_summary)
-            _print_training(result)
+            _print_training(result, compact=True)
         batches: list[dict[str, Any]] = []
         if story:
             from conveyor.pipelines.story import run_story
@@ -430,19 +441,10 @@ def demo(
 
 
 def _print_batches(rows: list[dict[str, Any]]) -> None:
-    table = Table(title="new batches filed into incoming/")
-    for column in (
-        "batch",
-        "files",
-        "model F1",
-        "dummy ref F1",
-        "dummy cur F1",
-        "drift",
-        "alerts",
-        "retrain",
-        "champion",
-    ):
-        table.add_column(column, no_wrap=True)
+    table = Table(title="new batches filed into incoming/, then clinicians' feedback on a rollout")
+    for column in ("batch", "files", "model F1", "dummy F1 ref / cur", "drift", "alerts", "retrain", "rollout"):
+        table.add_column(column, no_wrap=column in ("files", "model F1", "dummy F1 ref / cur", "drift"))
+    table.add_column("champion", no_wrap=True)
 
     def f(value: Any) -> str:
         return "-" if value is None else f"{value:.3f}"
@@ -453,13 +455,17 @@ def _print_batches(rows: list[dict[str, Any]]) -> None:
             if r["drift_share"] is None
             else f"{r['drift_share']:.0%}" + (" (drift)" if "drift_share" in r["alerts"] else "")
         )
-        retrain = ("yes" if r["retrain"] else "no") + (
-            f" -> v{r['registered']} {r['alias']}" if r["registered"] else ""
-        )
-        retrain += f", {r['rollout']} rollout" if r.get("rollout") else ""
+        retrain = "-" if r["batch"] == "clinician feedback" else "yes" if r["retrain"] else "no"
+        if r.get("search"):
+            retrain += f" ({r['search']})"
+        if r["registered"]:
+            retrain += f" -> v{r['registered']} {r['alias']}"
+        dummies = "-" if r["dummy_by_reference_f1"] is None else (
+            f"{f(r['dummy_by_reference_f1'])} / {f(r['dummy_by_current_f1'])}"
+        )  # fmt: skip
         table.add_row(
-            r["batch"], str(r["files"]), f(r["model_f1"]), f(r["dummy_by_reference_f1"]), f(r["dummy_by_current_f1"]),
-            drift, ", ".join(r["alerts"]) or "-", retrain, f"v{r['champion_version']}",
+            r["batch"], str(r["files"]), f(r["model_f1"]), dummies, drift, ", ".join(r["alerts"]) or "-", retrain,
+            r.get("rollout") or "-", f"v{r['champion_version']}",
         )  # fmt: skip
     out.print(table)
 

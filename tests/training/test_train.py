@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,7 +54,8 @@ def test_every_candidate_is_in_the_table(trained: tuple[Settings, TrainResult]) 
         "random_forest@all",
         "random_forest@intensity",
     ]
-    assert [c.cv_f1 for c in result.candidates] == sorted((c.cv_f1 for c in result.candidates), reverse=True)
+    finalists = [c.cv_f1 for c in result.candidates if c.stage == "final"]
+    assert finalists == sorted(finalists, reverse=True)
 
 
 def test_the_first_model_passing_the_gate_becomes_champion(trained: tuple[Settings, TrainResult]) -> None:
@@ -143,3 +145,71 @@ def test_a_model_that_cannot_beat_the_dummies_is_refused(tmp_path: Path) -> None
     assert (result.registered_version, result.alias) == (None, None)
     [record] = history(settings, settings.model_name)
     assert record.action == "refused"
+
+
+@pytest.fixture(scope="module")
+def searched_then_refitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, TrainResult, TrainResult]:
+    """A race over four candidates (two finalists), then a refit after 25% more images."""
+    root = tmp_path_factory.mktemp("refit")
+    search = {"finalists": 2, "refit_candidates": 2, "min_samples": 20}
+    settings = small_settings(root / "ws", families=["logreg", "svm"], extractors=["intensity", "stats"], search=search)
+    settings = settings.model_copy(
+        update={"features": settings.features.model_copy(update={"extractors": ["intensity", "stats"]})}
+    )
+    generate_dataset(root / "first", SyntheticSpec(n_per_class=40, size=96, seed=5))
+    ingest(root / "first", settings)
+    race = train(settings, mode="race")
+    generate_dataset(root / "later", SyntheticSpec(n_per_class=10, size=96, seed=6))
+    ingest(root / "later", settings)
+    return settings, race, train(settings, mode="auto")
+
+
+def test_a_race_keeps_every_candidate_in_the_table(searched_then_refitted: Any) -> None:
+    _, race, _ = searched_then_refitted
+    assert sorted(c.name for c in race.candidates) == ["logreg@intensity", "logreg@stats", "svm@intensity", "svm@stats"]
+    finalists = [c for c in race.candidates if c.stage == "final"]
+    assert len(finalists) == 2 and all(c.test is not None for c in finalists)
+    assert all(c.test is None for c in race.candidates if c.stage != "final")
+    assert [c.cv_f1 for c in finalists] == sorted((c.cv_f1 for c in finalists), reverse=True)
+
+
+def test_auto_refits_after_a_small_growth_with_the_exact_parameters(searched_then_refitted: Any) -> None:
+    _, race, refit = searched_then_refitted
+    assert refit.search.mode == "refit"
+    assert "under the 50% that calls for a new search" in refit.search.reason
+    chosen = {c.name: c.params for c in race.candidates if c.stage == "final"}
+    assert {c.name: c.params for c in refit.candidates} == chosen
+    assert refit.search.fits == 2 * 3  # two candidates x three folds, nothing else
+
+
+def test_each_run_records_its_search_mode_and_reason_in_mlflow(searched_then_refitted: Any) -> None:
+    import mlflow
+
+    from conveyor.tracking.searches import last_search
+
+    settings, race, refit = searched_then_refitted
+    configure_mlflow(settings)
+    client = mlflow.MlflowClient()
+    tags = {r.search.mode: client.get_run(str(r.parent_run_id)).data.tags for r in (race, refit)}
+    assert (tags["race"]["conveyor.search"], tags["refit"]["conveyor.search"]) == ("race", "refit")
+    assert tags["refit"]["conveyor.search_reason"] == refit.search.reason
+    previous = last_search(settings)  # a refit never replaces the search it reused
+    assert previous is not None and previous.mode == "race" and previous.run_id != refit.parent_run_id
+
+
+def test_the_calibrated_champion_comes_from_out_of_fold_scores(searched_then_refitted: Any) -> None:
+    from conveyor.training.calibration import OutOfFoldCalibrated
+
+    settings, race, _ = searched_then_refitted
+    model = load_champion(settings).unwrap_python_model()
+    assert isinstance(model.classifier, OutOfFoldCalibrated)
+    assert model.classifier.estimator.get_params()["clf__C"] == race.best.params["clf__C"]
+
+
+def test_a_drifted_batch_makes_the_pipeline_search_anew(searched_then_refitted: Any) -> None:
+    from conveyor.pipelines.definitions import train_task
+
+    settings, _, _ = searched_then_refitted
+    output = train_task(settings, {}, {"monitor": {"alerts": [{"rule": "drift_share", "message": "drift"}]}})
+    assert output["search"]["mode"] == "race"
+    assert output["search"]["reason"] == "the monitor saw drift: the best candidate may have changed"

@@ -4,6 +4,10 @@ the watcher processes each batch (ingest, features, monitor against both dummies
 Batches (generated, deterministic): a batch from the training distribution, a batch with an unseen lesion type
 (dark, ring-enhancing), a large batch that makes the retrain policy fire (its size is the policy's
 ``min_new_labelled``), and a fresh test batch from the training distribution.
+
+When a retrain registered a challenger and its rollout started, clinicians use the served model: new cases are
+sent to the prediction API (the real FastAPI app, in process) and each answer gets the case's true label through
+the feedback API, until the rollout policy has promoted the challenger or rolled it back.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from conveyor.data.synthetic import SyntheticSpec, generate_dataset
 from conveyor.pipelines.watch import BatchResult, watch
 from conveyor.tracking.registry import CHAMPION, current_version
 
-__all__ = ["STORY", "StoryBatch", "run_story"]
+__all__ = ["STORY", "StoryBatch", "clinician_feedback", "demo_settings", "run_story"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,15 @@ STORY = (
     StoryBatch("large batch", "none", None, 103),
     StoryBatch("fresh test batch", "none", 15, 104),
 )
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """The settings the demo runs with: the canary's stages at 10% / 50% / 100% with 15 labels per arm, so that a
+    rollout is decided by a few hundred requests (production's 1% first stage with 30 labels per arm needs about
+    3,000). Every other setting is the user's."""
+    rollout = settings.serving.rollout.model_copy(update={"canary_stages": (0.1, 0.5, 1.0), "min_feedback": 15})
+    serving = settings.serving.model_copy(update={"rollout": rollout})
+    return settings.model_copy(update={"serving": serving})
 
 
 def _file(settings: Settings, batch: StoryBatch, index: int) -> int:
@@ -70,14 +83,26 @@ def _row(batch: StoryBatch, filed: int, result: BatchResult, champion: int | Non
         "retrain": bool(retrain.get("retrain")),
         "retrain_reasons": retrain.get("reasons", []),
         "registered": train.get("registered_version") if isinstance(train, dict) else None,
+        "search": (train.get("search") or {}).get("mode") if isinstance(train, dict) else None,
         "alias": train.get("alias") if isinstance(train, dict) else None,
-        "rollout": result.outputs.get("rollout", {}).get("mode"),
+        "rollout": _started(result.outputs.get("rollout", {})),
         "champion_version": champion,
     }
 
 
+def _started(rollout: dict[str, Any]) -> str | None:
+    if not rollout.get("mode"):
+        return None
+    share = rollout.get("share")
+    return f"{rollout['mode']} started" + (f" at {share:.0%}" if share else "")
+
+
 def run_story(settings: Settings, on_batch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """File each batch into ``incoming/`` and let the watcher process it; one table row per batch."""
+    """File each batch into ``incoming/`` and let the watcher process it; one table row per batch, then one for the
+    clinicians' feedback that decides a rollout, when one is running."""
+    from conveyor.serving.rollout import active_rollout
+    from conveyor.workspace import open_workspace
+
     rows = []
     for index, batch in enumerate(STORY, start=1):
         filed = _file(settings, batch, index)
@@ -87,4 +112,79 @@ def run_story(settings: Settings, on_batch: Callable[[dict[str, Any]], None] | N
         rows.append(row)
         if on_batch is not None:
             on_batch(row)
+        if active_rollout(open_workspace(settings)) is not None:
+            rows.append(clinician_feedback(settings, seed=200 + index))
+            if on_batch is not None:
+                on_batch(rows[-1])
     return rows
+
+
+def clinician_feedback(settings: Settings, *, seed: int, max_requests: int = 2000) -> dict[str, Any]:
+    """Predict new cases through the API and label each answer through the feedback API until the rollout ends.
+
+    The cases come from the generator (the training distribution), with their true labels; each
+    ``POST /v1/feedback`` may let the rollout policy decide its stage (advance, promote or roll back), and the story
+    records every decision.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    from conveyor.serving.app import create_app
+    from conveyor.serving.rollout import active_rollout
+    from conveyor.workspace import open_workspace
+
+    engine = open_workspace(settings)
+    state = active_rollout(engine)
+    decisions: list[str] = []
+    sent = 0
+    counts = {"champion": 0, "challenger": 0}
+    app = create_app(settings)
+    with TestClient(app) as client, tempfile.TemporaryDirectory() as tmp:
+        round_seed = seed
+        while active_rollout(engine) is not None and sent < max_requests:
+            cases = generate_dataset(Path(tmp) / str(round_seed), SyntheticSpec(n_per_class=25, seed=round_seed))
+            round_seed += 1000
+            for path in cases:
+                if active_rollout(engine) is None or sent >= max_requests:
+                    break
+                answer = client.post("/v1/predict", files={"file": (path.name, path.read_bytes())})
+                sent += 1
+                if answer.status_code != 200:
+                    continue
+                body = answer.json()
+                arm = body.get("arm") or "champion"
+                counts[arm] = counts.get(arm, 0) + 1
+                label = path.parent.name
+                verdict = client.post("/v1/feedback", json={"request_id": body["request_id"], "label": label})
+                made = verdict.json().get("rollout") if verdict.status_code == 200 else None
+                if made:
+                    decision, rollout = made["decision"], made["rollout"]
+                    if decision["action"] == "advance" and rollout["status"] == "active":
+                        decisions.append(f"{rollout['share']:.0%}")
+                    else:
+                        decisions.append(f"{rollout['status']} v{rollout['challenger_version']}")
+    ended = active_rollout(engine)
+    return {
+        "batch": "clinician feedback",
+        "files": sent,
+        "status": "success" if ended is None else "undecided",
+        "error": None if ended is None else f"the rollout was still undecided after {sent} requests",
+        "model_f1": None,
+        "dummy_by_reference_f1": None,
+        "dummy_by_current_f1": None,
+        "drift_share": None,
+        "drifted_columns": [],
+        "alerts": [],
+        "retrain": False,
+        "retrain_reasons": [],
+        "registered": None,
+        "alias": None,
+        "search": None,
+        "rollout": f"{state.mode if state else '-'} {state.share if state else 0:.0%} -> "
+        + " -> ".join(decisions or ["undecided"])
+        + f" ({counts.get('challenger', 0)} of {sent} answered by the challenger)",
+        "answered_by": counts,
+        "champion_version": current_version(settings, CHAMPION),
+    }

@@ -32,7 +32,7 @@ from conveyor.training.baselines import evaluate_baselines
 from conveyor.training.evaluate import Metrics, confusion_matrix_png, evaluate, positive_class, roc_curve_png
 from conveyor.training.gate import GateDecision, judge_gate
 from conveyor.training.pixels import PixelStore
-from conveyor.training.search import CandidateScore, SearchOutcome, choose_mode, search
+from conveyor.training.search import SearchOutcome, choose_mode, search
 from conveyor.workspace import open_workspace
 
 __all__ = ["CandidateResult", "TrainResult", "train"]
@@ -317,16 +317,12 @@ def _finalists(
     """The finalists refitted on the whole training split (in parallel) and scored on the test split; the raced-out
     candidates as they left the race."""
     from joblib import Parallel, delayed
-    from sklearn.base import clone
 
     cfg = settings.training
-
-    def refit(score: CandidateScore) -> tuple[Any, float]:
-        began = time.perf_counter()
-        estimator = clone(settings_of[score.family][0]).set_params(**score.params)
-        return estimator.fit(inputs[score.extractor].X_train, data.y_train), time.perf_counter() - began
-
-    fitted = Parallel(n_jobs=cfg.search.jobs)(delayed(refit)(s) for s in outcome.finalists)
+    fitted = Parallel(n_jobs=cfg.search.jobs)(
+        delayed(_refit)(settings_of[s.family][0], s.params, inputs[s.extractor].X_train, data.y_train)
+        for s in outcome.finalists
+    )
     results = []
     for score, (estimator, seconds) in zip(outcome.finalists, fitted, strict=True):
         proba = _scores(estimator, inputs[score.extractor].X_test, len(data.classes))
@@ -351,6 +347,14 @@ def _finalists(
                 )
             )  # fmt: skip
     return results
+
+
+def _refit(estimator: Any, params: dict[str, Any], X: Any, y: np.ndarray) -> tuple[Any, float]:
+    """A fresh copy of ``estimator`` with ``params``, fitted on (X, y), and the seconds it took."""
+    from sklearn.base import clone
+
+    began = time.perf_counter()
+    return clone(estimator).set_params(**params).fit(X, y), time.perf_counter() - began
 
 
 def _log_parent(
