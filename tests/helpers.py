@@ -60,3 +60,17 @@ def pydicom_file(name: str) -> bytes:
     found = get_testdata_file(name)
     assert found is not None, name
     return Path(str(found)).read_bytes()
+
+
+def dicom_without_bits_allocated() -> bytes:
+    """pydicom's CT_small.dcm with its BitsAllocated element removed: a header pydicom cannot read pixels from."""
+    import io
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    del ds.BitsAllocated
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()

@@ -22,7 +22,16 @@ from conveyor.errors import ConveyorError
 from conveyor.store.db import get_engine, session_scope
 from conveyor.store.models import Image, IngestFile, LabelConflict
 from conveyor.workspace import workspace_lock
-from tests.helpers import encode, gradient, pattern, png_bytes, png_claiming_size, pydicom_file, write
+from tests.helpers import (
+    dicom_without_bits_allocated,
+    encode,
+    gradient,
+    pattern,
+    png_bytes,
+    png_claiming_size,
+    pydicom_file,
+    write,
+)
 
 REAL_SET = Path(__file__).resolve().parents[3] / "shared" / "data" / "brain_mri_yes_no"
 
@@ -280,3 +289,11 @@ def test_real_brain_mri_set(settings: Settings) -> None:
     formats = {Path(relpath).name: (fmt, raw) for relpath, fmt, raw in rows if Path(relpath).name in misnamed}
     assert len(formats) == 6  # one of them is a duplicate: it points at the same stored PNG
     assert all(fmt == "png" and raw.endswith(".png") for fmt, raw in formats.values())
+
+
+def test_a_dicom_without_bits_allocated_is_quarantined_as_corrupt(tmp_path: Path, settings: Settings) -> None:
+    write(tmp_path / "src" / "no" / "bad.dcm", dicom_without_bits_allocated())
+    write(tmp_path / "src" / "no" / "good.png", png_bytes(seed=1))
+    summary = ingest(tmp_path / "src", settings)
+    assert (summary.seen, summary.stored, summary.quarantined) == (2, 1, 1)
+    assert [(r["path"], r["reason"]) for r in summary.rejected] == [("no/bad.dcm", "corrupt")]

@@ -15,6 +15,7 @@ from conveyor.serving import create_app
 from conveyor.serving.tables import Feedback, Prediction
 from conveyor.store.db import get_engine, session_scope
 from conveyor.tracking.registry import promote
+from tests.helpers import dicom_without_bits_allocated
 from tests.serving.conftest import admin, png, settings_for
 
 
@@ -258,3 +259,34 @@ def test_two_files_to_the_single_image_endpoint_is_413(client: TestClient) -> No
     response = client.post("/v1/predict", content=body, headers={"content-type": MULTIPART})
     assert response.status_code == 413
     assert response.json() == {"detail": "more than 1 files sent; at most 1 per request", "reason": "too_many_files"}
+
+
+def test_a_dicom_without_bits_allocated_is_its_own_422(client: TestClient) -> None:
+    response = client.post("/v1/predict", files={"file": ("bad.dcm", dicom_without_bits_allocated())})
+    assert response.status_code == 422
+    assert response.json() == {
+        "detail": "DICOM header has pixel data but no BitsAllocated: the pixels cannot be read",
+        "reason": "corrupt",
+    }
+
+
+def test_one_poisoned_image_in_a_batch_leaves_the_good_ones_answered(client: TestClient) -> None:
+    files = [("files", (f"{i}.png", png(20 + i))) for i in range(3)]
+    files.insert(1, ("files", ("bad.dcm", dicom_without_bits_allocated())))
+    items = client.post("/v1/predict/batch", files=files).json()["items"]
+    assert [i["status"] for i in items] == [200, 422, 200, 200]
+
+
+def test_concurrent_good_images_beside_poisoned_ones_all_get_200(client: TestClient) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    bad = dicom_without_bits_allocated()
+
+    def send(i: int) -> int:
+        data = bad if i % 4 == 0 else png(100 + i)
+        return client.post("/v1/predict", files={"file": ("x", data)}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(send, range(40)))
+    assert [c for i, c in enumerate(codes) if i % 4] == [200] * 30
+    assert [c for i, c in enumerate(codes) if i % 4 == 0] == [422] * 10

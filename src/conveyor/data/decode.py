@@ -10,6 +10,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -190,8 +191,6 @@ def _pillow_to_array(image: Image.Image, fmt: str, n_frames: int) -> DecodedImag
 def _decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
     import pydicom  # lazily: most images are not DICOM
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     try:
         with warnings.catch_warnings():
@@ -211,6 +210,24 @@ def _decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
     except (AttributeError, TypeError, ValueError) as exc:
         raise InvalidImageError("corrupt", f"DICOM Rows/Columns missing or invalid: {exc}") from exc
     _check_geometry(cols, rows, frames, limits)
+    try:
+        return _dicom_pixels(ds, frames)
+    except InvalidImageError:
+        raise
+    except Exception as exc:  # pydicom raises anything on a hostile header (a missing BitsAllocated: AttributeError)
+        raise InvalidImageError(
+            "corrupt", f"DICOM pixel data cannot be read ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
+
+
+def _dicom_pixels(ds: Any, frames: int) -> DecodedImage:
+    """The pixels of a parsed DICOM data set: modality and VOI LUTs, MONOCHROME1 inverted, the middle frame."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    for tag in ("BitsAllocated", "PixelRepresentation", "SamplesPerPixel"):
+        if tag not in ds:
+            raise InvalidImageError("corrupt", f"DICOM header has pixel data but no {tag}: the pixels cannot be read")
     if "TransferSyntaxUID" not in ds.file_meta:
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if ds.is_implicit_VR else ExplicitVRLittleEndian
     syntax = ds.file_meta.TransferSyntaxUID

@@ -123,6 +123,10 @@ def score_blobs(model: Any, blobs: list[tuple[bytes, str]], limits: DecodeLimits
         except InvalidImageError as exc:
             out[index] = exc
             continue
+        except Exception as exc:  # a decoder's failure on hostile input is that input's error, never its batch's
+            log.warning("decoding an upload failed: %r", exc)
+            out[index] = InvalidImageError("corrupt", f"the file cannot be decoded ({type(exc).__name__}: {exc})")
+            continue
         decoded.append((index, facts, pixels))
     pending = [decoded] if decoded else []
     while pending:
