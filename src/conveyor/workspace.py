@@ -14,7 +14,7 @@ from conveyor.config import CONFIG_FILE_NAME, Settings
 from conveyor.errors import ConveyorError
 from conveyor.store.db import create_schema, get_engine
 
-__all__ = ["atomic_write", "die_with_parent", "init_workspace", "open_workspace", "workspace_lock"]
+__all__ = ["PRIVATE", "atomic_write", "die_with_parent", "init_workspace", "open_workspace", "workspace_lock"]
 
 _CONFIG_TEMPLATE = """\
 # conveyor settings. Every value can also come from the environment: CONVEYOR_<NAME>, nested with __
@@ -57,12 +57,20 @@ def open_workspace(settings: Settings) -> Engine:
     return get_engine(settings.resolved_db_url)
 
 
-def atomic_write(path: Path, data: bytes, *, make_parent: bool = True) -> None:
-    """Write ``data`` to ``path`` so that a reader, or a crash, sees either nothing or all of it."""
+#: The mode of copies of patients' images (raw/ and quarantine/): the owner's only, never wider than an original.
+PRIVATE = 0o600
+
+
+def atomic_write(path: Path, data: bytes, *, make_parent: bool = True, mode: int = 0o666) -> None:
+    """Write ``data`` to ``path`` so that a reader, or a crash, sees either nothing or all of it.
+
+    ``mode`` is created with (the umask still applies): :data:`PRIVATE` for copies of patients' images.
+    """
     if make_parent:
         path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as handle:
         handle.write(data)
     os.replace(tmp, path)
 

@@ -297,3 +297,56 @@ def test_a_dicom_without_bits_allocated_is_quarantined_as_corrupt(tmp_path: Path
     summary = ingest(tmp_path / "src", settings)
     assert (summary.seen, summary.stored, summary.quarantined) == (2, 1, 1)
     assert [(r["path"], r["reason"]) for r in summary.rejected] == [("no/bad.dcm", "corrupt")]
+
+
+def test_a_link_out_of_the_source_is_refused_and_its_target_never_copied(tmp_path: Path, settings: Settings) -> None:
+    secret = write(tmp_path / "outside" / "shadow", b"root:$6$hash:19000:0:99999:7:::\n")
+    write(tmp_path / "src" / "a" / "good.png", png_bytes(seed=1))
+    (tmp_path / "src" / "a" / "scan.png").symlink_to(secret)
+    summary = ingest(tmp_path / "src", settings)
+    assert (summary.seen, summary.stored, summary.quarantined) == (2, 1, 1)
+    [row] = summary.rejected
+    assert (row["path"], row["reason"]) == ("a/scan.png", "unsafe_path")
+    assert row["detail"] == f"a symbolic link to {secret}, outside the source folder: links are not followed out"
+    copies = [p for p in (settings.home / "quarantine").iterdir() if not p.name.endswith(".reason.json")]
+    assert copies == []
+    assert all(b"root:" not in p.read_bytes() for p in (settings.home / "quarantine").iterdir())
+
+
+def test_a_link_to_a_file_inside_the_source_is_read(tmp_path: Path, settings: Settings) -> None:
+    target = write(tmp_path / "src" / "a" / "x.png", png_bytes(seed=1))
+    (tmp_path / "src" / "b").mkdir()
+    (tmp_path / "src" / "b" / "y.png").symlink_to(target)
+    summary = ingest(tmp_path / "src", settings)
+    assert (summary.seen, summary.stored, summary.conflicts) == (2, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("make", "detail"),
+    [
+        (lambda p: p.symlink_to(p.parent / "missing.png"), "a symbolic link whose target does not exist"),
+        (lambda p: p.symlink_to(p), "a symbolic link whose target does not exist (or a loop of links)"),
+        (lambda p: p.symlink_to(p.parent.parent), "a symbolic link to the folder"),
+        (lambda p: os.mkfifo(p), "not a regular file (a FIFO, socket or device): nothing to read"),
+    ],
+    ids=["broken link", "link loop", "link to a folder", "fifo"],
+)
+def test_what_is_not_a_regular_file_is_counted_and_quarantined(
+    tmp_path: Path, settings: Settings, make: object, detail: str
+) -> None:
+    write(tmp_path / "src" / "a" / "good.png", png_bytes(seed=1))
+    make(tmp_path / "src" / "a" / "odd.png")  # type: ignore[operator]
+    summary = ingest(tmp_path / "src", settings)
+    assert (summary.seen, summary.stored, summary.quarantined) == (2, 1, 1)
+    [row] = summary.rejected
+    assert (row["path"], row["reason"]) == ("a/odd.png", "not_a_file")
+    assert row["detail"].startswith(detail)
+
+
+def test_copies_of_patient_images_are_readable_by_their_owner_only(tmp_path: Path, settings: Settings) -> None:
+    write(tmp_path / "src" / "a" / "good.png", png_bytes(seed=1))
+    write(tmp_path / "src" / "a" / "empty.png", b"")
+    ingest(tmp_path / "src", settings)
+    copies = [*(settings.home / "raw").rglob("*.png"), *(settings.home / "quarantine").iterdir()]
+    assert len(copies) == 3  # the image, the refused file and its reason note
+    assert {oct(p.stat().st_mode & 0o777) for p in copies} == {"0o600"}

@@ -40,7 +40,7 @@ from conveyor.errors import InvalidImageError
 from conveyor.preprocess.transforms import to_gray_unit
 from conveyor.store.db import session_scope
 from conveyor.store.models import Image, Ingest, IngestFile, LabelConflict, utcnow
-from conveyor.workspace import atomic_write, available_cores, die_with_parent, open_workspace, workspace_lock
+from conveyor.workspace import PRIVATE, atomic_write, available_cores, die_with_parent, open_workspace, workspace_lock
 
 __all__ = ["IngestSummary", "Inspection", "ingest", "inspect_image"]
 
@@ -242,6 +242,8 @@ def _ingest_source(
     return summary
 
 
+#: Refusals whose input is never copied into quarantine/: what a link points at out of the source, what cannot be read.
+NOT_COPIED = frozenset({"unsafe_path", "not_a_file", "unreadable"})
 _PARALLEL_FROM = 256  # files; below this, worker processes cost more than they save
 _CHUNK = 32  # files per worker task
 
@@ -300,7 +302,11 @@ def _prepare(task: _Task, context: _PrepareContext) -> _Prepared:
     """
     if task.stand_in is not None:
         return _Prepared(task.index, task.stand_in)  # never read: too large
-    data = task.data if task.data is not None else Path(str(task.path)).read_bytes()
+    try:
+        data = task.data if task.data is not None else Path(str(task.path)).read_bytes()
+    except OSError as exc:  # permissions, or the file vanished since the listing
+        unreadable = InvalidImageError("unreadable", f"the file cannot be read: {exc.strerror or exc}")
+        return _Prepared(task.index, f"unreadable:{task.relpath}", 0, error=unreadable)
     sha = hashlib.sha256(data).hexdigest()
     if task.skip_pixels or (task.relpath, sha) in context.already or sha in context.stored_before:
         return _Prepared(task.index, sha, len(data))  # the decision needs no pixels
@@ -410,7 +416,8 @@ def _decide(
             )
     except InvalidImageError as exc:
         outcome, reason, detail = "quarantined", exc.reason, exc.detail
-        data = None if too_large else item.read()  # read again: refusals are rare, bytes are not kept around
+        # Read again (refusals are rare, bytes are not kept around); never what cannot or must not be read.
+        data = None if too_large or reason in NOT_COPIED else item.read()
         quarantine_path = _quarantine(settings.home, item, sha, data, reason, detail, source_key)
 
     pending.append(
@@ -471,7 +478,7 @@ def _write_raw(target: Path, data: bytes) -> None:
     if target.parent not in _MADE_FOLDERS:
         target.parent.mkdir(parents=True, exist_ok=True)
         _MADE_FOLDERS.add(target.parent)
-    atomic_write(target, data, make_parent=False)
+    atomic_write(target, data, make_parent=False, mode=PRIVATE)
 
 
 def _limits(settings: Settings) -> DecodeLimits:
@@ -486,7 +493,7 @@ def _quarantine(
     name = "".join(ch if ch.isprintable() and ch not in "\\/" else "_" for ch in name)[-120:]
     relative = f"quarantine/{sha.replace(':', '_')[:20]}-{name}"
     if data is not None:
-        atomic_write(home / relative, data)
+        atomic_write(home / relative, data, mode=PRIVATE)
     note = {
         "source": source_key,
         "path": item.relpath,
@@ -496,7 +503,8 @@ def _quarantine(
         "detail": detail,
         "copied": data is not None,
     }
-    atomic_write(home / f"{relative}.reason.json", json.dumps(note, indent=2, ensure_ascii=False).encode())
+    note_bytes = json.dumps(note, indent=2, ensure_ascii=False).encode()
+    atomic_write(home / f"{relative}.reason.json", note_bytes, mode=PRIVATE)  # it names the patient's file
     return relative
 
 

@@ -128,28 +128,77 @@ _Entry = tuple[str, int, Callable[[], bytes], Callable[[], str] | None, tuple[st
 
 
 def _walk_folder(root: Path) -> Iterator[_Entry]:
-    """Every regular file under ``root`` (symlinks to files followed, to folders not), sorted by path."""
+    """Every entry under ``root`` but its folders, sorted by path.
+
+    Regular files are read, and so are links to regular files inside ``root``. Anything else is listed with the
+    reason it cannot be used and is never read, so it is counted and quarantined (with nothing copied): a link out of
+    the source (``unsafe_path``), a broken or looping link, a link to a folder, a FIFO, socket or device
+    (``not_a_file``), a folder that cannot be listed (``unreadable``). Links to folders are never followed: a tree
+    is walked once, whatever its links.
+    """
+    top = root.resolve()
     stack = [(str(root), "")]
     while stack:
         folder, prefix = stack.pop()
-        with os.scandir(folder) as listing:
-            entries = sorted(listing, key=lambda e: e.name)
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:  # permissions, a path too long for the filesystem
+            yield _unusable(prefix.rstrip("/") or ".", ("unreadable", f"the folder cannot be listed: {exc.strerror}"))
+            continue
         for entry in reversed(entries):
             if entry.is_dir(follow_symlinks=False):
                 stack.append((entry.path, f"{prefix}{entry.name}/"))
         for entry in entries:
-            if not entry.is_file():  # folder, broken symlink, socket
+            if entry.is_dir(follow_symlinks=False):
+                continue
+            relpath = f"{prefix}{entry.name}"
+            problem = _not_a_source_file(entry, top)
+            if problem is not None:
+                yield _unusable(relpath, problem)
                 continue
             stat = entry.stat()
             full = Path(entry.path)
             yield (
-                f"{prefix}{entry.name}",
+                relpath,
                 stat.st_size,
                 full.read_bytes,
                 partial(str, f"unhashed:{stat.st_size}:{stat.st_mtime_ns}"),
                 None,
                 full,
             )
+
+
+def _not_a_source_file(entry: os.DirEntry[str], top: Path) -> tuple[str, str] | None:
+    """Why ``entry`` (not a folder) cannot be read as an input file, or None when it can."""
+    if entry.is_symlink():
+        try:
+            target = Path(entry.path).resolve(strict=True)
+        except (OSError, RuntimeError):  # missing target, or a loop (RuntimeError before Python 3.13)
+            return ("not_a_file", "a symbolic link whose target does not exist (or a loop of links)")
+        if not target.is_relative_to(top):
+            return (
+                "unsafe_path",
+                f"a symbolic link to {target}, outside the source folder: links are not followed out",
+            )
+        if target.is_dir():
+            return ("not_a_file", f"a symbolic link to the folder {target}: links to folders are not followed")
+    try:
+        regular = entry.is_file()
+    except OSError as exc:
+        return ("unreadable", f"cannot be examined: {exc.strerror}")
+    if not regular:
+        return ("not_a_file", "not a regular file (a FIFO, socket or device): nothing to read")
+    return None
+
+
+def _nothing() -> bytes:
+    return b""
+
+
+def _unusable(relpath: str, problem: tuple[str, str]) -> _Entry:
+    """An entry that is never read: its problem says why."""
+    return (relpath, 0, _nothing, partial(str, f"unread:{relpath}"), problem, None)
 
 
 def _zip_entries(archive: zipfile.ZipFile) -> list[_Entry]:
