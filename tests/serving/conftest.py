@@ -26,6 +26,7 @@ from conveyor.training.train import train
 from tests.training.test_train import small_settings
 
 TOKEN = "test-admin-token"
+FEEDBACK_TOKENS = {"clinician-a": "feedback-token-a", "clinician-b": "feedback-token-b"}
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +42,7 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def with_serving(settings: Settings, **serving: Any) -> Settings:
     """``settings`` with a serving section (works before and after Settings declares the field)."""
-    defaults: dict[str, Any] = {"admin_token": TOKEN, "reload_interval_s": 0}
+    defaults: dict[str, Any] = {"admin_token": TOKEN, "reload_interval_s": 0, "feedback_tokens": FEEDBACK_TOKENS}
     return settings.model_copy(update={"serving": ServingSettings(**{**defaults, **serving})})
 
 
@@ -78,3 +79,9 @@ def png(seed: int, size: int = 64, tumour: bool = False) -> bytes:
 
 def admin() -> dict[str, str]:
     return {"Authorization": f"Bearer {TOKEN}"}
+
+
+def clinician(index: int = 0) -> dict[str, str]:
+    """The feedback token of one of two clinicians (alternating with ``index``)."""
+    tokens = list(FEEDBACK_TOKENS.values())
+    return {"Authorization": f"Bearer {tokens[index % len(tokens)]}"}

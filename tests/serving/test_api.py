@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,7 +17,7 @@ from conveyor.serving.tables import Feedback, Prediction
 from conveyor.store.db import get_engine, session_scope
 from conveyor.tracking.registry import promote
 from tests.helpers import dicom_without_bits_allocated
-from tests.serving.conftest import admin, png, settings_for
+from tests.serving.conftest import admin, clinician, png, settings_for
 
 
 def test_predict_multipart_answers_label_probabilities_and_version(client: TestClient) -> None:
@@ -110,7 +111,9 @@ def test_every_prediction_is_logged_with_image_statistics(client: TestClient, se
 
 def test_feedback_is_recorded(client: TestClient, settings: Settings) -> None:
     body = client.post("/v1/predict", content=png(9)).json()
-    response = client.post("/v1/feedback", json={"request_id": body["request_id"], "label": "tumour"})
+    response = client.post(
+        "/v1/feedback", json={"request_id": body["request_id"], "label": "tumour"}, headers=clinician()
+    )
     assert response.status_code == 200
     assert response.json()["correct"] == (body["label"] == "tumour")
     with session_scope(get_engine(settings.resolved_db_url)) as session:
@@ -119,13 +122,13 @@ def test_feedback_is_recorded(client: TestClient, settings: Settings) -> None:
 
 
 def test_feedback_for_an_unknown_request_is_404(client: TestClient) -> None:
-    response = client.post("/v1/feedback", json={"request_id": "nope", "label": "tumour"})
+    response = client.post("/v1/feedback", json={"request_id": "nope", "label": "tumour"}, headers=clinician())
     assert (response.status_code, response.json()["detail"]) == (404, "no prediction with request id 'nope'")
 
 
 def test_feedback_with_an_unknown_label_is_422(client: TestClient) -> None:
     request_id = client.post("/v1/predict", content=png(10)).json()["request_id"]
-    response = client.post("/v1/feedback", json={"request_id": request_id, "label": "cat"})
+    response = client.post("/v1/feedback", json={"request_id": request_id, "label": "cat"}, headers=clinician())
     assert response.status_code == 422
     assert response.json()["detail"] == (
         "label 'cat' is not a class of model version 1; expected one of ['no_tumour', 'tumour']"
@@ -290,3 +293,49 @@ def test_concurrent_good_images_beside_poisoned_ones_all_get_200(client: TestCli
         codes = list(pool.map(send, range(40)))
     assert [c for i, c in enumerate(codes) if i % 4] == [200] * 30
     assert [c for i, c in enumerate(codes) if i % 4 == 0] == [422] * 10
+
+
+def test_feedback_without_a_token_is_401_and_changes_nothing(client: TestClient, settings: Settings) -> None:
+    request_id = client.post("/v1/predict", content=png(11)).json()["request_id"]
+    response = client.post("/v1/feedback", json={"request_id": request_id, "label": "tumour"})
+    assert (response.status_code, response.json()["detail"]) == (
+        401,
+        "missing 'Authorization: Bearer <feedback token>' header",
+    )
+    forged = client.post("/v1/feedback", json={"request_id": request_id, "label": "tumour"}, headers=admin())
+    assert (forged.status_code, forged.json()["detail"]) == (401, "invalid feedback token")
+    with session_scope(get_engine(settings.resolved_db_url)) as session:
+        assert session.scalars(select(Feedback)).all() == []
+
+
+def test_feedback_is_stored_with_the_identity_of_its_token(client: TestClient, settings: Settings) -> None:
+    request_id = client.post("/v1/predict", content=png(12)).json()["request_id"]
+    assert client.post(
+        "/v1/feedback", json={"request_id": request_id, "label": "tumour"}, headers=clinician(1)
+    ).is_success
+    with session_scope(get_engine(settings.resolved_db_url)) as session:
+        assert [(f.request_id, f.who) for f in session.scalars(select(Feedback))] == [(request_id, "clinician-b")]
+
+
+def test_feedback_is_disabled_when_no_tokens_are_set(home: Path) -> None:
+    with TestClient(create_app(settings_for(home, feedback_tokens={}))) as client:
+        request_id = client.post("/v1/predict", content=png(13)).json()["request_id"]
+        response = client.post("/v1/feedback", json={"request_id": request_id, "label": "tumour"}, headers=clinician())
+    assert (response.status_code, response.json()["detail"]) == (
+        401,
+        "feedback is disabled: no serving.feedback_tokens are set",
+    )
+
+
+def test_feedback_beyond_the_rate_is_429_with_retry_after(home: Path) -> None:
+    with TestClient(create_app(settings_for(home, feedback_per_minute=3))) as client:
+        request_id = client.post("/v1/predict", content=png(14)).json()["request_id"]
+        codes = [
+            client.post("/v1/feedback", json={"request_id": request_id, "label": "tumour"}, headers=clinician())
+            for _ in range(4)
+        ]
+        other = client.post("/v1/feedback", json={"request_id": request_id, "label": "tumour"}, headers=clinician(1))
+    assert [c.status_code for c in codes] == [200, 200, 200, 429]
+    assert 0 < int(codes[-1].headers["retry-after"]) <= 60
+    assert codes[-1].json()["detail"] == "clinician-a sent more than 3 feedback requests in a minute"
+    assert other.status_code == 200  # the limit is per identity

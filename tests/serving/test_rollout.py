@@ -16,7 +16,7 @@ from conveyor.serving.commands import rollout_app
 from conveyor.serving.rollout import ArmStats, RolloutStatus, bucket, choose_arm, judge
 from conveyor.serving.settings import ServingSettings
 from conveyor.tracking.registry import CHAMPION, current_version, history
-from tests.serving.conftest import admin, png, settings_for
+from tests.serving.conftest import admin, clinician, png, settings_for
 
 
 def _state(mode: str, share: float) -> RolloutStatus:
@@ -82,8 +82,9 @@ def test_canary_share_stickiness_and_advance_to_promotion(home) -> None:  # type
         assert (again["arm"], again["model"]["version"]) == (answers[0]["arm"], answers[0]["model"]["version"])
         # Clinicians agree with every prediction: the policy advances the stage as soon as both arms have 8 labels.
         decisions = []
-        for a in answers:
-            body = client.post("/v1/feedback", json={"request_id": a["request_id"], "label": a["label"]}).json()
+        for n, a in enumerate(answers):
+            feedback = {"request_id": a["request_id"], "label": a["label"]}
+            body = client.post("/v1/feedback", json=feedback, headers=clinician(n)).json()
             if body["rollout"] is not None:
                 decisions.append(body["rollout"])
                 break
@@ -93,7 +94,8 @@ def test_canary_share_stickiness_and_advance_to_promotion(home) -> None:  # type
         for stage in (1, 2):
             for i in range(60):
                 a = client.post("/v1/predict", content=png(1000 * stage + i)).json()
-                made = client.post("/v1/feedback", json={"request_id": a["request_id"], "label": a["label"]}).json()
+                feedback = {"request_id": a["request_id"], "label": a["label"]}
+                made = client.post("/v1/feedback", json=feedback, headers=clinician(i)).json()
                 if made["rollout"] is not None:
                     break
             assert made["rollout"]["decision"]["action"] == "advance", stage
@@ -112,7 +114,8 @@ def test_bad_feedback_rolls_the_canary_back(home) -> None:  # type: ignore[no-un
             a = client.post("/v1/predict", content=png(500 + i)).json()
             wrong = next(c for c in a["probabilities"] if c != a["label"])
             label = wrong if a["arm"] == "challenger" else a["label"]  # the challenger is always wrong
-            last = client.post("/v1/feedback", json={"request_id": a["request_id"], "label": label}).json()
+            feedback = {"request_id": a["request_id"], "label": label}
+            last = client.post("/v1/feedback", json=feedback, headers=clinician(i)).json()
             if last["rollout"] is not None:
                 break
         assert last is not None and last["rollout"]["decision"]["action"] == "rollback"
@@ -193,3 +196,22 @@ def test_of_two_decisions_taken_at_once_one_wins(home, monkeypatch: pytest.Monke
     state = rollout.active_rollout(engine)
     assert state is not None and state.stage == 1
     assert current_version(settings, CHAMPION) == 1  # the stale promotion never moved the alias
+
+
+def test_one_identity_cannot_move_a_rollout_and_the_audit_names_whose_labels_did(home) -> None:  # type: ignore[no-untyped-def]
+    client, settings = _canary_client(home, stages=(0.5, 1.0))
+    with client:
+        _start(client, "ab")
+        answers = [client.post("/v1/predict", content=png(700 + i)).json() for i in range(60)]
+        for a in answers:  # one client labels everything in the challenger's favour: the policy waits
+            feedback = {"request_id": a["request_id"], "label": a["label"]}
+            assert client.post("/v1/feedback", json=feedback, headers=clinician(0)).json()["rollout"] is None
+        status = client.get("/v1/admin/rollout", headers=admin()).json()
+        assert status["rollout"]["status"] == "active"
+        a = client.post("/v1/predict", content=png(800)).json()
+        feedback = {"request_id": a["request_id"], "label": a["label"]}
+        made = client.post("/v1/feedback", json=feedback, headers=clinician(1)).json()["rollout"]
+    assert made["decision"]["action"] == "advance"
+    assert made["decision"]["sources"] == {"clinician-a": 60, "clinician-b": 1}
+    promoted = [r for r in history(settings, settings.model_name) if r.action == "rollout_promote"][-1]
+    assert promoted.details["decision"]["sources"] == {"clinician-a": 60, "clinician-b": 1}

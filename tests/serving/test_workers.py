@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving.conftest import png
+from tests.serving.conftest import FEEDBACK_TOKENS, clinician, png
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +28,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def call(url: str, data: bytes | None = None, content_type: str = "application/json") -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=data, headers={"content-type": content_type})
+def call(
+    url: str, data: bytes | None = None, content_type: str = "application/json", headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=data, headers={"content-type": content_type, **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:  # a new connection each time
             return response.status, response.read()
@@ -37,10 +39,15 @@ def call(url: str, data: bytes | None = None, content_type: str = "application/j
         return exc.code, exc.read()
 
 
+def body_of(request_id: str) -> bytes:
+    return json.dumps({"request_id": request_id, "label": "tumour"}).encode()
+
+
 @pytest.fixture
 def server(home: Path) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "CONVEYOR_HOME": str(home), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env["CONVEYOR_SERVING__FEEDBACK_TOKENS"] = json.dumps(FEEDBACK_TOKENS)
     env.pop("MLFLOW_TRACKING_URI", None)
     command = [sys.executable, "-m", "conveyor", "serve", "--port", str(port), "--workers", "2", "--log-level",
                "warning", "--no-access-log"]  # fmt: skip
@@ -74,7 +81,11 @@ def test_a_server_with_scoring_processes_answers_takes_feedback_and_counts(serve
         assert status == 200
         ids.append(json.loads(body)["request_id"])
     for request_id in ids:
-        status, body = call(f"{server}/v1/feedback", json.dumps({"request_id": request_id, "label": "tumour"}).encode())
+        status, body = call(
+            f"{server}/v1/feedback",
+            json.dumps({"request_id": request_id, "label": "tumour"}).encode(),
+            headers=clinician(),
+        )
         assert status == 200, body
     status, text = call(f"{server}/metrics")
     counts = re.findall(rb'^conveyor_predictions_total\{[^}]*arm="champion"[^}]*\} ([0-9.]+)$', text, re.MULTILINE)
@@ -84,6 +95,10 @@ def test_a_server_with_scoring_processes_answers_takes_feedback_and_counts(serve
 
 
 def test_an_unknown_request_id_is_still_404(server: str) -> None:
-    status, body = call(f"{server}/v1/feedback", json.dumps({"request_id": "no-such-id", "label": "tumour"}).encode())
+    status, body = call(
+        f"{server}/v1/feedback",
+        json.dumps({"request_id": "no-such-id", "label": "tumour"}).encode(),
+        headers=clinician(),
+    )
     assert status == 404
     assert json.loads(body)["detail"] == "no prediction with request id 'no-such-id'"

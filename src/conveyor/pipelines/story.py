@@ -42,12 +42,19 @@ STORY = (
 )
 
 
+DEMO_CLINICIANS = ("dr-ada", "dr-bo", "dr-cy")
+
+
 def demo_settings(settings: Settings) -> Settings:
     """The settings the demo runs with: the canary's stages at 10% / 50% / 100% with 15 labels per arm, so that a
     rollout is decided by a few hundred requests (production's 1% first stage with 30 labels per arm needs about
-    3,000). Every other setting is the user's."""
+    3,000), and a feedback token for each of three clinicians (made for this run, never written down: the demo's
+    clinicians are played in process). Every other setting is the user's."""
+    import secrets
+
     rollout = settings.serving.rollout.model_copy(update={"canary_stages": (0.1, 0.5, 1.0), "min_feedback": 15})
-    serving = settings.serving.model_copy(update={"rollout": rollout})
+    tokens = {**settings.serving.feedback_tokens, **{who: secrets.token_urlsafe(32) for who in DEMO_CLINICIANS}}
+    serving = settings.serving.model_copy(update={"rollout": rollout, "feedback_tokens": tokens})
     return settings.model_copy(update={"serving": serving})
 
 
@@ -157,7 +164,13 @@ def clinician_feedback(settings: Settings, *, seed: int, max_requests: int = 200
                 arm = body.get("arm") or "champion"
                 counts[arm] = counts.get(arm, 0) + 1
                 label = path.parent.name
-                verdict = client.post("/v1/feedback", json={"request_id": body["request_id"], "label": label})
+                who = DEMO_CLINICIANS[sent % len(DEMO_CLINICIANS)]
+                token = settings.serving.feedback_tokens[who]
+                verdict = client.post(
+                    "/v1/feedback",
+                    json={"request_id": body["request_id"], "label": label},
+                    headers={"Authorization": f"Bearer {token}"},
+                )
                 made = verdict.json().get("rollout") if verdict.status_code == 200 else None
                 if made:
                     decision, rollout = made["decision"], made["rollout"]

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from conveyor.config import Settings
 from conveyor.errors import ConfigError, ConveyorError, InvalidImageError, NotFoundError
 from conveyor.serving.metrics import Metrics, MetricsMiddleware
+from conveyor.serving.ratelimit import RateLimiter
 from conveyor.serving.rollout import serving_settings
 from conveyor.serving.scoring import ScorerUnavailable
 from conveyor.serving.service import ModelUnavailable, PredictionService
@@ -102,6 +103,7 @@ def create_app(settings: Settings, scoring_processes: int = 1) -> FastAPI:
     app.state.settings = settings
     app.state.service = service
     app.state.metrics = metrics
+    app.state.feedback_limiter = RateLimiter()
     for module in (predict, feedback, health, admin, page):
         app.include_router(module.router)
 

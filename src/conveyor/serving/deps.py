@@ -23,12 +23,14 @@ from conveyor.serving.settings import ServingSettings
 __all__ = [
     "AdminDep",
     "EngineDep",
+    "FeedbackIdentity",
     "MetricsDep",
     "ServiceDep",
     "ServingDep",
     "SettingsDep",
     "read_limited",
     "require_admin",
+    "require_feedback_identity",
 ]
 
 
@@ -59,6 +61,9 @@ EngineDep = Annotated[Engine, Depends(get_engine_dep)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 _bearer = HTTPBearer(auto_error=False, description="The serving admin_token.")
+_feedback_bearer = HTTPBearer(
+    auto_error=False, scheme_name="FeedbackToken", description="A token of serving.feedback_tokens."
+)
 
 
 async def require_admin(
@@ -76,6 +81,36 @@ async def require_admin(
     if not secrets.compare_digest(credentials.credentials.encode(), token.encode()):
         raise HTTPException(401, "invalid admin token", headers={"WWW-Authenticate": "Bearer"})
     return "admin-api"
+
+
+async def require_feedback_identity(
+    request: Request,
+    serving: ServingDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_feedback_bearer)],
+) -> str:
+    """The identity whose feedback token the request carries (401 without one), within its rate (429 above)."""
+    if not serving.feedback_tokens:
+        raise HTTPException(401, "feedback is disabled: no serving.feedback_tokens are set",
+                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+    if credentials is None:
+        raise HTTPException(
+            401, "missing 'Authorization: Bearer <feedback token>' header", headers={"WWW-Authenticate": "Bearer"}
+        )
+    given = credentials.credentials.encode()
+    found = [who for who, token in serving.feedback_tokens.items() if secrets.compare_digest(given, token.encode())]
+    if not found:
+        raise HTTPException(401, "invalid feedback token", headers={"WWW-Authenticate": "Bearer"})
+    who = found[0]
+    wait = request.app.state.feedback_limiter.hit(who, serving.feedback_per_minute)
+    if wait > 0:
+        raise HTTPException(
+            429, f"{who} sent more than {serving.feedback_per_minute} feedback requests in a minute",
+            headers={"Retry-After": str(max(1, round(wait)))},
+        )  # fmt: skip
+    return who
+
+
+FeedbackIdentity = Annotated[str, Depends(require_feedback_identity)]
 
 
 AdminDep = Annotated[str, Depends(require_admin)]

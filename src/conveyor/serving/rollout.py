@@ -26,7 +26,7 @@ to see a large drop, not a small one; raise ``min_feedback`` for more. Every dec
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -47,6 +47,7 @@ __all__ = [
     "advance",
     "bucket",
     "choose_arm",
+    "feedback_sources",
     "judge",
     "promote",
     "rollback",
@@ -108,11 +109,13 @@ class Decision:
     challenger: ArmStats
     p_accuracy: float | None = None
     p_errors: float | None = None
+    sources: dict[str, int] = field(default_factory=dict)  # feedback identity -> labels it gave in the stage
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "action": self.action,
             "reason": self.reason,
+            "sources": dict(self.sources),
             "champion": {**asdict(self.champion), "accuracy": self.champion.accuracy},
             "challenger": {**asdict(self.challenger), "accuracy": self.challenger.accuracy},
             "p_accuracy": self.p_accuracy,
@@ -284,6 +287,21 @@ def stage_stats(engine: Engine, state: RolloutStatus) -> tuple[ArmStats, ArmStat
     return champion_rows.get("champion", empty), stage.get(challenger_arm, empty)
 
 
+def feedback_sources(engine: Engine, state: RolloutStatus) -> dict[str, int]:
+    """Who labelled the predictions the stage is judged on (as :func:`stage_stats` counts them), and how many each."""
+    from conveyor.serving.tables import Feedback, Prediction
+
+    stage = Prediction.stage <= state.stage if state.share >= 1.0 else Prediction.stage == state.stage
+    query = (
+        select(Feedback.who, func.count(Feedback.id))
+        .join(Prediction, Feedback.request_id == Prediction.request_id)
+        .where(Prediction.rollout_id == state.id, stage)
+        .group_by(Feedback.who)
+    )
+    with session_scope(engine) as session:
+        return {str(who): int(n) for who, n in session.execute(query)}
+
+
 def _p_less(good_a: int, n_a: int, good_b: int, n_b: int) -> float:
     """One-sided Fisher exact p-value that A's rate of 'good' is lower than B's."""
     from scipy.stats import fisher_exact
@@ -347,7 +365,16 @@ def advance(settings: Settings, engine: Engine, who: str, *, force: bool = False
 
     state = _require_active(engine)
     cfg = serving_settings(settings)
-    decision = judge(*stage_stats(engine, state), cfg)
+    sources = feedback_sources(engine, state)
+    decision = replace(judge(*stage_stats(engine, state), cfg), sources=sources)
+    need = cfg.rollout.min_feedback_sources
+    if decision.action != "wait" and len(sources) < need:
+        decision = replace(
+            decision,
+            action="wait",
+            reason=f"needs labels from {need} feedback identities; this stage's come from {len(sources)} "
+            f"({', '.join(sorted(sources)) or 'none'}); the policy would say {decision.action}: {decision.reason}",
+        )
     if force and decision.action != "advance":
         decision = Decision(
             "advance", f"forced by {who} (policy said {decision.action}: {decision.reason})",

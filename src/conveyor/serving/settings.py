@@ -18,6 +18,12 @@ class RolloutPolicySettings(BaseModel):
     ab_share: float = Field(0.5, gt=0.0, lt=1.0, description="Share of traffic the challenger gets in an A/B test.")
     min_feedback: int = Field(30, ge=1, description="Labelled predictions each arm needs in a stage before a decision.")
     alpha: float = Field(0.05, gt=0.0, lt=0.5, description="Significance level of the one-sided Fisher exact tests.")
+    min_feedback_sources: int = Field(
+        2,
+        ge=1,
+        description="Distinct feedback identities a stage's labels must come from before the policy decides "
+        "(one client, however many labels it sends, cannot move a rollout alone).",
+    )
     auto: bool = Field(True, description="Decide (advance or roll back) as soon as feedback allows, without an admin.")
     on_new_challenger: Literal["shadow", "canary", "ab", "none"] = Field(
         "canary", description="The rollout the monitor pipeline starts when a retrain registers a challenger."
@@ -38,6 +44,12 @@ class ServingSettings(BaseModel):
     port: int = Field(8000, ge=0, le=65535)
     production: bool = Field(False, description="Refuse to start without an admin token.")
     admin_token: str | None = Field(None, description="Bearer token of the admin endpoints (none: they answer 401).")
+    feedback_tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description="Who may label predictions (POST /v1/feedback): identity -> bearer token, separate from the admin "
+        "token. None set: feedback answers 401.",
+    )
+    feedback_per_minute: int = Field(120, ge=1, description="Feedback requests one identity may send per minute.")
     max_upload_bytes: int = Field(32 << 20, ge=1, description="Largest accepted upload (413 above).")
     max_pixels: int = Field(
         50_000_000, ge=1, description="Largest width x height x frames (413 above, before decoding)."

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from conveyor.serving.deps import ServiceDep, ServingDep, SettingsDep
+from conveyor.serving.deps import FeedbackIdentity, ServiceDep, ServingDep, SettingsDep
 from conveyor.serving.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse
 from conveyor.serving.service import PredictionService
 from conveyor.store.db import session_scope
@@ -42,14 +42,21 @@ def record_feedback(service: PredictionService, body: FeedbackRequest, who: str)
 @router.post(
     "/feedback",
     response_model=FeedbackResponse,
-    responses={404: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses={
+        401: {"model": ErrorResponse},
+        404: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        429: {"model": ErrorResponse},
+    },
 )
 async def feedback(
-    body: FeedbackRequest, service: ServiceDep, settings: SettingsDep, serving: ServingDep
+    body: FeedbackRequest, service: ServiceDep, settings: SettingsDep, serving: ServingDep, who: FeedbackIdentity
 ) -> FeedbackResponse:
+    """Label a prediction, as the identity of the bearer's feedback token (stored with the label and named in any
+    rollout decision it leads to)."""
     from conveyor.serving import rollout
 
-    predicted, in_rollout = await run_in_threadpool(record_feedback, service, body, "clinician")
+    predicted, in_rollout = await run_in_threadpool(record_feedback, service, body, who)
     decision = None
     if in_rollout and serving.rollout.auto and service.rollout is not None:
 
