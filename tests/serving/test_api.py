@@ -339,3 +339,32 @@ def test_feedback_beyond_the_rate_is_429_with_retry_after(home: Path) -> None:
     assert 0 < int(codes[-1].headers["retry-after"]) <= 60
     assert codes[-1].json()["detail"] == "clinician-a sent more than 3 feedback requests in a minute"
     assert other.status_code == 200  # the limit is per identity
+
+
+@pytest.mark.parametrize(
+    ("token", "why"),
+    [
+        (" ", "it has 1 characters; production needs at least 32"),
+        ("a" * 40, "it uses only 1 distinct characters; production needs 10 or more"),
+        ("correct horse battery staple and more words", "it contains white space"),
+    ],
+    ids=["one space", "one letter", "with spaces"],
+)
+def test_production_refuses_a_weak_admin_token(home: Path, token: str, why: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        create_app(settings_for(home, production=True, admin_token=token))
+    assert str(raised.value).startswith(f"serving.admin_token is too weak for production ({why}): refusing to start")
+
+
+def test_production_refuses_a_weak_feedback_token(home: Path) -> None:
+    strong = "Zq3vN8kR2mT6wY1pL5sX9cB4hJ7dF0gA"
+    with pytest.raises(ConfigError, match=r"serving.feedback_tokens\['clinician-a'\] is too weak for production"):
+        create_app(settings_for(home, production=True, admin_token=strong))
+
+
+def test_production_starts_with_strong_tokens(home: Path) -> None:
+    import secrets
+
+    tokens = {"clinician-a": secrets.token_urlsafe(32)}
+    app = create_app(settings_for(home, production=True, admin_token=secrets.token_urlsafe(32), feedback_tokens=tokens))
+    assert app.title

@@ -51,11 +51,40 @@ def _error(
     return JSONResponse({"detail": detail, "reason": reason}, status_code=status, headers=headers)
 
 
+MIN_TOKEN_LENGTH = 32
+MIN_TOKEN_DISTINCT = 10
+
+
+def weak_token_reason(token: str) -> str | None:
+    """Why ``token`` is too weak for production, or None: at least 32 characters, no spaces, 10 distinct ones
+    (``secrets.token_urlsafe(32)`` makes one)."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        return f"it has {len(token)} characters; production needs at least {MIN_TOKEN_LENGTH}"
+    if any(ch.isspace() for ch in token):
+        return "it contains white space"
+    if len(set(token)) < MIN_TOKEN_DISTINCT:
+        return f"it uses only {len(set(token))} distinct characters; production needs {MIN_TOKEN_DISTINCT} or more"
+    return None
+
+
 def check_startable(settings: Settings) -> None:
-    """Raises ConfigError when the server must not start: production mode with no admin token."""
+    """Raises ConfigError when the server must not start: production mode without a strong admin token, or with a
+    weak feedback token."""
     cfg = serving_settings(settings)
-    if cfg.production and not cfg.admin_token:
+    if not cfg.production:
+        return
+    if not cfg.admin_token:
         raise ConfigError("serving.production is set but serving.admin_token is empty: refusing to start")
+    hint = "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    weak = weak_token_reason(cfg.admin_token)
+    if weak is not None:
+        raise ConfigError(f"serving.admin_token is too weak for production ({weak}): refusing to start; {hint}")
+    for who, token in cfg.feedback_tokens.items():
+        weak = weak_token_reason(token)
+        if weak is not None:
+            raise ConfigError(
+                f"serving.feedback_tokens[{who!r}] is too weak for production ({weak}): refusing to start; {hint}"
+            )
 
 
 def create_app(settings: Settings, scoring_processes: int = 1) -> FastAPI:
