@@ -350,3 +350,69 @@ def test_copies_of_patient_images_are_readable_by_their_owner_only(tmp_path: Pat
     copies = [*(settings.home / "raw").rglob("*.png"), *(settings.home / "quarantine").iterdir()]
     assert len(copies) == 3  # the image, the refused file and its reason note
     assert {oct(p.stat().st_mode & 0o777) for p in copies} == {"0o600"}
+
+
+def _zip_with(path: Path, members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> Path:
+    with zipfile.ZipFile(path, "w", compression=method) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_a_zip_bomb_is_refused_unread_with_a_note_and_no_copy(tmp_path: Path, settings: Settings) -> None:
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("yes/a.png", png_bytes(seed=1))
+        with zf.open("yes/bomb.png", "w") as member:  # 64 MiB of zeros: ~64 KB compressed
+            for _ in range(64):
+                member.write(bytes(1 << 20))
+    assert archive.stat().st_size < 200_000
+    summary = ingest(archive, settings)
+    assert (summary.seen, summary.stored, summary.quarantined) == (2, 1, 1)
+    [row] = summary.rejected
+    assert (row["path"], row["reason"]) == ("yes/bomb.png", "suspicious_archive")
+    assert "would inflate 1,0" in row["detail"] and "refused unread as a likely zip bomb" in row["detail"]
+    quarantined = list((settings.home / "quarantine").iterdir())
+    assert [p.name.endswith(".reason.json") for p in quarantined] == [True]
+    assert quarantined[0].stat().st_size < 2000
+
+
+def test_a_member_with_a_bad_checksum_is_quarantined_as_corrupt(tmp_path: Path, settings: Settings) -> None:
+    archive = _zip_with(tmp_path / "set.zip", {"yes/a.png": png_bytes(seed=1), "yes/b.png": png_bytes(seed=2)}, 0)
+    data = bytearray(archive.read_bytes())
+    spot = data.find(png_bytes(seed=2)[100:120])
+    data[spot] ^= 0xFF  # stored (uncompressed): flip one byte of b.png's pixels, its CRC no longer matches
+    archive.write_bytes(bytes(data))
+    summary = ingest(archive, settings)
+    assert (summary.seen, summary.stored, summary.quarantined) == (2, 1, 1)
+    [row] = summary.rejected
+    assert (row["path"], row["reason"]) == ("yes/b.png", "corrupt")
+    assert row["detail"] == "zip member 'yes/b.png' cannot be read: Bad CRC-32 for file 'yes/b.png'"
+
+
+@pytest.mark.parametrize(
+    ("flag", "method", "detail"),
+    [
+        (0x1, zipfile.ZIP_STORED, "zip member 'yes/b.png' is encrypted; conveyor takes no passwords"),
+        (0x0, 9, "zip member 'yes/b.png' is compressed with Deflate64, which Python cannot read"),
+    ],
+    ids=["encrypted", "deflate64"],
+)
+def test_members_python_cannot_read_are_unsupported(
+    tmp_path: Path, settings: Settings, flag: int, method: int, detail: str
+) -> None:
+    archive = _zip_with(tmp_path / "set.zip", {"yes/a.png": png_bytes(seed=1), "yes/b.png": png_bytes(seed=2)}, 0)
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.getinfo("yes/b.png")
+        local, central = info.header_offset, None
+    data = bytearray(archive.read_bytes())
+    central = data.rfind(b"PK\x01\x02")  # the last central-directory entry is b.png's
+    for offset, flag_at, method_at in ((local, 6, 8), (central, 8, 10)):
+        data[offset + flag_at : offset + flag_at + 2] = flag.to_bytes(2, "little")
+        data[offset + method_at : offset + method_at + 2] = method.to_bytes(2, "little")
+    archive.write_bytes(bytes(data))
+    summary = ingest(archive, settings)
+    assert (summary.seen, summary.stored, summary.quarantined) == (2, 1, 1)
+    assert [(r["path"], r["reason"], r["detail"]) for r in summary.rejected] == [
+        ("yes/b.png", "unsupported_format", detail)
+    ]

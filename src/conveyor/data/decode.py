@@ -39,6 +39,7 @@ REASONS = {
     "unsafe_path": "the path leaves the source: a zip member's name, or a symbolic link pointing out of the folder",
     "not_a_file": "not a regular file: a broken link, a link to a folder, a FIFO, socket or device",
     "unreadable": "the file or folder cannot be read (permissions, a path too long)",
+    "suspicious_archive": "a zip member that would inflate far more than any image does (a zip bomb)",
 }
 
 _UNSUPPORTED_MAGIC = {

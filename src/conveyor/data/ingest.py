@@ -243,7 +243,7 @@ def _ingest_source(
 
 
 #: Refusals whose input is never copied into quarantine/: what a link points at out of the source, what cannot be read.
-NOT_COPIED = frozenset({"unsafe_path", "not_a_file", "unreadable"})
+NOT_COPIED = frozenset({"unsafe_path", "not_a_file", "unreadable", "suspicious_archive"})
 _PARALLEL_FROM = 256  # files; below this, worker processes cost more than they save
 _CHUNK = 32  # files per worker task
 
@@ -269,6 +269,7 @@ class _Task:
     stand_in: str | None  # set for a file too large to read
     path: Path | None
     data: bytes | None
+    error: InvalidImageError | None = None  # reading it failed (a corrupt zip member): its reason
 
 
 @dataclass(frozen=True)
@@ -291,7 +292,11 @@ def _task(index: int, item: SourceFile, context: _PrepareContext) -> _Task:
         return _Task(index, item.relpath, True, item.stand_in_id(), None, None)
     if item.local_path is not None:
         return _Task(index, item.relpath, item.problem is not None, None, item.local_path, None)
-    return _Task(index, item.relpath, item.problem is not None, None, None, item.read())
+    try:
+        data = item.read()
+    except InvalidImageError as exc:
+        return _Task(index, item.relpath, True, None, None, None, error=exc)
+    return _Task(index, item.relpath, item.problem is not None, None, None, data)
 
 
 def _prepare(task: _Task, context: _PrepareContext) -> _Prepared:
@@ -302,6 +307,8 @@ def _prepare(task: _Task, context: _PrepareContext) -> _Prepared:
     """
     if task.stand_in is not None:
         return _Prepared(task.index, task.stand_in)  # never read: too large
+    if task.error is not None:
+        return _Prepared(task.index, f"unreadable:{task.relpath}", 0, error=task.error)
     try:
         data = task.data if task.data is not None else Path(str(task.path)).read_bytes()
     except OSError as exc:  # permissions, or the file vanished since the listing
@@ -417,7 +424,10 @@ def _decide(
     except InvalidImageError as exc:
         outcome, reason, detail = "quarantined", exc.reason, exc.detail
         # Read again (refusals are rare, bytes are not kept around); never what cannot or must not be read.
-        data = None if too_large or reason in NOT_COPIED else item.read()
+        try:
+            data = None if too_large or reason in NOT_COPIED else item.read()
+        except InvalidImageError:  # it could not be read the first time either
+            data = None
         quarantine_path = _quarantine(settings.home, item, sha, data, reason, detail, source_key)
 
     pending.append(

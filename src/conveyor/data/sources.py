@@ -11,12 +11,13 @@ import csv
 import os
 import posixpath
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from conveyor.errors import SourceError
+from conveyor.errors import InvalidImageError, SourceError
 
 __all__ = ["SPLIT_FOLDERS", "Source", "SourceFile", "open_source"]
 
@@ -216,22 +217,61 @@ def _zip_entries(archive: zipfile.ZipFile) -> list[_Entry]:
     for info in infos:
         name = info.filename
         normal = posixpath.normpath(name.replace("\\", "/"))
-        problem = None
-        if normal.startswith("../") or normal == ".." or normal.startswith("/") or ":" in normal.split("/", 1)[0]:
-            problem = ("unsafe_path", f"zip member {name!r} points outside the archive")
-        elif prefix and normal.startswith(prefix):
+        problem = _zip_member_problem(info, normal)
+        unsafe = problem is not None and problem[0] == "unsafe_path"
+        if not unsafe and prefix and normal.startswith(prefix):
             normal = normal[len(prefix) :]
         entries.append(
             (
-                normal if problem is None else name,
+                name if unsafe else normal,
                 info.file_size,
-                partial(archive.read, info),
+                partial(_read_member, archive, info) if problem is None else _nothing,
                 partial(str, f"unhashed:{info.file_size}:{info.CRC:08x}"),
                 problem,
                 None,
             )
         )
     return entries
+
+
+#: A member that inflates more than this many times (and to over a MiB) is refused unread: a zip bomb, not a scan.
+#: Uncompressed DICOM or BMP with wide black margins deflates about 5-50x; a bomb, thousands of times.
+MAX_COMPRESSION_RATIO = 200
+_RATIO_FROM_BYTES = 1 << 20
+_READABLE_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+
+
+def _zip_member_problem(info: zipfile.ZipInfo, normal: str) -> tuple[str, str] | None:
+    """Why a zip member cannot be taken, judged from its header alone (it is then never read), or None."""
+    name = info.filename
+    if normal.startswith("../") or normal == ".." or normal.startswith("/") or ":" in normal.split("/", 1)[0]:
+        return ("unsafe_path", f"zip member {name!r} points outside the archive")
+    if info.flag_bits & 0x1:
+        return ("unsupported_format", f"zip member {name!r} is encrypted; conveyor takes no passwords")
+    if info.compress_type not in _READABLE_METHODS:
+        method = "Deflate64" if info.compress_type == 9 else f"method {info.compress_type}"
+        return ("unsupported_format", f"zip member {name!r} is compressed with {method}, which Python cannot read")
+    if info.file_size > _RATIO_FROM_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
+        ratio = info.file_size / max(info.compress_size, 1)
+        return (
+            "suspicious_archive",
+            f"zip member {name!r} would inflate {ratio:,.0f}x ({info.compress_size:,} -> {info.file_size:,} bytes; "
+            f"the limit is {MAX_COMPRESSION_RATIO}x): refused unread as a likely zip bomb",
+        )
+    return None
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A member's bytes: at most its declared size (zipfile stops there and checks the CRC).
+
+    Raises:
+        InvalidImageError: ``corrupt``: a bad CRC, corrupt compressed data, a member cut short.
+    """
+    try:
+        with archive.open(info) as member:
+            return member.read()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError, ValueError) as exc:
+        raise InvalidImageError("corrupt", f"zip member {info.filename!r} cannot be read: {exc}") from exc
 
 
 def _label_from_folders(entry: _Entry) -> SourceFile:
