@@ -96,6 +96,8 @@ def test_labels_csv_at_the_top_is_used_and_not_ingested(tmp_path: Path) -> None:
         (b"path,label\na.png,\n", "line 2: both 'path' and 'label' must be filled"),
         (b"path,label,split\na.png,x,holdout\n", "line 2: split 'holdout' is not one of train, test"),
         (b"path,label\na.png,x\na.png,y\n", "line 3: a.png is listed twice"),
+        (b"path,label\na.png,x,extra,more\n", "line 2: 4 fields where the header has 2"),
+        (b"path,label\na.png,caf\xe9\n", "the labels file is not UTF-8 \\(byte 20 is 0xe9\\); save it as UTF-8"),
     ],
 )
 def test_malformed_labels_csv_says_what_and_where(tmp_path: Path, content: bytes, message: str) -> None:
@@ -112,3 +114,15 @@ def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
 def test_a_plain_file_is_not_a_source(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"not a folder or a \.zip archive"):
         open_source(write(tmp_path / "a.png", png_bytes()))
+
+
+def test_a_missing_labels_file_is_a_clear_error(tmp_path: Path) -> None:
+    write(tmp_path / "src" / "a.png", png_bytes())
+    with pytest.raises(SourceError, match=f"{tmp_path / 'nope.csv'}: no such labels file"):
+        open_source(tmp_path / "src", labels_csv=tmp_path / "nope.csv")
+
+
+def test_a_quoted_label_with_a_line_break_is_kept_as_written(tmp_path: Path) -> None:
+    write(tmp_path / "src" / "a.png", png_bytes())
+    csv_path = write(tmp_path / "labels.csv", b'path,label\na.png,"two\nlines"\n')
+    assert listing(tmp_path / "src", labels_csv=csv_path) == [("a.png", "two\nlines", None, None)]

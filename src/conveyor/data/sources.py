@@ -8,6 +8,7 @@ write outside the workspace; it is reported as ``unsafe_path`` instead.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import posixpath
 import zipfile
@@ -80,13 +81,7 @@ def open_source(path: Path, labels_csv: Path | None = None) -> Source:
         key = f"dir:{path.resolve()}"
         closer = None
         top_csv = path / LABELS_CSV_NAME
-        csv_text = (
-            labels_csv.read_text(encoding="utf-8-sig")
-            if labels_csv
-            else top_csv.read_text(encoding="utf-8-sig")
-            if top_csv.is_file()
-            else None
-        )
+        csv_text = _read_csv(labels_csv) if labels_csv else _read_csv(top_csv) if top_csv.is_file() else None
         csv_name = str(labels_csv) if labels_csv else str(top_csv)
         csv_path = labels_csv if labels_csv is not None else top_csv
         if csv_path.is_file() and csv_path.resolve().is_relative_to(path.resolve()):  # the labels are no input
@@ -101,11 +96,11 @@ def open_source(path: Path, labels_csv: Path | None = None) -> Source:
         key = f"zip:{path.resolve()}"
         closer = archive.close
         csv_name = str(labels_csv) if labels_csv else f"{path}!{LABELS_CSV_NAME}"
-        csv_text = labels_csv.read_text(encoding="utf-8-sig") if labels_csv else None
+        csv_text = _read_csv(labels_csv) if labels_csv else None
         if labels_csv is None:
             inner = [e for e in entries if e[0] == LABELS_CSV_NAME]
             if inner:
-                csv_text = inner[0][2]().decode("utf-8-sig")
+                csv_text = _decode_csv(inner[0][2](), csv_name)
                 entries = [e for e in entries if e[0] != LABELS_CSV_NAME]
     else:
         raise SourceError(f"{path}: not a folder or a .zip archive")
@@ -290,13 +285,42 @@ def _label_from_folders(entry: _Entry) -> SourceFile:
     return SourceFile(relpath, label or None, given_split, size, read, problem, stand_in, local)
 
 
+def _read_csv(path: Path) -> str:
+    """The labels CSV's text.
+
+    Raises:
+        SourceError: it does not exist, cannot be read, or is not UTF-8.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise SourceError(f"{path}: no such labels file") from exc
+    except OSError as exc:
+        raise SourceError(f"{path}: the labels file cannot be read: {exc.strerror}") from exc
+    return _decode_csv(data, str(path))
+
+
+def _decode_csv(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SourceError(
+            f"{name}: the labels file is not UTF-8 (byte {exc.start} is 0x{data[exc.start]:02x}); save it as UTF-8"
+        ) from exc
+
+
 def _parse_labels_csv(text: str, name: str) -> dict[str, tuple[str, str | None]]:
-    reader = csv.DictReader(text.splitlines())
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may hold line breaks
     fields = [f.strip().lower() for f in (reader.fieldnames or [])]
     if "path" not in fields or "label" not in fields:
         raise SourceError(f"{name}: the header must name the columns 'path' and 'label', found {reader.fieldnames}")
     labels: dict[str, tuple[str, str | None]] = {}
-    for line_no, row in enumerate(reader, start=2):
+    for row in reader:
+        line_no = reader.line_num
+        if None in row:  # csv.DictReader files the fields past the header's under None
+            raise SourceError(
+                f"{name}, line {line_no}: {len(fields) + len(row[None])} fields where the header has {len(fields)}"
+            )
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
         path, label, split = row.get("path", ""), row.get("label", ""), row.get("split", "") or None
         if not path or not label:
