@@ -131,6 +131,12 @@ class SearchSettings(BaseModel):
     folds: int = Field(3, ge=2, le=10, description="race: CV folds of the rounds before the final.")
     points_per_candidate: int = Field(1, ge=1, description="race: grid points each candidate enters round 0 with.")
     finalists: int = Field(3, ge=1, description="race: candidates whose whole grid is searched with cv_folds folds.")
+    within_se: float = Field(
+        2.0,
+        ge=0.0,
+        description="race: a finalist must score within this many pooled standard errors of the "
+        "leader in the last round (0: the best `finalists`, however far behind).",
+    )
     refit_candidates: int = Field(3, ge=1, description="refit: the last search's best candidates refitted.")
     jobs: int = Field(-1, description="Parallel fits of the search (joblib n_jobs; -1: every core).")
 

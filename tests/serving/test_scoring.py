@@ -131,7 +131,7 @@ def test_scoring_processes_give_the_same_answers_and_recover_from_a_killed_one(h
             expected = local.score(champion, blob)
             np.testing.assert_allclose(scored.proba, expected.proba, rtol=0, atol=1e-12)
             assert scored.inspected == expected.inspected
-        for pid in list(processes._pool._processes):  # every scoring process killed at once
+        for pid in processes.pids():  # every scoring process killed at once
             os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)
         answers: list[Any] = []
@@ -158,3 +158,28 @@ def test_a_job_whose_caller_gave_up_does_not_stop_the_scorer(scorer: ThreadScore
     model.hold.set()
     assert held.result(10).proba.tolist() == [0.5, 0.5]
     assert scorer.score(model, png(3, size=70)).proba.tolist() == [0.7, 0.3]
+
+
+@pytest.mark.slow
+def test_one_dead_scoring_process_is_replaced_alone_while_the_other_answers(home: Path) -> None:
+    from conveyor.serving.service import load_version
+
+    settings = settings_for(home)
+    champion = load_version(settings, 1)
+    processes = ProcessScorer(settings, LIMITS, 2, preload=[1])
+    try:
+        processes.warm_up()
+        first, survivor = processes.pids()
+        os.kill(first, signal.SIGKILL)
+        time.sleep(0.5)
+        answers: list[Any] = []
+        for seed in range(12):  # one at a time: whatever the dead slot held is told to retry, nothing else
+            try:
+                answers.append(processes.score(champion, png(seed, size=64)))
+            except ScorerUnavailable as exc:
+                answers.append(exc)
+        assert sum(isinstance(a, ScorerUnavailable) for a in answers) <= 1
+        assert sum(isinstance(a, Scored) for a in answers) >= 11
+        assert survivor in processes.pids() and first not in processes.pids()
+    finally:
+        processes.close()

@@ -144,3 +144,12 @@ def test_an_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown search mode 'fast'"):
         choose_mode("fast", previous=None, n_train=1, extractors=[], families=[], drift=False, new_search_share=0.5,
                     new_search_on_drift=True)  # fmt: skip
+
+
+@pytest.mark.parametrize(("within_se", "finals"), [(2.0, ["logreg@good", "svm@good"]), (0.0, 4)])
+def test_candidates_clearly_behind_the_leader_skip_the_final(data: Any, within_se: float, finals: Any) -> None:
+    tables, y = data
+    noisy = {"good": tables["good"], "noise": tables["noise"], "noise2": tables["noise2"]}
+    outcome = run("race", (noisy, y), finalists=4, within_se=within_se)
+    names_in_final = sorted(c.name for c in outcome.finalists)
+    assert names_in_final == finals if isinstance(finals, list) else len(names_in_final) == finals

@@ -285,7 +285,12 @@ def _worker_score(version: int, blobs: list[tuple[bytes, str]], limits: DecodeLi
 class ProcessScorer(_Scorer):
     """Scores each batch in one of ``processes`` scoring processes (spawned; each loads the versions it is asked
     for, the champion at start). At most two batches per process are out at a time, so a batch takes everything
-    that waited while the processes were busy."""
+    that waited while the processes were busy.
+
+    Each process is a slot of its own (a one-process executor): a batch goes to the slot with the fewest batches
+    out, and a process that dies is replaced alone, while the others keep answering. Only the requests it held
+    are told to retry (503).
+    """
 
     def __init__(
         self, settings: Settings, limits: DecodeLimits, processes: int, preload: list[int], max_batch: int = MAX_BATCH
@@ -296,53 +301,74 @@ class ProcessScorer(_Scorer):
         # One batch scoring and one waiting per process: a process never waits for this one between batches.
         self._free = threading.Semaphore(2 * processes)
         self._context = multiprocessing.get_context("spawn")  # never fork a process with threads and a DB pool
-        self._pool = self._new_pool()
-        self._replacing = threading.Lock()
+        self._slots = [self._new_process() for _ in range(processes)]
+        self._out = [0] * processes  # batches out per slot
+        self._slots_lock = threading.Lock()
         super().__init__(limits, max_batch)
 
-    def _new_pool(self) -> ProcessPoolExecutor:
+    def _new_process(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            self._processes, mp_context=self._context, initializer=_worker_start,
-            initargs=(self._settings, self._preload),
+            1, mp_context=self._context, initializer=_worker_start, initargs=(self._settings, self._preload),
         )  # fmt: skip
+
+    def pids(self) -> list[int]:
+        """The scoring processes' ids (those started so far), one list per slot, flattened."""
+        with self._slots_lock:
+            return [pid for slot in self._slots for pid in list(slot._processes or {})]
 
     def warm_up(self, timeout: float = 300.0) -> None:
         """Wait until every scoring process has started and loaded its models (the first batches would wait)."""
-        for future in [self._pool.submit(_worker_model, v) for v in self._preload for _ in range(self._processes)]:
+        with self._slots_lock:
+            slots = list(self._slots)
+        for future in [slot.submit(_worker_model, v) for slot in slots for v in self._preload]:
             future.result(timeout)
 
     def close(self) -> None:
         super().close()
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._slots_lock:
+            slots = list(self._slots)
+        for slot in slots:
+            slot.shutdown(wait=True, cancel_futures=True)
 
     def _wait_for_capacity(self) -> None:
         self._free.acquire()
 
+    def _take_slot(self) -> tuple[int, ProcessPoolExecutor]:
+        with self._slots_lock:
+            index = min(range(len(self._slots)), key=lambda i: (self._out[i], i))
+            self._out[index] += 1
+            return index, self._slots[index]
+
+    def _give_back(self, index: int) -> None:
+        with self._slots_lock:
+            self._out[index] -= 1
+        self._free.release()
+
     def _dispatch(self, model: Any, jobs: list[_Job]) -> None:
-        pool = self._pool
+        index, slot = self._take_slot()
         try:
             try:
-                future = pool.submit(_worker_score, model.version, _blobs(jobs), self.limits)
-            except BrokenProcessPool:  # it broke between batches: this batch goes to the new pool
-                pool = self._replace_pool(pool)
-                future = pool.submit(_worker_score, model.version, _blobs(jobs), self.limits)
+                future = slot.submit(_worker_score, model.version, _blobs(jobs), self.limits)
+            except BrokenProcessPool:  # it died between batches: this batch goes to its replacement
+                slot = self._replace(index, slot)
+                future = slot.submit(_worker_score, model.version, _blobs(jobs), self.limits)
         except Exception as exc:  # shut down, or broken again at once: these requests fail, the capacity returns
-            self._free.release()
+            self._give_back(index)
             for job in jobs:
                 job.finish(ScorerUnavailable(f"the scoring processes are unavailable: {exc}"))
             return
-        future.add_done_callback(self._done_callback(pool, jobs))
+        future.add_done_callback(self._done_callback(index, slot, jobs))
 
     def _done_callback(
-        self, pool: ProcessPoolExecutor, jobs: list[_Job]
+        self, index: int, slot: ProcessPoolExecutor, jobs: list[_Job]
     ) -> Callable[[Future[list[Scored | Exception]]], None]:
         def done(future: Future[list[Scored | Exception]]) -> None:
-            self._free.release()
+            self._give_back(index)
             try:
                 results = future.result()
             except BrokenProcessPool:
-                log.error("a scoring process died; starting new ones")
-                self._replace_pool(pool)
+                log.error("scoring process %d died; replacing it (the others keep answering)", index)
+                self._replace(index, slot)
                 results = [ScorerUnavailable("the scoring process died; try again")] * len(jobs)
             except Exception as exc:
                 log.exception("scoring a batch failed")
@@ -352,10 +378,10 @@ class ProcessScorer(_Scorer):
 
         return done
 
-    def _replace_pool(self, broken: ProcessPoolExecutor) -> ProcessPoolExecutor:
-        """A new pool in place of ``broken`` (once, however many batches saw it break); the pool to use now."""
-        with self._replacing:
-            if self._pool is broken:
+    def _replace(self, index: int, broken: ProcessPoolExecutor) -> ProcessPoolExecutor:
+        """A new process in slot ``index`` in place of ``broken`` (once, however many batches saw it die)."""
+        with self._slots_lock:
+            if self._slots[index] is broken:
                 broken.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._new_pool()
-            return self._pool
+                self._slots[index] = self._new_process()
+            return self._slots[index]

@@ -7,8 +7,9 @@ family; each candidate has its family's grid. Three modes choose from that same 
   ``race.points_per_candidate`` grid points drawn at random, scored by ``race.folds``-fold CV on a small stratified
   subset of the training split; each round keeps the best ``1/race.factor`` of the configurations and triples the
   subset, so a candidate clearly out of the race costs a few fits on a few images. The ``race.finalists`` best
-  candidates then search their whole grid with ``cv_folds``-fold CV on the whole training split: the scores the
-  winner is chosen and reported by are exactly those of ``grid`` for the candidates that reach the final.
+  candidates, those within ``race.within_se`` pooled standard errors of the leader in the last round, then search
+  their whole grid with ``cv_folds``-fold CV on the whole training split: the scores the winner is chosen and
+  reported by are exactly those of ``grid`` for the candidates that reach the final.
 * ``grid``: every candidate's whole grid with ``cv_folds``-fold CV on the whole training split (the reference; slow).
 * ``refit``: the previous search's ``race.refit_candidates`` best candidates, each with the parameters that search
   chose, cross-validated again on today's training split and the best refitted: what a retrain on a grown dataset
@@ -275,6 +276,7 @@ def search(
     race_folds: int = 3,
     points_per_candidate: int = 1,
     finalists: int = 3,
+    within_se: float = 2.0,
     previous: Sequence[dict[str, Any]] = (),
     jobs: int = -1,
     on_progress: Progress | None = None,
@@ -286,6 +288,9 @@ def search(
         tables: the training split's feature matrix per input name, rows in ``y``'s order.
         y: class codes ``0 .. classes-1`` of the training split.
         positive: the code of the positive class (F1 of that class), or None (macro F1).
+        finalists, within_se: ``race`` sends at most ``finalists`` candidates to the final, and only those whose
+            last-round score is within ``within_se`` pooled standard errors of the leader's (0: the top ones, however
+            far behind).
         previous: for ``refit``, the previous search's ranking, best first: dicts with ``extractor``, ``family``,
             ``params``; those no longer in the table are skipped.
 
@@ -312,7 +317,8 @@ def search(
         elif mode == "race":
             final_configs = _race(
                 pool, candidate_points, y, seed=seed, factor=factor, min_samples=min_samples, race_folds=race_folds,
-                points_per_candidate=points_per_candidate, finalists=finalists, folds=folds, positive=positive,
+                points_per_candidate=points_per_candidate, finalists=finalists, within_se=within_se, folds=folds,
+                positive=positive,
                 rounds=rounds, eliminated=eliminated,
             )  # fmt: skip
         else:
@@ -376,6 +382,7 @@ def _race(
     race_folds: int,
     points_per_candidate: int,
     finalists: int,
+    within_se: float,
     folds: int,
     positive: int | None,
     rounds: list[RoundSummary],
@@ -414,11 +421,22 @@ def _race(
         alive = survivors
         last_scored = scored
     chosen_candidates: list[tuple[str, str]] = []
+    best_config: dict[tuple[str, str], Config] = {}
     for config in alive:  # best first
         key = (config.extractor, config.family)
         if key not in chosen_candidates:
             chosen_candidates.append(key)
-    finals, rest = chosen_candidates[:finalists], chosen_candidates[finalists:]
+            best_config[key] = config
+    leader = last_scored[best_config[chosen_candidates[0]]]
+
+    def in_reach(key: tuple[str, str]) -> bool:
+        """Within ``within_se`` standard errors of the leader's mean (their errors pooled): not clearly out."""
+        entry = last_scored[best_config[key]]
+        pooled = math.sqrt((leader["std"] ** 2 + entry["std"] ** 2) / race_folds)
+        return bool(within_se <= 0 or entry["mean"] >= leader["mean"] - within_se * pooled)
+
+    finals = [key for key in chosen_candidates[:finalists] if in_reach(key)]
+    rest = [key for key in chosen_candidates if key not in finals]
     losers = [c for c in alive if (c.extractor, c.family) in rest]
     _record_eliminated(losers, [c for c in alive if c not in losers], last_scored, len(subset), race_folds,
                        len(sizes) - 1, eliminated)  # fmt: skip

@@ -243,6 +243,7 @@ def train(
         folds=data.folds, positive=positive_code, seed=cfg.seed, factor=cfg.search.factor,
         min_samples=cfg.search.min_samples, race_folds=min(cfg.search.folds, data.folds),
         points_per_candidate=cfg.search.points_per_candidate, finalists=cfg.search.finalists,
+        within_se=cfg.search.within_se,
         previous=[] if previous is None else previous.ranking[: cfg.search.refit_candidates],
         jobs=cfg.search.jobs, on_progress=on_progress,
     ) if tabular else SearchOutcome(chosen, [], [], 0, 0.0)  # fmt: skip
