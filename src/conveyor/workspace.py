@@ -34,6 +34,14 @@ _CONFIG_TEMPLATE = """\
 #   size: [128, 128]
 #   normalise: minmax          # or percentile
 #   percentiles: [1.0, 99.0]
+# training:
+#   search:
+#     mode: race               # what `conveyor train` runs: race | grid | refit | auto
+#     retrain_mode: auto       # what a retrain the monitor calls for runs: refit unless the data grew or drifted
+#     new_search_share: 0.5    # auto: growth of the training split since the last search that calls for a new one
+# serving:
+#   feedback_tokens:           # who may label predictions (POST /v1/feedback); none: feedback is off
+#     dr-smith: <a long random token: python -c 'import secrets; print(secrets.token_urlsafe(32))'>
 """
 
 _FOLDERS = ("raw", "incoming", "quarantine", "features", "reports", "logs", "mlartifacts")
