@@ -15,6 +15,7 @@ from conveyor.tracking.registry import (
     champion_history,
     current_version,
     history,
+    list_versions,
     promote,
     rollback,
 )
@@ -29,6 +30,7 @@ def test_second_model_becomes_challenger_then_promote_and_rollback(tmp_path: Pat
     first, second = train(settings), train(settings)
     assert (first.alias, second.alias) == (CHAMPION, CHALLENGER)
     assert second.gate.champion_version == 1
+    assert [(v.version, v.aliases) for v in list_versions(settings)] == [(2, [CHALLENGER]), (1, [CHAMPION])]
 
     assert promote(settings, reason="canary passed") == 2
     assert (current_version(settings, CHAMPION), current_version(settings, CHALLENGER)) == (2, None)

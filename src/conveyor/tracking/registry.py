@@ -103,13 +103,23 @@ def list_versions(settings: Settings) -> list[ModelVersionInfo]:
     """Every registered version of the model, newest first, with its aliases."""
     from mlflow import MlflowClient
 
+    from mlflow.exceptions import MlflowException
+
     configure_mlflow(settings)
     client = MlflowClient()
     versions = client.search_model_versions(f"name = '{settings.model_name}'")
+    # search_model_versions leaves each version's aliases empty: the registered model has them.
+    try:
+        by_alias = dict(client.get_registered_model(settings.model_name).aliases or {})
+    except MlflowException:
+        by_alias = {}
+    aliases: dict[int, list[str]] = {}
+    for alias, number in by_alias.items():
+        aliases.setdefault(int(number), []).append(alias)
     out = [
         ModelVersionInfo(
             int(v.version),
-            sorted(v.aliases or []),
+            sorted(set(v.aliases or []) | set(aliases.get(int(v.version), []))),
             v.run_id,
             datetime.fromtimestamp(v.creation_timestamp / 1000),
             v.description or "",
