@@ -213,3 +213,56 @@ def test_a_drifted_batch_makes_the_pipeline_search_anew(searched_then_refitted: 
     output = train_task(settings, {}, {"monitor": {"alerts": [{"rule": "drift_share", "message": "drift"}]}})
     assert output["search"]["mode"] == "race"
     assert output["search"]["reason"] == "the monitor saw drift: the best candidate may have changed"
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_rerun_marks_the_runs_of_a_killed_train_failed(tmp_path: Path) -> None:
+    import socket
+
+    import mlflow
+
+    settings = small_settings(tmp_path / "ws")
+    generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=20, size=96, seed=8))
+    ingest(tmp_path / "src", settings)
+    experiment = configure_mlflow(settings)
+    client = mlflow.MlflowClient()
+    tags = {"conveyor.pid": str(_dead_pid()), "conveyor.host": socket.gethostname()}
+    orphan = client.create_run(experiment, tags=tags, run_name="train (killed)").info.run_id
+    elsewhere = client.create_run(experiment, tags={**tags, "conveyor.host": "another-host"}).info.run_id
+    train(settings)
+    assert client.get_run(orphan).info.status == "FAILED"
+    assert client.get_run(elsewhere).info.status == "RUNNING"  # another machine's process: not ours to judge
+
+
+def test_a_registration_cut_off_before_its_audit_is_completed_not_repeated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import conveyor.tracking.registry as registry
+    from conveyor.tracking.registry import list_versions
+
+    settings = small_settings(tmp_path / "ws")
+    generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=40, size=96, seed=5))
+    ingest(tmp_path / "src", settings)
+
+    def killed(*_args: object, **_kwargs: object) -> None:
+        raise SystemExit("killed between registering and auditing")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(registry, "set_alias", killed)
+        with pytest.raises(SystemExit):
+            train(settings)
+    assert [(v.version, v.aliases) for v in list_versions(settings)] == [(1, [])]
+    result = train(settings)
+    assert (result.registered_version, result.alias) == (1, "champion")
+    assert [(v.version, v.aliases) for v in list_versions(settings)] == [(1, ["champion"])]
+    [record] = history(settings, settings.model_name)
+    assert (record.action, record.details["version"]) == ("set_champion", 1)
+    assert record.reason == "registered by an interrupted run; completed"

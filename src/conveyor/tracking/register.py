@@ -17,7 +17,7 @@ import pandas as pd
 from conveyor.config import Settings
 from conveyor.errors import ConveyorError
 
-__all__ = ["INFERENCE_PACKAGES", "model_requirements", "register_model"]
+__all__ = ["INFERENCE_PACKAGES", "PARAMS_TAG", "model_requirements", "params_key", "register_model"]
 
 # What the pyfunc model imports to answer (the network's packages only for an image model).
 INFERENCE_PACKAGES = (
@@ -48,6 +48,10 @@ def register_model(
     """Log the pyfunc model in the active run, register it, and alias it (champion if it is the first).
 
     ``details`` (candidate, dataset version, metrics, gate) go with the alias move into the audit log.
+
+    Registering and auditing are one step: a version that an earlier run registered for the same dataset version,
+    candidate and parameters but never audited (the run was killed in between) is completed (alias and audit
+    entry) instead of a second version being registered.
     """
     import joblib
     import mlflow
@@ -57,6 +61,11 @@ def register_model(
     from conveyor.tracking.pyfunc import ConveyorModel
     from conveyor.tracking.registry import CHALLENGER, CHAMPION, current_version, set_alias
 
+    unfinished = _unaudited_version(settings, details)
+    if unfinished is not None:
+        alias = CHAMPION if current_version(settings, CHAMPION) is None else CHALLENGER
+        set_alias(settings, alias, unfinished, "registered by an interrupted run; completed", details)
+        return unfinished, alias
     with tempfile.TemporaryDirectory() as tmp:
         classifier = Path(tmp) / "classifier.joblib"
         joblib.dump(estimator, classifier)
@@ -79,6 +88,39 @@ def register_model(
     reason = "first model to pass the gate" if alias == CHAMPION else "passed the gate against the champion"
     set_alias(settings, alias, registered, reason, details)
     return registered, alias
+
+
+def _unaudited_version(settings: Settings, details: dict[str, Any]) -> int | None:
+    """A registered version of the same dataset version, candidate and parameters with no alias move in the audit
+    log: what a run killed between registering and auditing left."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from conveyor.tracking.registry import history
+
+    client = MlflowClient()
+    audited = {int(r.details.get("version", -1)) for r in history(settings, settings.model_name)}
+    wanted = (str(details.get("dataset_version")), str(details.get("candidate")), params_key(details.get("params")))
+    for found in client.search_model_versions(f"name = '{settings.model_name}'"):
+        if int(found.version) in audited or not found.run_id:
+            continue
+        try:
+            run = client.get_run(found.run_id)
+        except MlflowException:
+            continue
+        made = (run.data.params.get("dataset_version"), run.data.tags.get("best_candidate"),
+                run.data.tags.get(PARAMS_TAG))  # fmt: skip
+        if made == wanted:
+            return int(found.version)
+    return None
+
+
+PARAMS_TAG = "conveyor.best_params"
+
+
+def params_key(params: Any) -> str:
+    """The winner's parameters as the parent run's tag stores them."""
+    return json.dumps(params or {}, sort_keys=True, default=repr)
 
 
 def _signature(classes: list[str]) -> Any:

@@ -102,7 +102,6 @@ def current_version(settings: Settings, alias: str) -> int | None:
 def list_versions(settings: Settings) -> list[ModelVersionInfo]:
     """Every registered version of the model, newest first, with its aliases."""
     from mlflow import MlflowClient
-
     from mlflow.exceptions import MlflowException
 
     configure_mlflow(settings)

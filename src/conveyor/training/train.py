@@ -207,7 +207,7 @@ def train(
     """
     import mlflow
 
-    from conveyor.tracking.searches import SEARCH_REASON_TAG, SEARCH_TAG, last_search
+    from conveyor.tracking.searches import SEARCH_REASON_TAG, SEARCH_TAG, fail_dead_runs, last_search, process_tags
     from conveyor.tracking.setup import configure_mlflow, run_tags
 
     began = time.perf_counter()
@@ -219,6 +219,7 @@ def train(
     tabular = [f for f in families if f.input_kind == "features"]
     imaging = [f for f in families if f.input_kind == "image"]
     experiment = configure_mlflow(settings)
+    fail_dead_runs(settings)  # a train killed earlier left its runs RUNNING
     previous = last_search(settings)
     inputs_now = (extractor_names if tabular else []) + ([PIXELS] if imaging else [])
     chosen, reason = choose_mode(
@@ -280,19 +281,26 @@ def train(
     spec = _model_spec(settings, best, data.classes, data.positive, data.version)
     with (
         tempfile.TemporaryDirectory() as tmp,
-        mlflow.start_run(experiment_id=experiment, run_name=f"train {data.version}", tags=run_tags()) as parent,
+        mlflow.start_run(
+            experiment_id=experiment, run_name=f"train {data.version}", tags={**run_tags(), **process_tags()}
+        ) as parent,
     ):
-        mlflow.set_tags({SEARCH_TAG: chosen, SEARCH_REASON_TAG: reason[:5000], "best_candidate": best.name})
+        from conveyor.tracking.register import PARAMS_TAG, params_key
+
+        best_params = {k: _jsonable(v) for k, v in best.params.items()}
+        mlflow.set_tags({SEARCH_TAG: chosen, SEARCH_REASON_TAG: reason[:5000], "best_candidate": best.name,
+                         PARAMS_TAG: params_key(best_params)})  # fmt: skip
         _log_parent(settings, data, summary, calibrated, baselines, gate, candidates, extractor_names)
         dataset = _mlflow_dataset(data.members, data.version, settings)
         mlflow.log_input(dataset, context="training")
         for result in candidates:
-            with mlflow.start_run(experiment_id=experiment, run_name=result.name, nested=True, tags=run_tags()) as run:
+            tags = {**run_tags(), **process_tags()}
+            with mlflow.start_run(experiment_id=experiment, run_name=result.name, nested=True, tags=tags) as run:
                 x_test = inputs[result.extractor].X_test if result.test is not None else None
                 _log_candidate(result, data, x_test, Path(tmp), settings)
                 result.run_id = run.info.run_id
         registered, alias = None, None
-        details = {"candidate": best.name, "dataset_version": data.version, "search": chosen,
+        details = {"candidate": best.name, "dataset_version": data.version, "search": chosen, "params": best_params,
                    "metrics": calibrated.as_dict("test_"), "gate": gate.to_dict()}  # fmt: skip
         if gate.passed:
             from conveyor.tracking.register import register_model
