@@ -4,8 +4,9 @@ For each real set (``../shared/data/brain_mri_yes_no`` and ``../shared/data/brai
 its files into a temporary workspace and compute the features (timed apart: every mode shares them), then train
 with ``--search grid`` (every candidate's whole grid, 5-fold CV: the reference) and with ``--search race``, ingest
 the other 20% (25% new images) and train with ``--search refit``. Prints, per run, wall seconds, fits, the chosen
-candidate with its CV F1 ± std and test F1, then the ratios: grid / race time, refit / grid time, and whether the
-race's pick is within the noise (one CV standard deviation) of the grid's.
+candidate with its CV F1 ± std and test F1, then the ratios: grid / race time, refit / grid time (wall seconds, and
+CPU seconds of the process and its workers, which whatever else the machine ran meanwhile does not change), and
+whether the race's pick is within the noise (one CV standard deviation) of the grid's.
 
 Usage: python benchmarks/train.py [--sets yes_no,4class] [--modes grid,race,refit] [--families ...]
 """
@@ -42,12 +43,44 @@ def split_source(source: Path, first: Path, later: Path, later_every: int = 5) -
     return counts[0], counts[1]
 
 
-def row(name: str, seconds: float, result: TrainResult) -> dict[str, Any]:
+def cpu_seconds() -> dict[int, float]:
+    """CPU seconds (user + system) of this process and each of its live descendants (the search's workers), read
+    from /proc (Linux)."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(entry.name)] = int(fields[1])
+        used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    mine = {os.getpid()}
+    grew = True
+    while grew:
+        found = {pid for pid, ppid in parent.items() if ppid in mine} - mine
+        grew = bool(found)
+        mine |= found
+    return {pid: used[pid] for pid in mine if pid in used}
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two snapshots (a worker born in between counts whole)."""
+    return sum(after[pid] - before.get(pid, 0.0) for pid in after)
+
+
+def row(name: str, seconds: float, result: TrainResult, cpu: float = float("nan")) -> dict[str, Any]:
     best = result.best
     assert best.test is not None
     return {
         "run": name,
         "seconds": seconds,
+        "cpu": cpu,
         "fits": result.search.fits,
         "n_train": best.n,
         "pick": best.name,
@@ -74,18 +107,18 @@ def bench(set_name: str, modes: list[str], families: list[str] | None) -> list[d
         prepared = time.perf_counter() - began
         print(f"{set_name}: {n_first} files first, {n_later} later; ingest + features {prepared:.0f} s", flush=True)
         for mode in [m for m in modes if m != "refit"]:
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), cpu_seconds()
             result = train(settings, mode=mode, on_progress=_progress(mode, began))
-            rows.append(row(mode, time.perf_counter() - began, result))
+            rows.append(row(mode, time.perf_counter() - began, result, cpu_used(cpu, cpu_seconds())))
             print(f"  {mode}: {rows[-1]['seconds']:.0f} s, pick {rows[-1]['pick']}", flush=True)
         if "refit" in modes:
             began = time.perf_counter()
             ingest(later, settings)
             compute_features(settings)
             print(f"  +{n_later} new images: ingest + features {time.perf_counter() - began:.0f} s", flush=True)
-            began = time.perf_counter()
+            began, cpu = time.perf_counter(), cpu_seconds()
             result = train(settings, mode="refit")
-            rows.append(row("refit (+25% images)", time.perf_counter() - began, result))
+            rows.append(row("refit (+25% images)", time.perf_counter() - began, result, cpu_used(cpu, cpu_seconds())))
     return rows
 
 
@@ -106,10 +139,12 @@ def report(set_name: str, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     print(f"\n{set_name}")
-    print(f"{'run':<22}{'seconds':>9}{'fits':>7}  {'chosen candidate':<34}{'CV F1 ± std':>16}{'test F1':>9}")
+    print(
+        f"{'run':<22}{'seconds':>9}{'CPU s':>9}{'fits':>7}  {'chosen candidate':<34}{'CV F1 ± std':>16}{'test F1':>9}"
+    )
     for r in rows:
         print(
-            f"{r['run']:<22}{r['seconds']:>9.1f}{r['fits']:>7}  {r['pick']:<34}"
+            f"{r['run']:<22}{r['seconds']:>9.1f}{r['cpu']:>9.0f}{r['fits']:>7}  {r['pick']:<34}"
             f"{r['cv']:>9.3f} ± {r['cv_std']:.3f}{r['test']:>9.3f}"
         )
     by = {r["run"].split()[0]: r for r in rows}
@@ -117,14 +152,16 @@ def report(set_name: str, rows: list[dict[str, Any]]) -> None:
         grid, race = by["grid"], by["race"]
         within = race["cv"] >= grid["cv"] - grid["cv_std"]
         print(
-            f"grid / race time: {grid['seconds'] / race['seconds']:.1f}x; race's pick CV {race['cv']:.3f} vs grid's "
+            f"grid / race time: {grid['seconds'] / race['seconds']:.1f}x wall, {grid['cpu'] / race['cpu']:.1f}x CPU; "
+            f"race's pick CV {race['cv']:.3f} vs grid's "
             f"{grid['cv']:.3f} ± {grid['cv_std']:.3f}: {'within' if within else 'OUTSIDE'} the noise"
         )
     if "refit" in by:
         for base in ("grid", "race"):
             if base in by:
                 share = by["refit"]["seconds"] / by[base]["seconds"]
-                print(f"refit / {base} time: {share:.1%}")
+                cpu_share = by["refit"]["cpu"] / by[base]["cpu"]
+                print(f"refit / {base} time: {share:.1%} wall, {cpu_share:.1%} CPU")
 
 
 def main() -> None:
