@@ -416,3 +416,12 @@ def test_members_python_cannot_read_are_unsupported(
     assert [(r["path"], r["reason"], r["detail"]) for r in summary.rejected] == [
         ("yes/b.png", "unsupported_format", detail)
     ]
+
+
+def test_a_partial_copy_left_by_a_killed_run_is_removed(tmp_path: Path, settings: Settings) -> None:
+    left = write(settings.home / "raw" / "ab" / ".abcdef.png.4242.tmp", b"half a file")
+    write(tmp_path / "src" / "a" / "x.png", png_bytes(seed=1))
+    summary = ingest(tmp_path / "src", settings)
+    assert summary.stored == 1
+    assert not left.exists()
+    assert [p.name for p in (settings.home / "raw").rglob("*.tmp")] == []

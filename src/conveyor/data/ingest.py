@@ -174,9 +174,19 @@ def ingest(
     source = open_source(path, labels_csv)
     try:
         with workspace_lock(settings.home):
+            _remove_partial_copies(settings.home)
             return _ingest_source(source, str(path), engine, settings, on_start, on_file)
     finally:
         source.close()
+
+
+def _remove_partial_copies(home: Path) -> None:
+    """Delete the half-written copies (``.<name>.<pid>.tmp``) a killed ingest left in raw/ and quarantine/: under
+    the workspace lock no other writer can own one."""
+    for folder in (home / "raw", home / "quarantine"):
+        if folder.is_dir():
+            for partial_copy in folder.rglob(".*.tmp"):
+                partial_copy.unlink(missing_ok=True)
 
 
 def _ingest_source(
