@@ -111,6 +111,12 @@ def bench(set_name: str, modes: list[str], families: list[str] | None) -> list[d
             result = train(settings, mode=mode, on_progress=_progress(mode, began))
             rows.append(row(mode, time.perf_counter() - began, result, cpu_used(cpu, cpu_seconds())))
             print(f"  {mode}: {rows[-1]['seconds']:.0f} s, pick {rows[-1]['pick']}", flush=True)
+            for r in result.search.rounds:
+                print(f"    round {r['round']}: {r['configs']} configs on {r['n']} images x {r['folds']} folds, "
+                      f"{r['seconds']:.0f} s", flush=True)  # fmt: skip
+            for c in result.candidates:
+                if c.stage == "final":
+                    print(f"    finalist {c.name}: CV {c.cv_f1:.3f} ± {c.cv_f1_std:.3f}, {c.fit_seconds:.0f} s of fits")
         if "refit" in modes:
             began = time.perf_counter()
             ingest(later, settings)

@@ -14,7 +14,15 @@ from conveyor.config import CONFIG_FILE_NAME, Settings
 from conveyor.errors import ConveyorError
 from conveyor.store.db import create_schema, get_engine
 
-__all__ = ["PRIVATE", "atomic_write", "die_with_parent", "init_workspace", "open_workspace", "workspace_lock"]
+__all__ = [
+    "PRIVATE",
+    "atomic_write",
+    "die_with_parent",
+    "exit_with_parent",
+    "init_workspace",
+    "open_workspace",
+    "workspace_lock",
+]
 
 _CONFIG_TEMPLATE = """\
 # conveyor settings. Every value can also come from the environment: CONVEYOR_<NAME>, nested with __
@@ -120,6 +128,34 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+_WATCHING_PARENT = False
+
+
+def exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
+    """In a worker of a pool conveyor does not create (joblib's loky workers of a search): exit as soon as the
+    parent process is gone, so a ``conveyor train`` killed with -9 leaves no worker fitting for minutes.
+
+    Linux's parent-death signal (:func:`die_with_parent`) follows the *thread* that started the worker, which loky
+    does not keep; a daemon thread that polls the parent's pid does not depend on it. ``parent`` is the pid the
+    caller sent the work from, so a worker that only starts watching after its parent died exits at once.
+    Idempotent per process.
+    """
+    global _WATCHING_PARENT
+    if _WATCHING_PARENT:
+        return
+    _WATCHING_PARENT = True
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:  # re-parented: the parent died
+                os._exit(1)
+            time.sleep(poll_s)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def die_with_parent() -> None:

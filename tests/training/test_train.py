@@ -266,3 +266,78 @@ def test_a_registration_cut_off_before_its_audit_is_completed_not_repeated(
     [record] = history(settings, settings.model_name)
     assert (record.action, record.details["version"]) == ("set_champion", 1)
     assert record.reason == "registered by an interrupted run; completed"
+
+
+def _children(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (from /proc)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    import os
+
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _is_loky(pid: int) -> bool:
+    try:
+        return b"loky" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_the_search_workers_of_a_killed_train_exit_with_it(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=60, size=96, seed=9))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "MLFLOW_"))}
+    env.update(CONVEYOR_HOME=str(tmp_path / "ws"), CONVEYOR_PREPROCESS__SIZE="[64, 64]")
+    run = [sys.executable, "-m", "conveyor"]
+    subprocess.run([*run, "ingest", str(tmp_path / "src")], env=env, check=True, capture_output=True, timeout=120)
+    subprocess.run([*run, "features"], env=env, check=True, capture_output=True, timeout=300)
+    train_process = subprocess.Popen([*run, "train"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: set[int] = set()
+    deadline = time.monotonic() + 120
+    fitting: set[int] = set()
+    while len(fitting) < 2 and time.monotonic() < deadline:  # the search's workers have imported and are fitting
+        time.sleep(0.5)
+        workers = {p for p in _children(train_process.pid) if _is_loky(p)}
+        fitting = {p for p in workers if _cpu_seconds(p) > 6.0}
+    assert len(fitting) >= 2, "the search never started fitting"
+    train_process.send_signal(signal.SIGKILL)
+    train_process.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_running(p) for p in workers):
+        time.sleep(0.5)
+    alive = [p for p in workers if _running(p)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert alive == []

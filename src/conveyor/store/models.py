@@ -29,6 +29,7 @@ __all__ = [
     "Ingest",
     "IngestFile",
     "LabelConflict",
+    "ModelArtifacts",
     "utcnow",
 ]
 
@@ -151,3 +152,18 @@ class AuditEntry(Base):
     subject: Mapped[str] = mapped_column(String(255))
     reason: Mapped[str] = mapped_column(Text, default="")
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ModelArtifacts(Base):
+    """The sha256 of every artifact file of a registered model version, recorded at registration: a version whose
+    files no longer match is never loaded (:mod:`conveyor.tracking.integrity`)."""
+
+    __tablename__ = "model_artifacts"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_model_artifacts_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(255))
+    version: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+    files: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    at: Mapped[datetime] = mapped_column(default=utcnow)

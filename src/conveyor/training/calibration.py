@@ -3,7 +3,8 @@ calibrated on the cross-validated scores the search already computed for it.
 
 ``CalibratedClassifierCV(cv=k, ensemble=False)`` gives the same kind of model but fits the classifier k + 1 more times
 to get those scores; on a large table that refitting cost more than the whole search of the small candidates.
-The maps are scikit-learn's: Platt's sigmoid (a logistic regression on the score) or isotonic regression, one per
+The maps are scikit-learn's: Platt's sigmoid (with Platt's smoothed targets, fitted as scikit-learn fits it) or
+isotonic regression, on the decision function when the classifier has one (else its probabilities), one map per
 class (one-vs-rest) for more than two classes, the probabilities then normalised to sum to one.
 """
 
@@ -12,16 +13,44 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["OutOfFoldCalibrated", "decision_scores"]
+__all__ = ["OutOfFoldCalibrated", "decision_scores", "platt"]
+
+
+def platt(scores: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """Platt's sigmoid ``P(positive | s) = 1 / (1 + exp(a s + b))``, fitted as scikit-learn's ``sigmoid``
+    calibration fits it: Platt's smoothed targets, scores over 30 rescaled, L-BFGS on the log loss."""
+    from scipy.optimize import minimize
+
+    F = np.asarray(scores, dtype=np.float64)
+    scale = max(1.0, float(np.max(np.abs(F)))) if len(F) and np.max(np.abs(F)) >= 30 else 1.0
+    F = F / scale
+    positive = np.asarray(target) > 0
+    prior1 = float(positive.sum())
+    prior0 = float(len(F) - prior1)
+    T = np.where(positive, (prior1 + 1.0) / (prior1 + 2.0), 1.0 / (prior0 + 2.0))
+
+    def loss_grad(ab: np.ndarray) -> tuple[float, np.ndarray]:
+        raw = -(ab[0] * F + ab[1])  # log-odds of the positive class
+        p = expit(raw)
+        loss = float(np.sum(np.logaddexp(0.0, raw) - T * raw))
+        g = p - T  # d loss / d raw
+        return loss, np.array([-(g @ F), -g.sum()])
+
+    start = np.array([0.0, np.log((prior0 + 1.0) / (prior1 + 1.0))])
+    found = minimize(
+        loss_grad, start, method="L-BFGS-B", jac=True, options={"gtol": 1e-6, "ftol": 64 * np.finfo(float).eps}
+    )
+    return float(found.x[0] / scale), float(found.x[1])
 
 
 def decision_scores(estimator: Any, X: Any) -> np.ndarray:
-    """The estimator's per-class scores, (n, classes): probabilities when it has them, else its decision function
-    (one column per class; a binary decision function becomes ``[-d, d]``)."""
-    if hasattr(estimator, "predict_proba"):
+    """The estimator's per-class scores, (n, classes), as scikit-learn's calibration takes them: its decision function
+    when it has one (a binary one becomes ``[-d, d]``), else its probabilities."""
+    if not hasattr(estimator, "decision_function"):
         return np.asarray(estimator.predict_proba(X), dtype=np.float64)
     decision = np.asarray(estimator.decision_function(X), dtype=np.float64)
     if decision.ndim == 1:
@@ -50,7 +79,6 @@ class OutOfFoldCalibrated(ClassifierMixin, BaseEstimator):
 
     def fit(self, scores: np.ndarray, y: np.ndarray) -> OutOfFoldCalibrated:
         from sklearn.isotonic import IsotonicRegression
-        from sklearn.linear_model import LogisticRegression
 
         scores = np.asarray(scores, dtype=np.float64)
         y = np.asarray(y)
@@ -64,19 +92,16 @@ class OutOfFoldCalibrated(ClassifierMixin, BaseEstimator):
             s = scores[:, column]
             if self.method == "isotonic":
                 self.maps_.append(IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(s, target))
-            elif len(np.unique(target)) < 2:  # a class absent from the scores: constant probability
-                self.maps_.append(float(target.mean()))
             else:
-                self.maps_.append(LogisticRegression(C=1e6).fit(s.reshape(-1, 1), target))
+                self.maps_.append(platt(s, target))
         return self
 
     def _map(self, index: int, s: np.ndarray) -> np.ndarray:
         found = self.maps_[index]
-        if isinstance(found, float):
-            return np.full(len(s), found)
         if self.method == "isotonic":
             return np.asarray(found.predict(s), dtype=np.float64)
-        return np.asarray(found.predict_proba(s.reshape(-1, 1))[:, 1], dtype=np.float64)
+        a, b = found
+        return np.asarray(expit(-(a * s + b)), dtype=np.float64)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "maps_")

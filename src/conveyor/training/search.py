@@ -22,6 +22,7 @@ MLflow, files or the database: the caller loads the tables and records the outco
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -171,11 +172,16 @@ def _grid_points(grid: dict[str, list[Any]]) -> list[tuple[tuple[str, Any], ...]
     return [tuple(sorted(point.items())) for point in ParameterGrid(grid)] if grid else [()]
 
 
-def _fit_fold(estimator: Any, X: Any, y: np.ndarray, task: _Task, positive: int | None, keep_scores: bool) -> Any:
+def _fit_fold(
+    estimator: Any, X: Any, y: np.ndarray, task: _Task, positive: int | None, keep_scores: bool, parent: int
+) -> Any:
     """Fit a clone on the task's training part; its F1 on the held-out part (and its scores there, when kept)."""
     from sklearn.base import clone
     from sklearn.metrics import f1_score
 
+    from conveyor.workspace import exit_with_parent
+
+    exit_with_parent(parent)  # a worker of a killed search stops, instead of fitting on for minutes
     start = time.perf_counter()
     model = clone(estimator).set_params(**task.config.params_dict())
     model.fit(X[task.train], y[task.train])
@@ -221,7 +227,14 @@ class _Pool:
         results: list[Any] = [None] * len(tasks)
         calls = (
             delayed(_indexed)(
-                i, self.estimators[t.config.family], self.tables[t.config.extractor], self.y, t, positive, keep_scores
+                i,
+                self.estimators[t.config.family],
+                self.tables[t.config.extractor],
+                self.y,
+                t,
+                positive,
+                keep_scores,
+                os.getpid(),
             )
             for i, t in enumerate(tasks)
         )

@@ -13,6 +13,7 @@ A model that fails the gate is never registered; the refusal goes to the audit l
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -329,7 +330,7 @@ def _finalists(
 
     cfg = settings.training
     fitted = Parallel(n_jobs=cfg.search.jobs)(
-        delayed(_refit)(settings_of[s.family][0], s.params, inputs[s.extractor].X_train, data.y_train)
+        delayed(_refit)(settings_of[s.family][0], s.params, inputs[s.extractor].X_train, data.y_train, os.getpid())
         for s in outcome.finalists
     )
     results = []
@@ -358,10 +359,13 @@ def _finalists(
     return results
 
 
-def _refit(estimator: Any, params: dict[str, Any], X: Any, y: np.ndarray) -> tuple[Any, float]:
+def _refit(estimator: Any, params: dict[str, Any], X: Any, y: np.ndarray, parent: int) -> tuple[Any, float]:
     """A fresh copy of ``estimator`` with ``params``, fitted on (X, y), and the seconds it took."""
     from sklearn.base import clone
 
+    from conveyor.workspace import exit_with_parent
+
+    exit_with_parent(parent)
     began = time.perf_counter()
     return clone(estimator).set_params(**params).fit(X, y), time.perf_counter() - began
 
