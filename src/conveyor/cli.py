@@ -325,12 +325,28 @@ def _print_training(result: Any, compact: bool = False) -> None:
 
 
 @app.command()
-def models(as_json: JsonOption = False) -> None:
+def models(
+    rehash: Annotated[
+        int | None,
+        typer.Option(
+            help="Record the current artifact hashes of this version (one registered before conveyor recorded them, "
+            "or restored on purpose): check its files first; the server refuses to load a version whose files "
+            "differ from its record."
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
     """List registered model versions, their aliases, and the audit history."""
-    from conveyor.tracking.registry import history, list_versions
+    from conveyor.tracking.registry import audit, history, list_versions
 
     settings = _settings()
     with _errors(as_json):
+        if rehash is not None:
+            from conveyor.tracking.integrity import record_artifacts
+
+            recorded = record_artifacts(settings, rehash)
+            audit(settings, "rehash", settings.model_name, "artifact hashes recorded by hand",
+                  {"version": rehash, "artifacts": recorded})  # fmt: skip
         versions = list_versions(settings)
         records = history(settings, settings.model_name)
     if as_json:

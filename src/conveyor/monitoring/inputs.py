@@ -98,9 +98,8 @@ def load_champion(settings: Settings) -> Champion:
 
     Raises:
         NotFoundError: no model holds the champion alias.
+        ModelIntegrityError: its artifacts changed since registration.
     """
-    import mlflow.pyfunc
-
     from conveyor.tracking.registry import CHAMPION, current_version, history
     from conveyor.tracking.setup import configure_mlflow
 
@@ -108,7 +107,9 @@ def load_champion(settings: Settings) -> Champion:
     version = current_version(settings, CHAMPION)
     if version is None:
         raise NotFoundError(f"model {settings.model_name!r} has no champion to monitor: run `conveyor train` first")
-    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}").unwrap_python_model()
+    from conveyor.tracking.integrity import load_verified
+
+    model = load_verified(settings, version).unwrap_python_model()
     test_f1 = None
     for record in history(settings, settings.model_name):
         if record.action == f"set_{CHAMPION}" and record.details.get("version") == version:

@@ -60,15 +60,19 @@ class ServedModel:
 
 
 def load_version(settings: Settings, version: int) -> ServedModel:
-    """Load one registered version of the model (by number, so what is loaded is what is reported)."""
-    import mlflow.pyfunc
+    """Load one registered version of the model (by number, so what is loaded is what is reported), only if its
+    artifacts still match the hashes recorded at registration.
 
+    Raises:
+        ModelIntegrityError: they do not (the refusal is in the audit log).
+    """
+    from conveyor.tracking.integrity import load_verified
     from conveyor.tracking.setup import configure_mlflow
 
     configure_mlflow(settings)
     saved_path = list(sys.path)
     try:
-        loaded = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
+        loaded = load_verified(settings, version)
     finally:
         sys.path[:] = saved_path  # the model's code_paths copy of conveyor must not shadow the installed package
     inner = loaded.unwrap_python_model()

@@ -58,12 +58,14 @@ def register_model(
     import mlflow.pyfunc
 
     import conveyor
+    from conveyor.tracking.integrity import record_artifacts
     from conveyor.tracking.pyfunc import ConveyorModel
     from conveyor.tracking.registry import CHALLENGER, CHAMPION, current_version, set_alias
 
     unfinished = _unaudited_version(settings, details)
     if unfinished is not None:
         alias = CHAMPION if current_version(settings, CHAMPION) is None else CHALLENGER
+        details = {**details, "artifacts": record_artifacts(settings, unfinished)}
         set_alias(settings, alias, unfinished, "registered by an interrupted run; completed", details)
         return unfinished, alias
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,6 +86,7 @@ def register_model(
             await_registration_for=60,
         )
     registered = int(info.registered_model_version)
+    details = {**details, "artifacts": record_artifacts(settings, registered)}  # the hashes loading will check
     alias = CHAMPION if current_version(settings, CHAMPION) is None else CHALLENGER
     reason = "first model to pass the gate" if alias == CHAMPION else "passed the gate against the champion"
     set_alias(settings, alias, registered, reason, details)

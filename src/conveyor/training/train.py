@@ -556,9 +556,9 @@ def _calibrate(best: CandidateResult, y_train: np.ndarray, settings: Settings) -
 
 def _champion_metrics(settings: Settings, version: int, members: list[tuple[str, str, str]]) -> Metrics:
     """The champion's metrics on the current test split, scored through its own registered pyfunc model."""
-    import mlflow.pyfunc
+    from conveyor.tracking.integrity import load_verified
 
-    model = mlflow.pyfunc.load_model(f"models:/{settings.model_name}/{version}")
+    model = load_verified(settings, version)
     test = [(sha, label) for sha, label, split in members if split == "test"]
     raw = raw_paths(settings, [sha for sha, _ in test])
     out = model.predict(pd.DataFrame({"image": [raw[sha].read_bytes() for sha, _ in test]}))
