@@ -153,31 +153,37 @@ def clinician_feedback(settings: Settings, *, seed: int, max_requests: int = 200
         while active_rollout(engine) is not None and sent < max_requests:
             cases = generate_dataset(Path(tmp) / str(round_seed), SyntheticSpec(n_per_class=25, seed=round_seed))
             round_seed += 1000
-            for path in cases:
+            for start in range(0, len(cases), settings.serving.max_batch):
                 if active_rollout(engine) is None or sent >= max_requests:
                     break
-                answer = client.post("/v1/predict", files={"file": (path.name, path.read_bytes())})
-                sent += 1
-                if answer.status_code != 200:
+                chunk = cases[start : start + settings.serving.max_batch]
+                # One batch request, then a label per answer: the clinicians read a worklist, then file their reads.
+                files = [("files", (path.name, path.read_bytes())) for path in chunk]
+                answers = client.post("/v1/predict/batch", files=files)
+                if answers.status_code != 200:
                     continue
-                body = answer.json()
-                arm = body.get("arm") or "champion"
-                counts[arm] = counts.get(arm, 0) + 1
-                label = path.parent.name
-                who = DEMO_CLINICIANS[sent % len(DEMO_CLINICIANS)]
-                token = settings.serving.feedback_tokens[who]
-                verdict = client.post(
-                    "/v1/feedback",
-                    json={"request_id": body["request_id"], "label": label},
-                    headers={"Authorization": f"Bearer {token}"},
-                )
-                made = verdict.json().get("rollout") if verdict.status_code == 200 else None
-                if made:
-                    decision, rollout = made["decision"], made["rollout"]
-                    if decision["action"] == "advance" and rollout["status"] == "active":
-                        decisions.append(f"{rollout['share']:.0%}")
-                    else:
-                        decisions.append(f"{rollout['status']} v{rollout['challenger_version']}")
+                for path, item in zip(chunk, answers.json()["items"], strict=True):
+                    if active_rollout(engine) is None:
+                        break
+                    sent += 1
+                    if item["status"] != 200:
+                        continue
+                    body = item["prediction"]
+                    arm = body.get("arm") or "champion"
+                    counts[arm] = counts.get(arm, 0) + 1
+                    who = DEMO_CLINICIANS[sent % len(DEMO_CLINICIANS)]
+                    verdict = client.post(
+                        "/v1/feedback",
+                        json={"request_id": body["request_id"], "label": path.parent.name},
+                        headers={"Authorization": f"Bearer {settings.serving.feedback_tokens[who]}"},
+                    )
+                    made = verdict.json().get("rollout") if verdict.status_code == 200 else None
+                    if made:
+                        decision, rollout = made["decision"], made["rollout"]
+                        if decision["action"] == "advance" and rollout["status"] == "active":
+                            decisions.append(f"{rollout['share']:.0%}")
+                        else:
+                            decisions.append(f"{rollout['status']} v{rollout['challenger_version']}")
     ended = active_rollout(engine)
     return {
         "batch": "clinician feedback",
