@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ingest(root / "src", settings)
     first, second = train(settings), train(settings)
     assert (first.alias, second.alias) == ("champion", "challenger")
+    with sqlite3.connect(root / "ws" / "conveyor.db") as db:  # the copies leave the WAL out: fold it in first
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return root / "ws"
 
 
