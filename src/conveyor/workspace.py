@@ -143,7 +143,7 @@ def exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
     Idempotent per process.
     """
     global _WATCHING_PARENT
-    if _WATCHING_PARENT:
+    if _WATCHING_PARENT or os.getpid() == parent:  # already watching, or running in the caller itself (1 job)
         return
     _WATCHING_PARENT = True
     import threading

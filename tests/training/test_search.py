@@ -153,3 +153,11 @@ def test_candidates_clearly_behind_the_leader_skip_the_final(data: Any, within_s
     outcome = run("race", (noisy, y), finalists=4, within_se=within_se)
     names_in_final = sorted(c.name for c in outcome.finalists)
     assert names_in_final == finals if isinstance(finals, list) else len(names_in_final) == finals
+
+
+def test_a_search_run_in_this_process_leaves_it_running(data: Any) -> None:
+    """With one job the fits run here: the watch that ends orphaned workers must never be started in their caller."""
+    from conveyor import workspace
+
+    run("refit", data, previous=[{"extractor": "good", "family": "logreg", "params": {"clf__C": 1.0}}], jobs=1)
+    assert workspace._WATCHING_PARENT is False
