@@ -234,10 +234,11 @@ def train(
     as_json: JsonOption = False,
 ) -> None:
     """Search the extractor x family candidates, compare with baselines, register the best if it passes the gate."""
+    from conveyor.training.search import SEARCH_MODES
     from conveyor.training.train import train as run_train
 
     settings = _settings()
-    if search is not None and search not in ("race", "grid", "refit", "auto"):
+    if search is not None and search not in (*SEARCH_MODES, "auto"):
         err.print(f"[bold red]error:[/] --search must be race, grid, refit or auto, got {search!r}")
         raise typer.Exit(2)
     with _errors(as_json), _search_progress(not as_json) as progress:

@@ -368,3 +368,20 @@ def test_production_starts_with_strong_tokens(home: Path) -> None:
     tokens = {"clinician-a": secrets.token_urlsafe(32)}
     app = create_app(settings_for(home, production=True, admin_token=secrets.token_urlsafe(32), feedback_tokens=tokens))
     assert app.title
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        ({"clinician-a": " "}, "clinician-a has an empty token"),
+        ({"clinician-a": "same-token-xyz", "clinician-b": "same-token-xyz"}, "two identities share a token"),
+    ],
+    ids=["empty", "shared"],
+)
+def test_feedback_tokens_must_be_set_and_distinct(tokens: dict[str, str], message: str) -> None:
+    from pydantic import ValidationError
+
+    from conveyor.serving.settings import ServingSettings
+
+    with pytest.raises(ValidationError, match=message):
+        ServingSettings(feedback_tokens=tokens)

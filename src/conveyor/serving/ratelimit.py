@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 
 __all__ = ["RateLimiter"]
 
@@ -14,7 +15,7 @@ WINDOW_S = 60.0
 class RateLimiter:
     """Counts each identity's requests over the last minute (in this server process)."""
 
-    def __init__(self, clock: object = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._hits: dict[str, deque[float]] = defaultdict(deque)
         self._lock = threading.Lock()
@@ -22,7 +23,7 @@ class RateLimiter:
     def hit(self, who: str, per_minute: int) -> float:
         """Record a request by ``who``; 0 when it is within ``per_minute``, else the seconds until it would be
         (the request is then not counted)."""
-        now = self._clock()  # type: ignore[operator]
+        now = self._clock()
         with self._lock:
             hits = self._hits[who]
             while hits and hits[0] <= now - WINDOW_S:

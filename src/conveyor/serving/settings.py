@@ -50,6 +50,18 @@ class ServingSettings(BaseModel):
         "token. None set: feedback answers 401.",
     )
     feedback_per_minute: int = Field(120, ge=1, description="Feedback requests one identity may send per minute.")
+
+    @field_validator("feedback_tokens")
+    @classmethod
+    def _distinct_tokens(cls, value: dict[str, str]) -> dict[str, str]:
+        """Every identity has a token of its own: an empty one would let anyone in, a shared one blur who spoke."""
+        empty = sorted(who for who, token in value.items() if not token.strip())
+        if empty:
+            raise ValueError(f"serving.feedback_tokens: {', '.join(empty)} has an empty token")
+        if len(set(value.values())) < len(value):
+            raise ValueError("serving.feedback_tokens: two identities share a token; give each its own")
+        return value
+
     max_upload_bytes: int = Field(32 << 20, ge=1, description="Largest accepted upload (413 above).")
     max_pixels: int = Field(
         50_000_000, ge=1, description="Largest width x height x frames (413 above, before decoding)."
