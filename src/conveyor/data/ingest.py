@@ -10,7 +10,10 @@ Each input file ends in exactly one place, recorded in ``ingest_files``:
 
 So ``seen == stored + duplicates + conflicts + quarantined`` for every ingest. A file is known by (source, path inside
 it, sha256): running the same ingest again decides nothing anew, and an ingest killed half-way resumes where its last
-transaction ended. Splits are assigned at the end, for every image still without one (see :mod:`conveyor.data.split`).
+transaction ended. Only a new label decides a known file again (a corrected labels CSV): its row is updated, the
+change audited, and an image whose label came from that file alone is relabelled (a new dataset version); where other
+files still give the old label, the new one is a conflict. Splits are assigned at the end, for every image still
+without one (see :mod:`conveyor.data.split`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 import numpy as np
-from sqlalchemy import Engine, Table, insert, select, update
+from sqlalchemy import Connection, Engine, Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.config import Settings
@@ -39,7 +42,7 @@ from conveyor.data.versions import record_dataset_version
 from conveyor.errors import InvalidImageError
 from conveyor.preprocess.transforms import to_gray_unit
 from conveyor.store.db import session_scope
-from conveyor.store.models import Image, Ingest, IngestFile, LabelConflict, utcnow
+from conveyor.store.models import AuditEntry, Image, Ingest, IngestFile, LabelConflict, utcnow
 from conveyor.workspace import PRIVATE, atomic_write, available_cores, die_with_parent, open_workspace, workspace_lock
 
 __all__ = ["IngestSummary", "Inspection", "ingest", "inspect_image"]
@@ -102,6 +105,7 @@ class Outcome(NamedTuple):
     reason: str | None
     detail: str | None
     label: str | None
+    quarantine_path: str | None = None
 
 
 @dataclass
@@ -201,44 +205,49 @@ def _ingest_source(
     limits = _limits(settings)
     with session_scope(engine) as session:
         decided = {
-            (row.relpath, row.sha256): Outcome(row.outcome, row.reason, row.detail, row.label)
+            (row.relpath, row.sha256): Outcome(row.outcome, row.reason, row.detail, row.label, row.quarantine_path)
             for row in session.scalars(select(IngestFile).where(IngestFile.source_key == source.key))
         }
         known: dict[str, str] = {sha: label for sha, label in session.execute(select(Image.sha256, Image.label))}
         conflicts: set[tuple[str, str]] = {
             (sha, label) for sha, label in session.execute(select(LabelConflict.sha256, LabelConflict.label))
         }
-        run = Ingest(source=source.key)
-        session.add(run)
+        ingest_run = Ingest(source=source.key)
+        session.add(ingest_run)
         session.flush()
-        ingest_id = run.id
+        ingest_id = ingest_run.id
     summary.ingest_id = ingest_id
 
     if on_start is not None:
         on_start(len(source.files))
-    pending: list[tuple[str, dict[str, Any]]] = []  # (table, row) written at the next commit
+    run = _Run(engine, settings, source.key, ingest_id, known, conflicts)
     context = _PrepareContext(
-        str(settings.home), limits, settings.ingest.max_file_bytes, frozenset(decided), frozenset(known)
+        str(settings.home),
+        limits,
+        settings.ingest.max_file_bytes,
+        frozenset((relpath, sha, outcome.label) for (relpath, sha), outcome in decided.items()),
+        frozenset(known),
     )
     for item, prepared in _prepare_in_order(source.files, context):
         sha = prepared.sha
-        outcome = decided.get((item.relpath, sha))
-        if outcome is not None:
+        previous = decided.get((item.relpath, sha))
+        if previous is not None and item.label in (previous.label, None):  # a label dropped later keeps its decision
             summary.already_ingested += 1
+            outcome = previous
         else:
             summary.new += 1
-            outcome = _decide(item, prepared, source.key, ingest_id, known, conflicts, settings, pending)
+            outcome = _decide(item, prepared, previous, run)
             decided[(item.relpath, sha)] = outcome  # the same path and bytes twice in a zip is one file
         summary.count(outcome.label, outcome.outcome, outcome.reason)
         if outcome.outcome == "quarantined":
             summary.rejected.append(
                 {"path": item.relpath, "reason": outcome.reason or "", "detail": outcome.detail or ""}
             )
-        if len(pending) >= settings.ingest.commit_every:
-            _flush(engine, pending)
+        if len(run.pending) >= settings.ingest.commit_every:
+            _flush(engine, run.pending)
         if on_file is not None:
             on_file(item)
-    _flush(engine, pending)
+    _flush(engine, run.pending)
 
     with session_scope(engine) as session:
         _assign_pending_splits(session, settings)
@@ -265,7 +274,7 @@ class _PrepareContext:
     home: str
     limits: DecodeLimits
     max_file_bytes: int
-    already: frozenset[tuple[str, str]]  # (relpath, sha256) decided by earlier runs of this source
+    already: frozenset[tuple[str, str, str | None]]  # (relpath, sha256, label) decided by earlier runs of this source
     stored_before: frozenset[str]  # sha256 already in the raw store when this run began
 
 
@@ -275,6 +284,7 @@ class _Task:
 
     index: int
     relpath: str
+    label: str | None
     skip_pixels: bool  # the path alone decides (no label, unsafe path)
     stand_in: str | None  # set for a file too large to read
     path: Path | None
@@ -299,14 +309,14 @@ def _raw_path(sha: str, fmt: str) -> str:
 
 def _task(index: int, item: SourceFile, context: _PrepareContext) -> _Task:
     if item.size > context.max_file_bytes and item.stand_in_id is not None:
-        return _Task(index, item.relpath, True, item.stand_in_id(), None, None)
+        return _Task(index, item.relpath, item.label, True, item.stand_in_id(), None, None)
     if item.local_path is not None:
-        return _Task(index, item.relpath, item.problem is not None, None, item.local_path, None)
+        return _Task(index, item.relpath, item.label, item.problem is not None, None, item.local_path, None)
     try:
         data = item.read()
     except InvalidImageError as exc:
-        return _Task(index, item.relpath, True, None, None, None, error=exc)
-    return _Task(index, item.relpath, item.problem is not None, None, None, data)
+        return _Task(index, item.relpath, item.label, True, None, None, None, error=exc)
+    return _Task(index, item.relpath, item.label, item.problem is not None, None, None, data)
 
 
 def _prepare(task: _Task, context: _PrepareContext) -> _Prepared:
@@ -325,7 +335,7 @@ def _prepare(task: _Task, context: _PrepareContext) -> _Prepared:
         unreadable = InvalidImageError("unreadable", f"the file cannot be read: {exc.strerror or exc}")
         return _Prepared(task.index, f"unreadable:{task.relpath}", 0, error=unreadable)
     sha = hashlib.sha256(data).hexdigest()
-    if task.skip_pixels or (task.relpath, sha) in context.already or sha in context.stored_before:
+    if task.skip_pixels or (task.relpath, sha, task.label) in context.already or sha in context.stored_before:
         return _Prepared(task.index, sha, len(data))  # the decision needs no pixels
     try:
         inspection = inspect_image(data, context.limits)
@@ -376,18 +386,24 @@ def _prepare_in_order(files: list[SourceFile], context: _PrepareContext) -> Iter
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _decide(
-    item: SourceFile,
-    prepared: _Prepared,
-    source_key: str,
-    ingest_id: int,
-    known: dict[str, str],
-    conflicts: set[tuple[str, str]],
-    settings: Settings,
-    pending: list[tuple[str, dict[str, Any]]],
-) -> Outcome:
-    """Decide where one new file ends and queue its rows (written by :func:`_flush`)."""
+@dataclass
+class _Run:
+    """One ingest run while it decides: what the workspace holds, and the rows queued for the next commit."""
+
+    engine: Engine
+    settings: Settings
+    source_key: str
+    ingest_id: int
+    known: dict[str, str]  # sha256 -> label of every stored image
+    conflicts: set[tuple[str, str]]  # (sha256, label) with a conflict row, resolved or not
+    pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (kind, row), written by _flush
+
+
+def _decide(item: SourceFile, prepared: _Prepared, previous: Outcome | None, run: _Run) -> Outcome:
+    """Decide where one file ends and queue its rows. ``previous`` is an earlier decision for the same path and
+    bytes under another label (a corrected labels CSV): decided again, its row updated and the change audited."""
     sha = prepared.sha
+    settings, known = run.settings, run.known
     too_large = item.size > settings.ingest.max_file_bytes and item.stand_in_id is not None
     label = item.label
     outcome, reason, detail, quarantine_path = "stored", None, None, None
@@ -402,19 +418,22 @@ def _decide(
         if sha in known:
             if known[sha] == label:
                 outcome = "duplicate"
+            elif _label_came_from_this_file_alone(previous, known[sha], sha, item.relpath, run):
+                run.pending.append(("relabel", {"sha256": sha, "label": label}))
+                known[sha] = label
             else:
                 outcome = "conflict"
                 detail = f"the same bytes are stored as {known[sha]!r}"
-                if (sha, label) not in conflicts:
-                    conflicts.add((sha, label))
-                    pending.append(("conflict", {"sha256": sha, "label": label, "relpath": item.relpath}))
+                if (sha, label) not in run.conflicts:
+                    run.conflicts.add((sha, label))
+                    run.pending.append(("conflict", {"sha256": sha, "label": label, "relpath": item.relpath}))
         else:
             if prepared.error is not None:
                 raise prepared.error
             inspection = prepared.inspection
             assert inspection is not None, "a new, readable file is always inspected by _prepare"
             known[sha] = label
-            pending.append(
+            run.pending.append(
                 (
                     "image",
                     {
@@ -426,7 +445,7 @@ def _decide(
                         "raw_path": _raw_path(sha, inspection.format),
                         "conflict": False,
                         "created_at": utcnow(),
-                        "ingest_id": ingest_id,
+                        "ingest_id": run.ingest_id,
                         **vars(inspection),
                     },
                 )
@@ -438,51 +457,130 @@ def _decide(
             data = None if too_large or reason in NOT_COPIED else item.read()
         except InvalidImageError:  # it could not be read the first time either
             data = None
-        quarantine_path = _quarantine(settings.home, item, sha, data, reason, detail, source_key)
+        quarantine_path = _quarantine(settings.home, item, sha, data, reason, detail, run.source_key)
 
-    pending.append(
-        (
-            "file",
-            {
-                "ingest_id": ingest_id,
-                "source_key": source_key,
-                "relpath": item.relpath,
-                "sha256": sha,
-                "label": label,
-                "outcome": outcome,
-                "reason": reason,
-                "detail": detail,
-                "quarantine_path": quarantine_path,
-                "created_at": utcnow(),
-            },
+    row = {
+        "ingest_id": run.ingest_id,
+        "source_key": run.source_key,
+        "relpath": item.relpath,
+        "sha256": sha,
+        "label": label,
+        "outcome": outcome,
+        "reason": reason,
+        "detail": detail,
+        "quarantine_path": quarantine_path,
+        "created_at": utcnow(),
+    }
+    if previous is None:
+        run.pending.append(("file", row))
+    else:
+        run.pending.append(("file_update", row))
+        if previous.outcome == "conflict" and previous.label is not None:
+            run.pending.append(("conflict_withdrawn", {"sha256": sha, "label": previous.label}))
+        run.pending.append(
+            (
+                "audit",
+                {
+                    "actor": "ingest",
+                    "action": "relabel_file",
+                    "subject": sha,
+                    "reason": f"{item.relpath} was filed again as {label!r}",
+                    "details": {
+                        "source": run.source_key, "path": item.relpath, "ingest_id": run.ingest_id,
+                        "was": {"label": previous.label, "outcome": previous.outcome, "reason": previous.reason},
+                        "now": {"label": label, "outcome": outcome, "reason": reason},
+                    },
+                    "at": utcnow(),
+                },
+            )
+        )  # fmt: skip
+    if previous is not None and previous.quarantine_path is not None and previous.quarantine_path != quarantine_path:
+        _unquarantine(settings.home, previous.quarantine_path)  # its reason no longer holds
+    return Outcome(outcome, reason, detail, label, quarantine_path)
+
+
+def _label_came_from_this_file_alone(
+    previous: Outcome | None, stored_label: str, sha: str, relpath: str, run: _Run
+) -> bool:
+    """Whether the image's stored label was given by this file (its earlier decision stored it) and by no other
+    file still filed under that label: then a new label for the file is a correction, not a disagreement."""
+    if previous is None or previous.outcome != "stored" or previous.label != stored_label:
+        return False
+    _flush(run.engine, run.pending)  # this run's own filings of the same bytes count too
+    with session_scope(run.engine) as session:
+        others = session.scalar(
+            select(IngestFile.id)
+            .where(
+                IngestFile.sha256 == sha,
+                IngestFile.label == stored_label,
+                IngestFile.outcome.in_(("stored", "duplicate")),
+                (IngestFile.source_key != run.source_key) | (IngestFile.relpath != relpath),
+            )
+            .limit(1)
         )
-    )
-    return Outcome(outcome, reason, detail, label)
+    return others is None
 
 
 def _flush(engine: Engine, pending: list[tuple[str, dict[str, Any]]]) -> None:
     """Write the queued rows in one transaction (the raw files they name are already on disk)."""
     if not pending:
         return
-    images = [row for kind, row in pending if kind == "image"]
-    new_conflicts = [row for kind, row in pending if kind == "conflict"]
-    files = [row for kind, row in pending if kind == "file"]
-    images_table, conflicts_table, files_table = (
-        cast(Table, model.__table__) for model in (Image, LabelConflict, IngestFile)
+    by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for kind, row in pending:
+        by_kind[kind].append(row)
+    images_table, conflicts_table, files_table, audit_table = (
+        cast(Table, model.__table__) for model in (Image, LabelConflict, IngestFile, AuditEntry)
     )
     with engine.begin() as connection:  # Core executemany: the ORM's bulk path cost a third of ingest's own time
-        if images:
-            connection.execute(insert(images_table), images)
-        if new_conflicts:
-            connection.execute(insert(conflicts_table), new_conflicts)
+        if by_kind["image"]:
+            connection.execute(insert(images_table), by_kind["image"])
+        for relabel in by_kind["relabel"]:
+            connection.execute(
+                update(images_table).where(images_table.c.sha256 == relabel["sha256"]).values(label=relabel["label"])
+            )
+        if by_kind["conflict"]:
+            connection.execute(insert(conflicts_table), by_kind["conflict"])
             connection.execute(
                 update(images_table)
-                .where(images_table.c.sha256.in_({r["sha256"] for r in new_conflicts}))
+                .where(images_table.c.sha256.in_({r["sha256"] for r in by_kind["conflict"]}))
                 .values(conflict=True)
             )
-        if files:
-            connection.execute(insert(files_table), files)
+        if by_kind["file"]:
+            connection.execute(insert(files_table), by_kind["file"])
+        for row in by_kind["file_update"]:
+            connection.execute(
+                update(files_table)
+                .where(
+                    files_table.c.source_key == row["source_key"],
+                    files_table.c.relpath == row["relpath"],
+                    files_table.c.sha256 == row["sha256"],
+                )
+                .values(row)
+            )
+        for withdrawn in by_kind["conflict_withdrawn"]:
+            _withdraw_conflict(connection, withdrawn["sha256"], withdrawn["label"])
+        if by_kind["audit"]:
+            connection.execute(insert(audit_table), by_kind["audit"])
     pending.clear()
+
+
+def _withdraw_conflict(connection: Connection, sha: str, label: str) -> None:
+    """A file that disagreed with the stored label was filed again under another: the conflict it raised is
+    resolved when no file still disagrees that way, and the image returns to the data when none is left open."""
+    files, conflicts, images = (cast(Table, model.__table__) for model in (IngestFile, LabelConflict, Image))
+    still_filed = connection.scalar(
+        select(files.c.id).where(files.c.sha256 == sha, files.c.label == label, files.c.outcome == "conflict").limit(1)
+    )
+    if still_filed is not None:
+        return
+    connection.execute(
+        update(conflicts).where(conflicts.c.sha256 == sha, conflicts.c.label == label).values(resolved=True)
+    )
+    still_open = connection.scalar(
+        select(conflicts.c.id).where(conflicts.c.sha256 == sha, conflicts.c.resolved.is_(False)).limit(1)
+    )
+    if still_open is None:
+        connection.execute(update(images).where(images.c.sha256 == sha).values(conflict=False))
 
 
 _MADE_FOLDERS: set[Path] = set()
@@ -526,6 +624,12 @@ def _quarantine(
     note_bytes = json.dumps(note, indent=2, ensure_ascii=False).encode()
     atomic_write(home / f"{relative}.reason.json", note_bytes, mode=PRIVATE)  # it names the patient's file
     return relative
+
+
+def _unquarantine(home: Path, relative: str) -> None:
+    """Remove a quarantined copy and its note (the file's new decision replaced them)."""
+    for path in (home / relative, home / f"{relative}.reason.json"):
+        path.unlink(missing_ok=True)
 
 
 def _assign_pending_splits(session: Session, settings: Settings) -> None:

@@ -76,9 +76,9 @@ def _random_forest(seed: int) -> BaseEstimator:
 
 
 def _hist_gradient_boosting(seed: int) -> BaseEstimator:
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    from conveyor.models.boosting import BalancedHistGradientBoosting
 
-    return _scaled(HistGradientBoostingClassifier(class_weight="balanced", random_state=seed, max_iter=200))
+    return _scaled(BalancedHistGradientBoosting(class_weight="balanced", random_state=seed, max_iter=200))
 
 
 def _xgboost(seed: int) -> BaseEstimator:
