@@ -155,6 +155,10 @@ def conflicts(
     resolve: Annotated[str | None, typer.Option(help="sha256 (or a unique prefix) of the image to resolve.")] = None,
     label: Annotated[str | None, typer.Option(help="The label it really has (with --resolve).")] = None,
     reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
+    source: Annotated[
+        list[Path] | None,
+        typer.Option(help="A folder or zip the files came from: its paths are shown instead of their stored hashes."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """List label conflicts (same bytes under two labels), or resolve one with --resolve SHA --label LABEL."""
@@ -172,7 +176,7 @@ def conflicts(
             else:
                 out.print(f"resolved {resolve} as {label!r}; dataset version [bold]{version}[/]")
             return
-        found = list_conflicts(settings)
+        found = list_conflicts(settings, source or [])
     if as_json:
         _emit_json({"conflicts": [c.__dict__ for c in found]})
         return

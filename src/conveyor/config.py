@@ -46,6 +46,16 @@ class IngestSettings(BaseModel):
         description="Perceptual-hash distance (bits of 256) at or under which images are near-duplicates.",
     )
     commit_every: int = Field(200, ge=1, description="Files recorded per database transaction.")
+    deidentify: bool = Field(
+        False,
+        description="Store DICOM files with the PS3.15 basic profile's identifying elements and every private element "
+        "removed (pixels and the image elements kept); a DICOM file that cannot be de-identified is not copied.",
+    )
+    keep_paths: bool = Field(
+        False,
+        description="Store source paths as they are; otherwise as salted hashes (clinical exports name patients in "
+        "their folder and file names).",
+    )
 
 
 class PreprocessSettings(BaseModel):

@@ -114,6 +114,7 @@ def test_each_rejection_names_the_file_and_what_is_wrong(tmp_path: Path, setting
 
 
 def test_quarantined_file_is_copied_with_its_reason_beside_it(tmp_path: Path, settings: Settings) -> None:
+    settings.ingest.keep_paths = True  # the notes are looked up by path
     ingest(build_bad_corpus(tmp_path / "src"), settings)
     notes = {json.loads(p.read_text())["path"]: p for p in (settings.home / "quarantine").glob("*.reason.json")}
     assert len(notes) == 12
@@ -135,6 +136,7 @@ def test_stored_files_are_named_by_content_and_format(tmp_path: Path, settings: 
 
 
 def test_label_conflict_keeps_the_image_out_of_the_dataset(tmp_path: Path, settings: Settings) -> None:
+    settings.ingest.keep_paths = True
     write(tmp_path / "src" / "yes" / "a.png", png_bytes(seed=1))
     write(tmp_path / "src" / "yes" / "b.png", png_bytes(seed=2))
     write(tmp_path / "src" / "no" / "a again.png", png_bytes(seed=1))
@@ -228,6 +230,7 @@ def test_later_data_never_moves_an_assigned_split(tmp_path: Path, settings: Sett
 
 
 def test_a_reencoded_copy_of_a_test_image_goes_to_test(tmp_path: Path, settings: Settings) -> None:
+    settings.ingest.keep_paths = True
     for i in range(10):
         write(tmp_path / "first" / "a" / f"{i}.png", encode(pattern(96, 96, seed=i)))
     ingest(tmp_path / "first", settings)
@@ -273,7 +276,7 @@ def test_a_second_writer_is_refused(tmp_path: Path, settings: Settings) -> None:
 
 @pytest.mark.skipif(not REAL_SET.is_dir(), reason=f"the real brain-MRI set is not at {REAL_SET}")
 def test_real_brain_mri_set(settings: Settings) -> None:
-    summary = ingest(REAL_SET, Settings(home=settings.home))
+    summary = ingest(REAL_SET, Settings(home=settings.home, ingest={"keep_paths": True}))  # type: ignore[arg-type]
     assert (summary.seen, summary.stored, summary.duplicates, summary.conflicts, summary.quarantined) == (
         253,
         228,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from conveyor.config import Settings
@@ -12,6 +13,18 @@ from conveyor.data.versions import dataset_members, list_versions
 from conveyor.store.db import get_engine, session_scope
 from conveyor.store.models import AuditEntry, Image, IngestFile, LabelConflict
 from tests.helpers import png_bytes, write
+
+
+@pytest.fixture
+def db_settings(db_settings: Settings) -> Settings:
+    db_settings.ingest.keep_paths = True  # the checks look files up by path
+    return db_settings
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    settings.ingest.keep_paths = True
+    return settings
 
 
 def _source(root: Path) -> Path:

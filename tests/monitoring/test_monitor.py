@@ -270,3 +270,10 @@ def test_table_prediction_log_without_its_table(champion_home: Any) -> None:
     now = datetime.now(UTC)
     with pytest.raises(NotFoundError, match="'no_such_table' does not exist"):
         TablePredictionLog(settings, table="no_such_table").records(now - timedelta(hours=1), now)
+
+
+def test_the_report_names_batch_files_by_their_real_paths(runs: dict[str, Any]) -> None:
+    """The workspace stores the paths as salted hashes; the report, made from the batch at hand, shows them."""
+    names = sorted(entry["input"] for entry in runs["scanner"]["ood"]["inputs"])
+    assert names[0] == "no_tumour/scanner_12_0000.png"
+    assert len(names) == 20

@@ -6,11 +6,15 @@ label, marks the conflict rows resolved, records who and why in the audit log, a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select, update
 
 from conveyor.config import Settings
+from conveyor.data.privacy import path_names
+from conveyor.data.sources import open_source
 from conveyor.data.versions import record_dataset_version
 from conveyor.errors import ConveyorError, NotFoundError
 from conveyor.store.db import session_scope
@@ -30,9 +34,11 @@ class Conflict:
     paths: list[str]
 
 
-def list_conflicts(settings: Settings) -> list[Conflict]:
-    """Unresolved conflicts, by sha256."""
+def list_conflicts(settings: Settings, sources: Sequence[Path] = ()) -> list[Conflict]:
+    """Unresolved conflicts, by sha256. Paths are as stored (salted hashes unless ``ingest.keep_paths``); those of
+    files in ``sources`` (the folders or zips they came from) are shown as they are there."""
     engine = open_workspace(settings)
+    real_path = _real_paths(settings, sources)
     with session_scope(engine) as session:
         rows = session.execute(
             select(LabelConflict.sha256, LabelConflict.label, Image.label)
@@ -46,8 +52,21 @@ def list_conflicts(settings: Settings) -> list[Conflict]:
             conflict.other_labels.append(other)
         for sha, conflict in out.items():
             paths = session.scalars(select(IngestFile.relpath).where(IngestFile.sha256 == sha)).all()
-            conflict.paths.extend(sorted(set(paths)))
+            conflict.paths.extend(sorted({real_path.get(path, path) for path in paths}))
         return list(out.values())
+
+
+def _real_paths(settings: Settings, sources: Sequence[Path]) -> dict[str, str]:
+    """Stored name -> path of every file in ``sources``."""
+    names = path_names(settings)
+    found: dict[str, str] = {}
+    for path in sources:
+        source = open_source(path)
+        try:
+            found.update((names.stored(f.relpath), f.relpath) for f in source.files)
+        finally:
+            source.close()
+    return found
 
 
 def resolve_conflict(settings: Settings, sha256: str, label: str, actor: str, reason: str = "") -> str:

@@ -40,6 +40,7 @@ REASONS = {
     "not_a_file": "not a regular file: a broken link, a link to a folder, a FIFO, socket or device",
     "unreadable": "the file or folder cannot be read (permissions, a path too long)",
     "suspicious_archive": "a zip member that would inflate far more than any image does (a zip bomb)",
+    "cannot_deidentify": "a DICOM file that decodes but cannot be de-identified (ingest.deidentify is on)",
 }
 
 _UNSUPPORTED_MAGIC = {

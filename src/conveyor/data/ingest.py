@@ -34,8 +34,9 @@ from sqlalchemy import Connection, Engine, Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.config import Settings
-from conveyor.data.decode import FORMATS, DecodedImage, DecodeLimits, decode_image
+from conveyor.data.decode import FORMATS, DecodedImage, DecodeLimits, decode_image, sniff_format
 from conveyor.data.fingerprint import dhash
+from conveyor.data.privacy import PathNames, deidentify_dicom, path_names, workspace_salt
 from conveyor.data.sources import Source, SourceFile, open_source
 from conveyor.data.split import Assigned, Candidate, assign_splits
 from conveyor.data.versions import record_dataset_version
@@ -203,16 +204,18 @@ def _ingest_source(
 ) -> IngestSummary:
     summary = IngestSummary(source=display, missing_from_csv=source.missing)
     limits = _limits(settings)
+    names = path_names(settings)
+    source_key = names.stored(source.key)
     with session_scope(engine) as session:
         decided = {
             (row.relpath, row.sha256): Outcome(row.outcome, row.reason, row.detail, row.label, row.quarantine_path)
-            for row in session.scalars(select(IngestFile).where(IngestFile.source_key == source.key))
+            for row in session.scalars(select(IngestFile).where(IngestFile.source_key == source_key))
         }
         known: dict[str, str] = {sha: label for sha, label in session.execute(select(Image.sha256, Image.label))}
         conflicts: set[tuple[str, str]] = {
             (sha, label) for sha, label in session.execute(select(LabelConflict.sha256, LabelConflict.label))
         }
-        ingest_run = Ingest(source=source.key)
+        ingest_run = Ingest(source=source_key)
         session.add(ingest_run)
         session.flush()
         ingest_id = ingest_run.id
@@ -220,24 +223,26 @@ def _ingest_source(
 
     if on_start is not None:
         on_start(len(source.files))
-    run = _Run(engine, settings, source.key, ingest_id, known, conflicts)
+    run = _Run(engine, settings, source_key, ingest_id, names, known, conflicts)
     context = _PrepareContext(
         str(settings.home),
         limits,
         settings.ingest.max_file_bytes,
-        frozenset((relpath, sha, outcome.label) for (relpath, sha), outcome in decided.items()),
+        frozenset((stored_path, sha, outcome.label) for (stored_path, sha), outcome in decided.items()),
         frozenset(known),
+        names,
+        workspace_salt(settings.home) if settings.ingest.deidentify else None,
     )
     for item, prepared in _prepare_in_order(source.files, context):
         sha = prepared.sha
-        previous = decided.get((item.relpath, sha))
+        previous = decided.get((names.stored(item.relpath), sha))
         if previous is not None and item.label in (previous.label, None):  # a label dropped later keeps its decision
             summary.already_ingested += 1
             outcome = previous
         else:
             summary.new += 1
             outcome = _decide(item, prepared, previous, run)
-            decided[(item.relpath, sha)] = outcome  # the same path and bytes twice in a zip is one file
+            decided[(names.stored(item.relpath), sha)] = outcome  # the same path and bytes twice in a zip is one file
         summary.count(outcome.label, outcome.outcome, outcome.reason)
         if outcome.outcome == "quarantined":
             summary.rejected.append(
@@ -256,9 +261,19 @@ def _ingest_source(
         session.execute(
             update(Ingest)
             .where(Ingest.id == ingest_id)
-            .values(finished_at=utcnow(), summary=summary.to_dict(), dataset_version=summary.dataset_version)
+            .values(finished_at=utcnow(), summary=_at_rest(summary, names), dataset_version=summary.dataset_version)
         )
     return summary
+
+
+def _at_rest(summary: IngestSummary, names: PathNames) -> dict[str, Any]:
+    """The summary as the database keeps it: source paths as :class:`PathNames` stores them."""
+    kept = summary.to_dict()
+    if not names.keep:
+        kept["source"] = names.stored(summary.source)
+        kept["missing_from_csv"] = [names.stored(path) for path in summary.missing_from_csv]
+        kept["rejected"] = [{**r, "path": names.stored(r["path"])} for r in summary.rejected]
+    return kept
 
 
 #: Refusals whose input is never copied into quarantine/: what a link points at out of the source, what cannot be read.
@@ -274,8 +289,10 @@ class _PrepareContext:
     home: str
     limits: DecodeLimits
     max_file_bytes: int
-    already: frozenset[tuple[str, str, str | None]]  # (relpath, sha256, label) decided by earlier runs of this source
+    already: frozenset[tuple[str, str, str | None]]  # (stored path, sha256, label) decided by earlier runs
     stored_before: frozenset[str]  # sha256 already in the raw store when this run began
+    names: PathNames
+    deidentify_salt: bytes | None  # set when DICOM files are de-identified before they are stored
 
 
 @dataclass(frozen=True)
@@ -328,21 +345,31 @@ def _prepare(task: _Task, context: _PrepareContext) -> _Prepared:
     if task.stand_in is not None:
         return _Prepared(task.index, task.stand_in)  # never read: too large
     if task.error is not None:
-        return _Prepared(task.index, f"unreadable:{task.relpath}", 0, error=task.error)
+        return _Prepared(task.index, f"unreadable:{context.names.stored(task.relpath)}", 0, error=task.error)
     try:
         data = task.data if task.data is not None else Path(str(task.path)).read_bytes()
     except OSError as exc:  # permissions, or the file vanished since the listing
         unreadable = InvalidImageError("unreadable", f"the file cannot be read: {exc.strerror or exc}")
-        return _Prepared(task.index, f"unreadable:{task.relpath}", 0, error=unreadable)
+        return _Prepared(task.index, f"unreadable:{context.names.stored(task.relpath)}", 0, error=unreadable)
     sha = hashlib.sha256(data).hexdigest()
-    if task.skip_pixels or (task.relpath, sha, task.label) in context.already or sha in context.stored_before:
+    already = (context.names.stored(task.relpath), sha, task.label) in context.already
+    if task.skip_pixels or already or sha in context.stored_before:
         return _Prepared(task.index, sha, len(data))  # the decision needs no pixels
     try:
         inspection = inspect_image(data, context.limits)
+        if inspection.format == "dicom" and context.deidentify_salt is not None:
+            data = _deidentified(data, context.deidentify_salt)
     except InvalidImageError as exc:
         return _Prepared(task.index, sha, len(data), error=exc)
     _write_raw(Path(context.home) / _raw_path(sha, inspection.format), data)
     return _Prepared(task.index, sha, len(data), inspection=inspection)
+
+
+def _deidentified(data: bytes, salt: bytes) -> bytes:
+    try:
+        return deidentify_dicom(data, salt)
+    except ValueError as exc:
+        raise InvalidImageError("cannot_deidentify", str(exc)) from exc
 
 
 _WORKER_CONTEXT: _PrepareContext | None = None  # a worker process's copy, set once by _init_worker
@@ -392,8 +419,9 @@ class _Run:
 
     engine: Engine
     settings: Settings
-    source_key: str
+    source_key: str  # as stored
     ingest_id: int
+    names: PathNames
     known: dict[str, str]  # sha256 -> label of every stored image
     conflicts: set[tuple[str, str]]  # (sha256, label) with a conflict row, resolved or not
     pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (kind, row), written by _flush
@@ -404,6 +432,7 @@ def _decide(item: SourceFile, prepared: _Prepared, previous: Outcome | None, run
     bytes under another label (a corrected labels CSV): decided again, its row updated and the change audited."""
     sha = prepared.sha
     settings, known = run.settings, run.known
+    stored_path = run.names.stored(item.relpath)
     too_large = item.size > settings.ingest.max_file_bytes and item.stand_in_id is not None
     label = item.label
     outcome, reason, detail, quarantine_path = "stored", None, None, None
@@ -418,7 +447,7 @@ def _decide(item: SourceFile, prepared: _Prepared, previous: Outcome | None, run
         if sha in known:
             if known[sha] == label:
                 outcome = "duplicate"
-            elif _label_came_from_this_file_alone(previous, known[sha], sha, item.relpath, run):
+            elif _label_came_from_this_file_alone(previous, known[sha], sha, stored_path, run):
                 run.pending.append(("relabel", {"sha256": sha, "label": label}))
                 known[sha] = label
             else:
@@ -426,7 +455,7 @@ def _decide(item: SourceFile, prepared: _Prepared, previous: Outcome | None, run
                 detail = f"the same bytes are stored as {known[sha]!r}"
                 if (sha, label) not in run.conflicts:
                     run.conflicts.add((sha, label))
-                    run.pending.append(("conflict", {"sha256": sha, "label": label, "relpath": item.relpath}))
+                    run.pending.append(("conflict", {"sha256": sha, "label": label, "relpath": stored_path}))
         else:
             if prepared.error is not None:
                 raise prepared.error
@@ -457,12 +486,17 @@ def _decide(item: SourceFile, prepared: _Prepared, previous: Outcome | None, run
             data = None if too_large or reason in NOT_COPIED else item.read()
         except InvalidImageError:  # it could not be read the first time either
             data = None
-        quarantine_path = _quarantine(settings.home, item, sha, data, reason, detail, run.source_key)
+        if data is not None and settings.ingest.deidentify and sniff_format(data) == "dicom":
+            try:
+                data = deidentify_dicom(data, workspace_salt(settings.home))
+            except ValueError:
+                data = None  # a patient's header that cannot be cleaned is not kept
+        quarantine_path = _quarantine(settings.home, item, stored_path, sha, data, reason, detail, run.source_key)
 
     row = {
         "ingest_id": run.ingest_id,
         "source_key": run.source_key,
-        "relpath": item.relpath,
+        "relpath": stored_path,
         "sha256": sha,
         "label": label,
         "outcome": outcome,
@@ -484,9 +518,9 @@ def _decide(item: SourceFile, prepared: _Prepared, previous: Outcome | None, run
                     "actor": "ingest",
                     "action": "relabel_file",
                     "subject": sha,
-                    "reason": f"{item.relpath} was filed again as {label!r}",
+                    "reason": f"{stored_path} was filed again as {label!r}",
                     "details": {
-                        "source": run.source_key, "path": item.relpath, "ingest_id": run.ingest_id,
+                        "source": run.source_key, "path": stored_path, "ingest_id": run.ingest_id,
                         "was": {"label": previous.label, "outcome": previous.outcome, "reason": previous.reason},
                         "now": {"label": label, "outcome": outcome, "reason": reason},
                     },
@@ -604,17 +638,25 @@ def _limits(settings: Settings) -> DecodeLimits:
 
 
 def _quarantine(
-    home: Path, item: SourceFile, sha: str, data: bytes | None, reason: str, detail: str, source_key: str
+    home: Path,
+    item: SourceFile,
+    stored_path: str,
+    sha: str,
+    data: bytes | None,
+    reason: str,
+    detail: str,
+    source_key: str,
 ) -> str:
-    """Copy the refused file to ``quarantine/`` (unless it is too large to copy) with a ``.reason.json`` beside it."""
-    name = posixpath.basename(item.relpath).replace("\x00", "") or "file"
+    """Copy the refused file to ``quarantine/`` (unless it is too large to copy) with a ``.reason.json`` beside it;
+    both named after the path as stored (a salted hash, unless ``ingest.keep_paths``)."""
+    name = posixpath.basename(stored_path).replace("\x00", "") or "file"
     name = "".join(ch if ch.isprintable() and ch not in "\\/" else "_" for ch in name)[-120:]
     relative = f"quarantine/{sha.replace(':', '_')[:20]}-{name}"
     if data is not None:
         atomic_write(home / relative, data, mode=PRIVATE)
     note = {
         "source": source_key,
-        "path": item.relpath,
+        "path": stored_path,
         "label": item.label,
         "sha256": sha,
         "reason": reason,

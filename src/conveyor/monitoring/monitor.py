@@ -74,25 +74,30 @@ def _is_labelled_tree(path: Path) -> bool:
 def _batch_current(settings: Settings, engine: Engine, champion: Champion, path: Path) -> Current:
     """A labelled tree, ingested (stored once, features computed once and kept in the store)."""
     from conveyor.data.ingest import ingest
+    from conveyor.data.privacy import path_names
     from conveyor.data.sources import open_source
     from conveyor.features.store import compute_features
     from conveyor.store.models import IngestFile
 
     summary = ingest(path, settings)
+    stored_as = path_names(settings)
     source = open_source(path)
     try:
-        key = source.key
+        key = stored_as.stored(source.key)
+        real_path = {stored_as.stored(f.relpath): f.relpath for f in source.files}  # the report names the files
     finally:
         source.close()
     with session_scope(engine) as session:
         rows = session.execute(
-            select(IngestFile.relpath, IngestFile.sha256, IngestFile.label)
-            .where(IngestFile.source_key == key, IngestFile.outcome != "quarantined")
-            .order_by(IngestFile.relpath)
+            select(IngestFile.relpath, IngestFile.sha256, IngestFile.label).where(
+                IngestFile.source_key == key, IngestFile.outcome != "quarantined"
+            )
         ).all()
     if not rows:
         raise SourceError(f"{path}: no usable image in the batch ({summary.quarantined} quarantined)")
-    names, shas, labels = [r.relpath for r in rows], [r.sha256 for r in rows], [r.label for r in rows]
+    rows = sorted(rows, key=lambda r: real_path.get(r.relpath, r.relpath))
+    names = [real_path.get(r.relpath, r.relpath) for r in rows]
+    shas, labels = [r.sha256 for r in rows], [r.label for r in rows]
     extractors = monitored_extractors(settings, champion)
     features = None
     images = None
