@@ -47,6 +47,18 @@ def test_equals_scikit_learn_when_the_classes_are_balanced() -> None:
     np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=1e-12)
 
 
+def test_a_small_training_set_still_gets_split() -> None:
+    """30 images: scikit-learn's leaf minimum of 20 allows no split, so every image would get one class."""
+    X, y = _imbalanced(n=30, p=3, seed=2)
+    y[:10] = 1
+    X[:10] += 3.0
+    model = BalancedHistGradientBoosting(class_weight="balanced", max_iter=20, random_state=0).fit(X, y)
+    stock = HistGradientBoostingClassifier(class_weight="balanced", max_iter=20, random_state=0).fit(X, y)
+    assert len(set(stock.predict(X))) == 1
+    assert (model.predict(X) == y).mean() == 1.0
+    assert model.get_params()["min_samples_leaf"] == 20
+
+
 def test_the_family_uses_it() -> None:
     classifier = family("hist_gradient_boosting").build(0).named_steps["clf"]
     assert isinstance(classifier, BalancedHistGradientBoosting)
