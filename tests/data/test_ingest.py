@@ -268,6 +268,22 @@ def test_zip_source_with_an_unsafe_member(tmp_path: Path, settings: Settings) ->
     assert not (tmp_path.parent / "outside.png").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+def test_a_zip_holding_one_name_twice_gives_each_entry_its_row(tmp_path: Path, settings: Settings) -> None:
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("yes/a.png", png_bytes(seed=1))
+        zf.writestr("yes/a.png", png_bytes(seed=1))  # the same bytes again
+        zf.writestr("yes/a.png", png_bytes(seed=2))  # other bytes under the same name
+        zf.writestr("no/b.png", png_bytes(seed=3))
+    summary = ingest(archive, settings)
+    assert (summary.seen, summary.stored, summary.duplicates) == (4, 3, 1)
+    with session_scope(get_engine(settings.resolved_db_url)) as session:
+        assert session.scalar(select(func.count()).select_from(IngestFile)) == summary.seen
+    again = ingest(archive, settings)
+    assert (again.new, again.already_ingested) == (0, 4)
+
+
 def test_a_second_writer_is_refused(tmp_path: Path, settings: Settings) -> None:
     write(tmp_path / "src" / "a" / "x.png", png_bytes())
     with workspace_lock(settings.home), pytest.raises(ConveyorError, match="another conveyor command is writing"):

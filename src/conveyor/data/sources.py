@@ -209,6 +209,7 @@ def _zip_entries(archive: zipfile.ZipFile) -> list[_Entry]:
         if all("/" in n for n in inner):  # the wrapper holds only folders: it is not a class folder
             prefix = candidate
     entries: list[_Entry] = []
+    repeats: dict[str, int] = {}
     for info in infos:
         name = info.filename
         normal = posixpath.normpath(name.replace("\\", "/"))
@@ -216,6 +217,9 @@ def _zip_entries(archive: zipfile.ZipFile) -> list[_Entry]:
         unsafe = problem is not None and problem[0] == "unsafe_path"
         if not unsafe and prefix and normal.startswith(prefix):
             normal = normal[len(prefix) :]
+        repeats[normal] = repeats.get(normal, 0) + 1
+        if repeats[normal] > 1:  # a name the zip holds twice: each entry is an input of its own, with its own row
+            normal = f"{normal}#{repeats[normal]}"
         entries.append(
             (
                 name if unsafe else normal,
