@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -105,7 +106,9 @@ def _print_ingest(summary: Any) -> None:
     for column in ("class", "seen", "stored", "duplicates", "conflicts", "quarantined"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for label, counts in sorted(summary.by_class.items()):
-        table.add_row(label, *(str(counts[k]) for k in ("seen", "stored", "duplicates", "conflicts", "quarantined")))
+        table.add_row(
+            escape(label), *(str(counts[k]) for k in ("seen", "stored", "duplicates", "conflicts", "quarantined"))
+        )
     table.add_row(
         "[bold]all[/]",
         *(f"[bold]{getattr(summary, k)}[/]" for k in ("seen", "stored", "duplicates", "conflicts", "quarantined")),
@@ -121,12 +124,14 @@ def _print_ingest(summary: Any) -> None:
         for column in ("file", "reason", "detail"):
             rejects.add_column(column)
         for row in shown:
-            rejects.add_row(row["path"], row["reason"], row["detail"])
+            rejects.add_row(escape(row["path"]), row["reason"], escape(row["detail"]))
         out.print(rejects)
         if len(summary.rejected) > len(shown):
             out.print(f"... and {len(summary.rejected) - len(shown)} more (see quarantine/ or use --json)")
     if summary.missing_from_csv:
         out.print(f"[yellow]{len(summary.missing_from_csv)} files listed in the labels CSV do not exist[/]")
+    for warning in summary.warnings:
+        out.print(f"[yellow]warning: {escape(warning)}[/]")
     out.print(f"dataset version [bold]{summary.dataset_version}[/]")
 
 

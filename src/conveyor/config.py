@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -46,11 +47,28 @@ class IngestSettings(BaseModel):
         description="Perceptual-hash distance (bits of 256) at or under which images are near-duplicates.",
     )
     commit_every: int = Field(200, ge=1, description="Files recorded per database transaction.")
+    label_pattern: str | None = Field(
+        None,
+        description="A regular expression every label must match whole (for example ^[a-z][a-z0-9_]*$); a file whose "
+        "label does not is quarantined as bad_label. Without one, labels that differ only in case, or hold markup or "
+        "path characters, are warned about.",
+    )
     deidentify: bool = Field(
         False,
         description="Store DICOM files with the PS3.15 basic profile's identifying elements and every private element "
         "removed (pixels and the image elements kept); a DICOM file that cannot be de-identified is not copied.",
     )
+
+    @field_validator("label_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"ingest.label_pattern {value!r} is not a regular expression: {exc}") from exc
+        return value
+
     keep_paths: bool = Field(
         False,
         description="Store source paths as they are; otherwise as salted hashes (clinical exports name patients in "

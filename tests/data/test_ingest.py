@@ -444,3 +444,50 @@ def test_a_partial_copy_left_by_a_killed_run_is_removed(tmp_path: Path, settings
     assert summary.stored == 1
     assert not left.exists()
     assert [p.name for p in (settings.home / "raw").rglob("*.tmp")] == []
+
+
+def test_labels_differing_only_in_case_are_warned_about(tmp_path: Path, settings: Settings) -> None:
+    write(tmp_path / "src" / "yes" / "a.png", png_bytes(seed=1))
+    write(tmp_path / "src" / "Yes" / "b.png", png_bytes(seed=2))
+    write(tmp_path / "src" / "no" / "c.png", png_bytes(seed=3))
+    summary = ingest(tmp_path / "src", settings)
+    assert summary.warnings == [
+        "labels 'Yes' and 'yes' differ only in case or spacing: they are 2 classes; rename the folders or CSV labels "
+        "to one spelling (ingest.label_pattern can refuse the others)"
+    ]
+
+
+def test_a_new_spelling_of_a_stored_label_is_warned_about(tmp_path: Path, settings: Settings) -> None:
+    write(tmp_path / "first" / "tumour" / "a.png", png_bytes(seed=1))
+    ingest(tmp_path / "first", settings)
+    write(tmp_path / "later" / "Tumour" / "b.png", png_bytes(seed=2))
+    assert "'Tumour' and 'tumour'" in ingest(tmp_path / "later", settings).warnings[0]
+
+
+def test_a_label_with_markup_is_warned_about(tmp_path: Path, settings: Settings) -> None:
+    write(tmp_path / "images" / "a.png", png_bytes(seed=1))
+    labels = write(tmp_path / "labels.csv", b'path,label\na.png,"<b>tumour</b>"\n')
+    summary = ingest(tmp_path / "images", settings, labels_csv=labels)
+    assert summary.warnings == ["label '<b>tumour</b>' holds markup, quote, path or control characters"]
+
+
+def test_clean_labels_give_no_warning(tmp_path: Path, settings: Settings) -> None:
+    write(tmp_path / "src" / "no_tumour" / "a.png", png_bytes(seed=1))
+    write(tmp_path / "src" / "tumour" / "b.png", png_bytes(seed=2))
+    assert ingest(tmp_path / "src", settings).warnings == []
+
+
+def test_a_label_pattern_quarantines_the_labels_it_does_not_match(tmp_path: Path, settings: Settings) -> None:
+    settings.ingest.label_pattern = "[a-z_]+"
+    write(tmp_path / "src" / "yes" / "a.png", png_bytes(seed=1))
+    write(tmp_path / "src" / "Yes" / "b.png", png_bytes(seed=2))
+    summary = ingest(tmp_path / "src", settings)
+    assert (summary.stored, summary.quarantined) == (1, 1)
+    assert [(r["reason"], r["detail"]) for r in summary.rejected] == [
+        ("bad_label", "label 'Yes' does not match ingest.label_pattern '[a-z_]+'")
+    ]
+
+
+def test_a_label_pattern_that_is_no_regular_expression_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"ingest.label_pattern '\[a-' is not a regular expression"):
+        Settings(ingest={"label_pattern": "[a-"})  # type: ignore[arg-type]

@@ -36,6 +36,7 @@ REASONS = {
     "dicom_no_pixels": "a DICOM file without pixel data",
     "dicom_unsupported_syntax": "DICOM pixel data in a compressed transfer syntax no installed decoder reads",
     "no_label": "the file has no class label",
+    "bad_label": "the label does not match ingest.label_pattern",
     "unsafe_path": "the path leaves the source: a zip member's name, or a symbolic link pointing out of the folder",
     "not_a_file": "not a regular file: a broken link, a link to a folder, a FIFO, socket or device",
     "unreadable": "the file or folder cannot be read (permissions, a path too long)",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -128,6 +129,7 @@ class IngestSummary:
     missing_from_csv: list[str] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
     ingest_id: int | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def nothing_new(self) -> bool:
@@ -253,6 +255,7 @@ def _ingest_source(
         if on_file is not None:
             on_file(item)
     _flush(engine, run.pending)
+    summary.warnings = label_warnings(set(summary.by_class) - {NO_LABEL}, set(known.values()))
 
     with session_scope(engine) as session:
         _assign_pending_splits(session, settings)
@@ -264,6 +267,29 @@ def _ingest_source(
             .values(finished_at=utcnow(), summary=_at_rest(summary, names), dataset_version=summary.dataset_version)
         )
     return summary
+
+
+_MARKUP_OR_PATH = re.compile(r"[<>&\"'`/\\]|[\x00-\x1f\x7f]")
+
+
+def label_warnings(labels: set[str], known: set[str]) -> list[str]:
+    """What looks wrong in a source's labels: two spellings of one class (case, spaces) among them and the labels
+    already stored, and markup or path characters (a label is shown in pages, reports and file names)."""
+    warnings = []
+    spellings: dict[str, set[str]] = defaultdict(set)
+    for label in labels | known:
+        spellings[" ".join(label.casefold().split())].add(label)
+    for group in sorted(spellings.values(), key=sorted):
+        if len(group) > 1 and group & labels:
+            names = " and ".join(repr(label) for label in sorted(group))
+            warnings.append(
+                f"labels {names} differ only in case or spacing: they are {len(group)} classes; rename the folders "
+                "or CSV labels to one spelling (ingest.label_pattern can refuse the others)"
+            )
+    for label in sorted(labels):
+        if _MARKUP_OR_PATH.search(label):
+            warnings.append(f"label {label!r} holds markup, quote, path or control characters")
+    return warnings
 
 
 def _at_rest(summary: IngestSummary, names: PathNames) -> dict[str, Any]:
@@ -444,6 +470,9 @@ def _decide(item: SourceFile, prepared: _Prepared, previous: Outcome | None, run
                 "too_large", f"{item.size:,} bytes exceeds the limit of {settings.ingest.max_file_bytes:,}"
             )
         assert label is not None  # a file without a label has a problem
+        pattern = settings.ingest.label_pattern
+        if pattern is not None and re.fullmatch(pattern, label) is None:
+            raise InvalidImageError("bad_label", f"label {label!r} does not match ingest.label_pattern {pattern!r}")
         if sha in known:
             if known[sha] == label:
                 outcome = "duplicate"

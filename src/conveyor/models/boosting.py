@@ -28,7 +28,7 @@ class BalancedHistGradientBoosting(HistGradientBoostingClassifier):
     """
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> BalancedHistGradientBoosting:
-        requested = self.min_samples_leaf
+        requested = int(self.min_samples_leaf)  # type: ignore[has-type]
         self.min_samples_leaf = max(1, min(requested, len(X) // 8))
         try:
             return super().fit(X, y, sample_weight)
