@@ -134,3 +134,34 @@ def test_bad_input_is_refused_with_its_reason(data: bytes, reason: str, in_detai
         decode_image(data, LIMITS)
     assert caught.value.reason == reason
     assert in_detail in caught.value.detail
+
+
+def _reason(data: bytes) -> tuple[str, str]:
+    with pytest.raises(InvalidImageError) as caught:
+        decode_image(data)
+    return caught.value.reason, caught.value.detail
+
+
+def test_a_dicom_header_that_cannot_be_read_is_corrupt_not_pixel_less() -> None:
+    garbage = bytes(range(256)) * 8
+    assert _reason(b"\0" * 128 + b"DICM" + garbage)[0] == "corrupt"
+    assert _reason(pydicom_file("CT_small.dcm")[:300]) == (
+        "corrupt",
+        "the DICOM header cannot be read: no SOP class found (0 elements parsed)",
+    )
+
+
+def test_an_image_object_cut_before_its_pixels_is_corrupt() -> None:
+    ct = pydicom_file("CT_small.dcm")
+    cut = ct[: ct.find(b"\xe0\x7f\x10\x00")]  # up to the Pixel Data element
+    assert _reason(cut) == (
+        "corrupt",
+        "a CT Image Storage object (modality CT) without its pixel data: the file is cut or damaged",
+    )
+
+
+def test_an_object_that_has_no_pixels_by_nature_says_so() -> None:
+    assert _reason(pydicom_file("rtplan.dcm")) == (
+        "dicom_no_pixels",
+        "DICOM object (modality RTPLAN, SOP class RT Plan Storage) has no pixel data",
+    )

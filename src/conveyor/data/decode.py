@@ -204,11 +204,7 @@ def _decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
     except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
         raise InvalidImageError("corrupt", f"DICOM header cannot be parsed: {exc}") from exc
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        modality = ds.get("Modality", "unknown")
-        sop = getattr(ds.get("SOPClassUID"), "name", None) or ds.get("SOPClassUID", "unknown")
-        raise InvalidImageError(
-            "dicom_no_pixels", f"DICOM object (modality {modality}, SOP class {sop}) has no pixel data"
-        )
+        raise _without_pixels(ds)
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -223,6 +219,23 @@ def _decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
         raise InvalidImageError(
             "corrupt", f"DICOM pixel data cannot be read ({type(exc).__name__}: {str(exc)[:200]})"
         ) from exc
+
+
+def _without_pixels(ds: Any) -> InvalidImageError:
+    """Why a DICOM file has no pixel data: a damaged header (no SOP class could be read), an image object cut or
+    damaged before its pixels (an image SOP class must have them), or an object that has none (a plan, a report)."""
+    sop_uid = ds.get("SOPClassUID")
+    if sop_uid is None:
+        return InvalidImageError(
+            "corrupt", f"the DICOM header cannot be read: no SOP class found ({len(ds)} elements parsed)"
+        )
+    sop = getattr(sop_uid, "name", None) or str(sop_uid)
+    modality = ds.get("Modality", "unknown")
+    if "Image Storage" in sop:
+        return InvalidImageError(
+            "corrupt", f"a {sop} object (modality {modality}) without its pixel data: the file is cut or damaged"
+        )
+    return InvalidImageError("dicom_no_pixels", f"DICOM object (modality {modality}, SOP class {sop}) has no pixel data")
 
 
 def _dicom_pixels(ds: Any, frames: int) -> DecodedImage:
