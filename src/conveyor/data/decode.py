@@ -235,7 +235,8 @@ def _without_pixels(ds: Any) -> InvalidImageError:
         return InvalidImageError(
             "corrupt", f"a {sop} object (modality {modality}) without its pixel data: the file is cut or damaged"
         )
-    return InvalidImageError("dicom_no_pixels", f"DICOM object (modality {modality}, SOP class {sop}) has no pixel data")
+    detail = f"DICOM object (modality {modality}, SOP class {sop}) has no pixel data"
+    return InvalidImageError("dicom_no_pixels", detail)
 
 
 def _dicom_pixels(ds: Any, frames: int) -> DecodedImage:
