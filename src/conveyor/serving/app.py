@@ -15,8 +15,10 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conveyor.config import Settings
 from conveyor.errors import ConfigError, ConveyorError, InvalidImageError, NotFoundError
@@ -37,6 +39,16 @@ STATUS_BY_REASON = {
     "too_many_files": 413,
     "not_an_image": 415,
     "unsupported_format": 415,
+}
+
+
+#: The reason code of an HTTP error the framework or a dependency raises.
+HTTP_REASONS = {
+    400: "malformed_body",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    429: "rate_limited",
 }
 
 
@@ -135,6 +147,25 @@ def create_app(settings: Settings, scoring_processes: int = 1) -> FastAPI:
     app.state.feedback_limiter = RateLimiter()
     for module in (predict, feedback, health, admin, page):
         app.include_router(module.router)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {
+                "loc": [str(part) for part in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
+            for e in exc.errors()
+        ]  # never the input: it may be a whole upload
+        detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:3]) or "the request is invalid"
+        request.state.error_reason = "invalid_request"
+        return JSONResponse({"detail": detail, "reason": "invalid_request", "errors": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        reason = HTTP_REASONS.get(exc.status_code, "http_error")
+        return _error(request, exc.status_code, str(exc.detail), reason, dict(exc.headers or {}))
 
     @app.exception_handler(InvalidImageError)
     async def invalid_image(request: Request, exc: InvalidImageError) -> JSONResponse:

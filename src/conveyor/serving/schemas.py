@@ -48,8 +48,20 @@ class PredictionResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    detail: str
-    reason: str | None = None
+    """Every error answer: a sentence for people, a code for programs."""
+
+    detail: str = Field(description="What is wrong, in one sentence.")
+    reason: str | None = Field(None, description="A code: too_small, invalid_request, rate_limited, ...")
+    errors: list[dict[str, Any]] | None = Field(
+        None, description="For invalid_request: each problem's location (loc), message (msg) and type."
+    )
+
+
+#: What an endpoint that takes a body may answer to a malformed one.
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The body cannot be parsed (not JSON, not UTF-8, broken multipart)."},
+    422: {"model": ErrorResponse, "description": "A field of the body or a parameter is invalid; errors says which."},
+}
 
 
 class BatchItem(BaseModel):

@@ -7,12 +7,19 @@ from starlette.concurrency import run_in_threadpool
 
 from conveyor.serving import rollout
 from conveyor.serving.deps import AdminDep, ServiceDep, ServingDep, SettingsDep
-from conveyor.serving.schemas import ErrorResponse, ReloadResponse, RolloutAction, RolloutResponse, RolloutStart
+from conveyor.serving.schemas import (
+    BODY_ERRORS,
+    ErrorResponse,
+    ReloadResponse,
+    RolloutAction,
+    RolloutResponse,
+    RolloutStart,
+)
 
 router = APIRouter(
     prefix="/v1/admin",
     tags=["admin"],
-    responses={401: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
+    responses={**BODY_ERRORS, 401: {"model": ErrorResponse}, 409: {"model": ErrorResponse}},
 )
 
 

@@ -7,7 +7,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from conveyor.serving.deps import FeedbackIdentity, ServiceDep, ServingDep, SettingsDep
-from conveyor.serving.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse
+from conveyor.serving.schemas import BODY_ERRORS, ErrorResponse, FeedbackRequest, FeedbackResponse
 from conveyor.serving.service import PredictionService
 from conveyor.store.db import session_scope
 
@@ -43,9 +43,9 @@ def record_feedback(service: PredictionService, body: FeedbackRequest, who: str)
     "/feedback",
     response_model=FeedbackResponse,
     responses={
+        **BODY_ERRORS,
         401: {"model": ErrorResponse},
         404: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
         429: {"model": ErrorResponse},
     },
 )

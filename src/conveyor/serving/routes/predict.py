@@ -9,6 +9,7 @@ from fastapi import APIRouter, BackgroundTasks, Request
 from conveyor.errors import InvalidImageError
 from conveyor.serving.deps import ServiceDep, ServingDep, read_limited
 from conveyor.serving.schemas import (
+    BODY_ERRORS,
     BatchItem,
     BatchResponse,
     ErrorResponse,
@@ -22,6 +23,7 @@ from conveyor.serving.settings import ServingSettings
 router = APIRouter(prefix="/v1", tags=["predict"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: BODY_ERRORS[400],
     413: {"model": ErrorResponse, "description": "Upload over the size limit, or an image over the pixel limit."},
     415: {"model": ErrorResponse, "description": "Not an image (content sniffed, never the name or content type)."},
     422: {"model": ErrorResponse, "description": "Corrupt, truncated, blank or too small image."},
