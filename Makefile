@@ -25,10 +25,11 @@ browser:  ## Debian's Chromium and ChromeDriver for the browser test (needs root
 test: install browser  ## the test suite (PostgreSQL and browser cases skip, with the reason, where unavailable)
 	$(BIN)/python -m pytest
 
-lint: install  ## ruff and mypy
+lint: install  ## ruff, mypy, and the import layering contract (pyproject's [tool.importlinter])
 	$(BIN)/ruff check src tests benchmarks deploy
 	$(BIN)/ruff format --check src tests benchmarks deploy
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: install  ## speed and quality claims, printed as tables of ratios
 	$(BIN)/python benchmarks/ingest.py

@@ -230,48 +230,6 @@ def test_an_empty_log_window_is_an_error(champion_home: Any) -> None:
         monitor_log(settings, ListPredictionLog(), now - timedelta(hours=1), now)
 
 
-def test_table_prediction_log_joins_late_feedback(champion_home: Any) -> None:
-    from sqlalchemy import JSON, Column, DateTime, Integer, MetaData, String, Table, insert
-
-    from conveyor.monitoring.predictions import TablePredictionLog
-    from conveyor.store.db import get_engine
-
-    settings, _ = champion_home
-    engine = get_engine(settings.resolved_db_url)
-    meta = MetaData()
-    predictions = Table("t_predictions", meta, Column("id", Integer, primary_key=True),
-                        Column("created_at", DateTime(timezone=True)), Column("probabilities", JSON),
-                        Column("model_version", Integer), Column("path", String))  # fmt: skip
-    feedback = Table("t_feedback", meta, Column("id", Integer, primary_key=True), Column("prediction_id", Integer),
-                     Column("label", String))  # fmt: skip
-    meta.create_all(engine)
-    now = datetime.now(UTC)
-    with engine.begin() as conn:
-        conn.execute(insert(predictions), [
-            {"id": 1, "created_at": now - timedelta(minutes=5), "probabilities": {"no_tumour": 0.2, "tumour": 0.8},
-             "model_version": 1, "path": None},
-            {"id": 2, "created_at": now - timedelta(minutes=3), "probabilities": {"no_tumour": 0.6, "tumour": 0.4},
-             "model_version": 1, "path": None},
-            {"id": 3, "created_at": now - timedelta(days=3), "probabilities": {"no_tumour": 0.5, "tumour": 0.5},
-             "model_version": 1, "path": None},
-        ])  # fmt: skip
-        conn.execute(insert(feedback), [{"id": 1, "prediction_id": 2, "label": "no_tumour"},
-                                        {"id": 2, "prediction_id": 2, "label": "tumour"}])  # fmt: skip
-    log = TablePredictionLog(settings, table="t_predictions", feedback_table="t_feedback")
-    records = log.records(now - timedelta(hours=1), now)
-    assert [(r.id, r.feedback, r.proba["tumour"]) for r in records] == [("1", None, 0.8), ("2", "tumour", 0.4)]
-    assert all(r.at.tzinfo is not None for r in records)
-
-
-def test_table_prediction_log_without_its_table(champion_home: Any) -> None:
-    from conveyor.monitoring.predictions import TablePredictionLog
-
-    settings, _ = champion_home
-    now = datetime.now(UTC)
-    with pytest.raises(NotFoundError, match="'no_such_table' does not exist"):
-        TablePredictionLog(settings, table="no_such_table").records(now - timedelta(hours=1), now)
-
-
 def test_the_report_names_batch_files_by_their_real_paths(runs: dict[str, Any]) -> None:
     """The workspace stores the paths as salted hashes; the report, made from the batch at hand, shows them."""
     names = sorted(entry["input"] for entry in runs["scanner"]["ood"]["inputs"])

@@ -13,8 +13,8 @@ from sqlalchemy import select
 from conveyor.config import Settings
 from conveyor.errors import ConfigError
 from conveyor.serving import create_app
-from conveyor.serving.tables import Feedback, Prediction
 from conveyor.store.db import get_engine, session_scope
+from conveyor.store.models import Feedback, Prediction
 from conveyor.tracking.registry import promote
 from tests.helpers import dicom_without_bits_allocated
 from tests.serving.conftest import admin, clinician, png, settings_for

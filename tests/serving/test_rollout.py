@@ -130,8 +130,8 @@ def test_bad_feedback_rolls_the_canary_back(home) -> None:  # type: ignore[no-un
 def test_shadow_scores_every_request_silently(home) -> None:  # type: ignore[no-untyped-def]
     from sqlalchemy import select
 
-    from conveyor.serving.tables import Prediction
     from conveyor.store.db import get_engine, session_scope
+    from conveyor.store.models import Prediction
 
     client, settings = _canary_client(home)
     with client:

@@ -116,7 +116,7 @@ def test_a_closed_scorer_refuses_work() -> None:
 
 @pytest.mark.slow
 def test_scoring_processes_give_the_same_answers_and_recover_from_a_killed_one(home: Path) -> None:
-    from conveyor.serving.service import load_version
+    from conveyor.serving.models import load_version
 
     settings = settings_for(home)
     champion = load_version(settings, 1)
@@ -162,7 +162,7 @@ def test_a_job_whose_caller_gave_up_does_not_stop_the_scorer(scorer: ThreadScore
 
 @pytest.mark.slow
 def test_one_dead_scoring_process_is_replaced_alone_while_the_other_answers(home: Path) -> None:
-    from conveyor.serving.service import load_version
+    from conveyor.serving.models import load_version
 
     settings = settings_for(home)
     champion = load_version(settings, 1)

@@ -9,7 +9,7 @@ import pytest
 from conveyor.config import Settings
 from conveyor.data.ingest import ingest
 from conveyor.data.synthetic import SyntheticSpec, generate_dataset
-from conveyor.serving.service import load_version
+from conveyor.serving.models import load_version
 from conveyor.tracking.integrity import ModelIntegrityError, artifact_manifest
 from conveyor.tracking.registry import history
 from conveyor.training.train import train

@@ -51,8 +51,8 @@ from conveyor.monitoring.ood import OODDetector
 from conveyor.monitoring.performance import compare_with_dummies
 from conveyor.monitoring.policy import decide_retrain
 from conveyor.monitoring.settings import monitoring_settings
-from conveyor.monitoring.tables import MonitoringRun
 from conveyor.store.db import session_scope
+from conveyor.store.models import MonitoringRun
 from conveyor.workspace import atomic_write, open_workspace
 
 __all__ = ["HistoryRow", "analyse", "monitor_batch", "monitoring_history", "new_labelled_count"]

@@ -1,8 +1,8 @@
 """Monitoring a time window of the prediction log, with the feedback labels that have arrived by then.
 
-The serving stage owns the log; monitoring reads it through :class:`PredictionLog`, a small protocol, so either side
-can change its storage. :class:`TablePredictionLog` reads a table of the metadata DB by column names (reflected, so
-this module does not import the serving code); :class:`ListPredictionLog` holds records in memory.
+Serving writes the log (the ``predictions`` and ``feedback`` tables of :mod:`conveyor.store.models`); monitoring
+reads it through :class:`PredictionLog`, a small protocol: :class:`ServedPredictionLog` reads those tables,
+:class:`ListPredictionLog` holds records in memory.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from conveyor.config import Settings
-from conveyor.errors import ConveyorError, InvalidImageError, NotFoundError
+from conveyor.errors import ConveyorError, InvalidImageError
 
 __all__ = [
     "ListPredictionLog",
     "PredictionLog",
     "PredictionRecord",
-    "TablePredictionLog",
+    "ServedPredictionLog",
     "default_prediction_log",
     "monitor_log",
 ]
@@ -68,78 +68,42 @@ class ListPredictionLog:
 
 
 @dataclass
-class TablePredictionLog:
-    """A prediction table in the metadata DB, read by column name.
-
-    Expected columns of ``table``: ``id``, ``created_at`` (or ``at``), ``probabilities`` (JSON ``{class: p}``),
-    optional ``model_version``, ``path``; feedback either as a ``feedback``/``feedback_label`` column of the same
-    table, or in ``feedback_table`` with ``prediction_id`` and ``label`` (the latest row of each prediction wins).
-    """
+class ServedPredictionLog:
+    """The answers served (champion or canary arm, not the silent shadow), each with the clinician's label once
+    feedback has arrived (joined on the request id)."""
 
     settings: Settings
-    table: str = "predictions"
-    feedback_table: str | None = "feedback"
 
     def records(self, since: datetime, until: datetime) -> Sequence[PredictionRecord]:
-        import json
+        from sqlalchemy import select
 
-        from sqlalchemy import MetaData, Table, select
-        from sqlalchemy.exc import NoSuchTableError
-
+        from conveyor.store.db import session_scope
+        from conveyor.store.models import Feedback, Prediction
         from conveyor.workspace import open_workspace
 
-        engine = open_workspace(self.settings)
-        meta = MetaData()
-        try:
-            table = Table(self.table, meta, autoload_with=engine)
-        except Exception as exc:  # NoSuchTableError, or a driver error
-            raise NotFoundError(
-                f"the prediction log table {self.table!r} does not exist (is the server set up?)"
-            ) from exc
-        cols = table.c
-        at_col = cols["created_at"] if "created_at" in cols else cols["at"]
-        with engine.connect() as conn:
-            rows = conn.execute(select(table).where(at_col >= since, at_col < until).order_by(at_col)).mappings().all()
-            feedback: dict[str, str] = {}
-            if self.feedback_table and not any(c in cols for c in ("feedback", "feedback_label")):
-                try:
-                    fb = Table(self.feedback_table, meta, autoload_with=engine)
-                    order = fb.c["id"] if "id" in fb.c else fb.c["prediction_id"]
-                    query = select(fb.c["prediction_id"], fb.c["label"]).order_by(order)
-                    for prediction_id, label in conn.execute(query):
-                        feedback[str(prediction_id)] = str(label)
-                except NoSuchTableError:  # no feedback table yet: no labels (anything else is a real error)
-                    feedback = {}
-        out: list[PredictionRecord] = []
-        for row in rows:
-            proba = row["probabilities"]
-            proba = json.loads(proba) if isinstance(proba, str) else dict(proba)
-            at = row[at_col.name]
-            at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-            given = row.get("feedback") or row.get("feedback_label")
-            label = str(given) if given is not None else feedback.get(str(row["id"]))
-            out.append(
+        query = (
+            select(Prediction, Feedback.label)
+            .outerjoin(Feedback, Feedback.request_id == Prediction.request_id)
+            .where(Prediction.at >= since, Prediction.at < until)
+            .where(Prediction.arm != "shadow", Prediction.label.is_not(None))
+            .order_by(Prediction.at, Prediction.id)
+        )
+        with session_scope(open_workspace(self.settings)) as session:
+            return [
                 PredictionRecord(
-                    str(row["id"]),
-                    at,
-                    {str(k): float(v) for k, v in proba.items()},
-                    row.get("model_version"),
-                    label,
-                    row.get("path"),
+                    id=p.request_id,
+                    at=p.at if p.at.tzinfo is not None else p.at.replace(tzinfo=UTC),
+                    proba={str(k): float(v) for k, v in (p.probabilities or {}).items()},
+                    model_version=p.model_version,
+                    feedback=label,
                 )
-            )
-        return out
+                for p, label in session.execute(query).all()
+            ]
 
 
 def default_prediction_log(settings: Settings) -> PredictionLog:
-    """The serving stage's log: its own adapter (``conveyor.serving.log.prediction_log(settings)``) if it has one,
-    else :class:`TablePredictionLog` on the ``predictions`` table."""
-    try:
-        from conveyor.serving import log as serving_log  # type: ignore[attr-defined,unused-ignore]
-
-        return serving_log.prediction_log(settings)  # type: ignore[no-any-return,unused-ignore]
-    except (ImportError, AttributeError):
-        return TablePredictionLog(settings)
+    """The log the server writes in this workspace."""
+    return ServedPredictionLog(settings)
 
 
 def monitor_log(

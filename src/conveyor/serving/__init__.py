@@ -1,7 +1,6 @@
 """Serving: the FastAPI app (predictions, feedback, the upload page, metrics), the rollout router and policy.
 
-Names load lazily: ``conveyor.store.db.create_schema`` imports :mod:`conveyor.serving.tables`, and that must not pull
-in FastAPI for every command.
+Names load lazily: importing :mod:`conveyor.serving.settings` (as the settings do) must not pull in FastAPI.
 """
 
 from __future__ import annotations

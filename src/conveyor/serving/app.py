@@ -22,38 +22,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conveyor.config import Settings
 from conveyor.errors import ConfigError, ConveyorError, InvalidImageError, NotFoundError
+from conveyor.serving.errors import HTTP_REASONS, status_for
 from conveyor.serving.metrics import Metrics, MetricsMiddleware
 from conveyor.serving.ratelimit import RateLimiter
 from conveyor.serving.rollout import serving_settings
 from conveyor.serving.scoring import ScorerUnavailable
 from conveyor.serving.service import ModelUnavailable, PredictionService
 
-__all__ = ["check_startable", "create_app", "status_for"]
+__all__ = ["check_startable", "create_app"]
 
 log = logging.getLogger(__name__)
-
-#: HTTP status of each InvalidImageError reason; any other reason is 422.
-STATUS_BY_REASON = {
-    "too_large": 413,
-    "too_many_pixels": 413,
-    "too_many_files": 413,
-    "not_an_image": 415,
-    "unsupported_format": 415,
-}
-
-
-#: The reason code of an HTTP error the framework or a dependency raises.
-HTTP_REASONS = {
-    400: "malformed_body",
-    401: "unauthorized",
-    404: "not_found",
-    405: "method_not_allowed",
-    429: "rate_limited",
-}
-
-
-def status_for(exc: InvalidImageError) -> int:
-    return STATUS_BY_REASON.get(exc.reason, 422)
 
 
 def _error(

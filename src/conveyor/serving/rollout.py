@@ -158,7 +158,7 @@ def _status(row: Any) -> RolloutStatus:
 
 def active_rollout(engine: Engine) -> RolloutStatus | None:
     """The rollout in progress, or None."""
-    from conveyor.serving.tables import Rollout
+    from conveyor.store.models import Rollout
 
     with session_scope(engine) as session:
         row = session.scalars(
@@ -169,7 +169,7 @@ def active_rollout(engine: Engine) -> RolloutStatus | None:
 
 def latest_rollout(engine: Engine) -> RolloutStatus | None:
     """The newest rollout, whatever its status, or None."""
-    from conveyor.serving.tables import Rollout
+    from conveyor.store.models import Rollout
 
     with session_scope(engine) as session:
         row = session.scalars(select(Rollout).order_by(Rollout.id.desc()).limit(1)).first()
@@ -188,7 +188,7 @@ def _record(
     settings: Settings, engine: Engine, rollout_id: int, action: str, reason: str, details: dict[str, Any], who: str
 ) -> None:
     """Append a decision to the rollout row and to the audit log."""
-    from conveyor.serving.tables import Rollout
+    from conveyor.store.models import Rollout
     from conveyor.tracking.registry import audit
 
     with session_scope(engine) as session:
@@ -206,7 +206,7 @@ def start(settings: Settings, engine: Engine, mode: str, who: str) -> RolloutSta
     Raises:
         ConveyorError: an unknown mode, a rollout already in progress, or no champion or challenger.
     """
-    from conveyor.serving.tables import Rollout
+    from conveyor.store.models import Rollout
     from conveyor.tracking.registry import CHALLENGER, CHAMPION, current_version
 
     if mode not in MODES:
@@ -256,7 +256,7 @@ def _require_active(engine: Engine) -> RolloutStatus:
 def stage_stats(engine: Engine, state: RolloutStatus) -> tuple[ArmStats, ArmStats]:
     """(champion, challenger) counts over the predictions of the rollout's current stage (at a 100% stage, the
     champion's over the whole rollout)."""
-    from conveyor.serving.tables import Feedback, Prediction
+    from conveyor.store.models import Feedback, Prediction
 
     correct = func.sum(case((Feedback.label == Prediction.label, 1), else_=0))
     query = (
@@ -289,7 +289,7 @@ def stage_stats(engine: Engine, state: RolloutStatus) -> tuple[ArmStats, ArmStat
 
 def feedback_sources(engine: Engine, state: RolloutStatus) -> dict[str, int]:
     """Who labelled the predictions the stage is judged on (as :func:`stage_stats` counts them), and how many each."""
-    from conveyor.serving.tables import Feedback, Prediction
+    from conveyor.store.models import Feedback, Prediction
 
     stage = Prediction.stage <= state.stage if state.share >= 1.0 else Prediction.stage == state.stage
     query = (
@@ -410,7 +410,7 @@ def _claim(engine: Engine, state: RolloutStatus, **changes: Any) -> None:
     """
     from sqlalchemy import update
 
-    from conveyor.serving.tables import Rollout
+    from conveyor.store.models import Rollout
 
     with session_scope(engine) as session:
         result: Any = session.execute(
@@ -424,7 +424,7 @@ def _claim(engine: Engine, state: RolloutStatus, **changes: Any) -> None:
 
 
 def _end(engine: Engine, state: RolloutStatus, status: str) -> RolloutStatus:
-    from conveyor.serving.tables import Rollout
+    from conveyor.store.models import Rollout
 
     _claim(engine, state, status=status, ended_at=utcnow(), share=0.0)
     with session_scope(engine) as session:
@@ -437,7 +437,7 @@ def _reopen(engine: Engine, state: RolloutStatus) -> None:
     """Undo a claimed end whose registry move failed: the rollout is active again, as it was."""
     from sqlalchemy import update
 
-    from conveyor.serving.tables import Rollout
+    from conveyor.store.models import Rollout
 
     with session_scope(engine) as session:
         session.execute(

@@ -267,7 +267,7 @@ def _worker_start(settings: Settings, preload: list[int]) -> None:
 
 
 def _worker_model(version: int) -> Any:
-    from conveyor.serving.service import load_version
+    from conveyor.serving.models import load_version
 
     if version not in _WORKER_MODELS:
         assert _WORKER_SETTINGS is not None

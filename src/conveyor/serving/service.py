@@ -19,7 +19,6 @@ import asyncio
 import hashlib
 import logging
 import queue
-import sys
 import threading
 import time
 import uuid
@@ -32,51 +31,13 @@ from sqlalchemy import Engine, insert
 from conveyor.config import Settings
 from conveyor.data.decode import DecodeLimits
 from conveyor.errors import InvalidImageError
+from conveyor.serving.models import ServedModel, load_version
 from conveyor.serving.rollout import RolloutStatus, active_rollout, choose_arm, serving_settings
 from conveyor.serving.scoring import Inspected, ModelFailed, ProcessScorer, ThreadScorer
 
-__all__ = ["ModelUnavailable", "Outcome", "PredictionLog", "PredictionService", "ServedModel", "load_version"]
+__all__ = ["ModelUnavailable", "Outcome", "PredictionLog", "PredictionService"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """One registered version, loaded."""
-
-    name: str
-    version: int
-    model: Any  # ConveyorModel
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.model.classes)
-
-    def predict(self, pixels: list[np.ndarray]) -> np.ndarray:
-        """Probabilities (n, classes) of decoded images (the model's preprocessing, features and classifier)."""
-        pipeline, colour = self.model.pipeline, self.model.takes_pixels
-        images = [pipeline.preprocessed(p, colour=colour) for p in pixels]
-        return np.asarray(self.model.predict_images(images), dtype=np.float64)
-
-
-def load_version(settings: Settings, version: int) -> ServedModel:
-    """Load one registered version of the model (by number, so what is loaded is what is reported), only if its
-    artifacts still match the hashes recorded at registration.
-
-    Raises:
-        ModelIntegrityError: they do not (the refusal is in the audit log).
-    """
-    from conveyor.tracking.integrity import load_verified
-    from conveyor.tracking.setup import configure_mlflow
-
-    configure_mlflow(settings)
-    saved_path = list(sys.path)
-    try:
-        loaded = load_verified(settings, version)
-    finally:
-        sys.path[:] = saved_path  # the model's code_paths copy of conveyor must not shadow the installed package
-    inner = loaded.unwrap_python_model()
-    return ServedModel(settings.model_name, version, inner)
 
 
 class PredictionLog:
@@ -106,8 +67,8 @@ class PredictionLog:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        from conveyor.serving.tables import Prediction
         from conveyor.store.db import session_scope
+        from conveyor.store.models import Prediction
 
         stop = False
         while not stop:

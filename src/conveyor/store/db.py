@@ -42,21 +42,8 @@ def get_engine(url: str) -> Engine:
     return engine
 
 
-#: Modules that declare tables on :class:`~conveyor.store.models.Base`: each stage owns its tables.
-TABLE_MODULES = ("conveyor.store.models", "conveyor.serving.tables", "conveyor.monitoring.tables")
-
-
 def create_schema(engine: Engine) -> None:
-    """Create the tables that do not exist yet (idempotent), for every stage that declares some."""
-    import importlib
-
-    for name in TABLE_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            missing = exc.name or ""
-            if not (name == missing or name.startswith(missing + ".")):  # it exists, but something it imports not
-                raise
+    """Create the tables that do not exist yet (idempotent): every stage's, all in :mod:`conveyor.store.models`."""
     Base.metadata.create_all(engine)
 
 

@@ -1,4 +1,5 @@
-"""Tables of the metadata DB. Portable between SQLite and PostgreSQL (no dialect-specific types)."""
+"""Tables of the metadata DB, every stage's: data and audit, then serving's (the prediction log, clinicians' feedback,
+rollouts) and monitoring's runs. Portable between SQLite and PostgreSQL (no dialect-specific types)."""
 
 from __future__ import annotations
 
@@ -25,11 +26,15 @@ __all__ = [
     "Base",
     "DatasetMember",
     "DatasetVersion",
+    "Feedback",
     "Image",
     "Ingest",
     "IngestFile",
     "LabelConflict",
     "ModelArtifacts",
+    "MonitoringRun",
+    "Prediction",
+    "Rollout",
     "utcnow",
 ]
 
@@ -167,3 +172,88 @@ class ModelArtifacts(Base):
     digest: Mapped[str] = mapped_column(String(64))
     files: Mapped[dict[str, Any]] = mapped_column(default=dict)
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Prediction(Base):
+    """One model's answer to one request. A shadowed request has two rows: arm ``champion`` and arm ``shadow``."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        UniqueConstraint("request_id", "arm", name="uq_prediction_request_arm"),
+        Index("ix_predictions_rollout_stage", "rollout_id", "stage"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(36), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    model_name: Mapped[str] = mapped_column(String(255))
+    model_version: Mapped[int] = mapped_column(Integer)
+    arm: Mapped[str] = mapped_column(String(16))  # champion | challenger | shadow
+    rollout_id: Mapped[int | None] = mapped_column(Integer)
+    stage: Mapped[int | None] = mapped_column(Integer)
+    input_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    format: Mapped[str] = mapped_column(String(16))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    brightness: Mapped[float] = mapped_column(Float)  # mean intensity in [0, 1], as ingest computes it
+    contrast: Mapped[float] = mapped_column(Float)  # std of intensity in [0, 1]
+    label: Mapped[str | None] = mapped_column(String(255))  # None when the model failed (see error)
+    confidence: Mapped[float | None] = mapped_column(Float)
+    probabilities: Mapped[dict[str, Any] | None] = mapped_column()
+    latency_ms: Mapped[float] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Feedback(Base):
+    """The label a clinician gave a request later; a second label for the same request replaces the first."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(36), unique=True)
+    label: Mapped[str] = mapped_column(String(255))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    who: Mapped[str] = mapped_column(String(255))
+
+
+class Rollout(Base):
+    """One rollout of a challenger: its mode, its current stage, and every decision taken on it."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    mode: Mapped[str] = mapped_column(String(16))  # shadow | canary | ab
+    status: Mapped[str] = mapped_column(String(16), index=True)  # active | promoted | rolled_back
+    stage: Mapped[int] = mapped_column(Integer, default=0)
+    share: Mapped[float] = mapped_column(Float)  # of traffic answered by the challenger now (0 in shadow mode)
+    champion_version: Mapped[int] = mapped_column(Integer)
+    challenger_version: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    stage_started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column()
+    decisions: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"items": [{at, action, reason, stats}, ...]}
+
+
+class MonitoringRun(Base):
+    """One monitoring run: what was compared with what, what it found, and what it decided."""
+
+    __tablename__ = "monitoring_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # batch | log
+    source: Mapped[str] = mapped_column(Text)
+    reference_version: Mapped[str | None] = mapped_column(String(32))  # the champion's training data
+    dataset_version: Mapped[str | None] = mapped_column(String(32))  # the data after this batch was ingested
+    model_version: Mapped[int | None] = mapped_column(Integer)
+    n_current: Mapped[int] = mapped_column(Integer, default=0)
+    n_labelled: Mapped[int] = mapped_column(Integer, default=0)
+    drift_share: Mapped[float | None] = mapped_column(Float)
+    f1: Mapped[float | None] = mapped_column(Float)
+    ood_share: Mapped[float | None] = mapped_column(Float)
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    report_path: Mapped[str | None] = mapped_column(Text)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    alerts: Mapped[list[Any]] = mapped_column(JSON, default=list)  # the fired rules
+    retrain: Mapped[bool] = mapped_column(Boolean, default=False)
+    retrain_reason: Mapped[str] = mapped_column(Text, default="")

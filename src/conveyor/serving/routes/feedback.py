@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1", tags=["feedback"])
 
 def record_feedback(service: PredictionService, body: FeedbackRequest, who: str) -> tuple[str | None, bool]:
     """Store the label; returns (what was predicted, whether a rollout is in progress)."""
-    from conveyor.serving.tables import Feedback, Prediction
+    from conveyor.store.models import Feedback, Prediction
 
     service.log.flush()  # the prediction may still be queued
     with session_scope(service.engine) as session:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, BackgroundTasks, Request
 
 from conveyor.errors import InvalidImageError
 from conveyor.serving.deps import ServiceDep, ServingDep, read_limited
+from conveyor.serving.errors import status_for
 from conveyor.serving.schemas import (
     BODY_ERRORS,
     BatchItem,
@@ -188,7 +189,6 @@ async def predict(
 async def predict_batch(
     request: Request, service: ServiceDep, serving: ServingDep, background: BackgroundTasks
 ) -> BatchResponse:
-    from conveyor.serving.app import status_for
 
     items: list[BatchItem] = []
     for filename, data in await uploads(request, serving, max_files=serving.max_batch):

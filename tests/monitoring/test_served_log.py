@@ -6,10 +6,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from conveyor.config import Settings
-from conveyor.monitoring.predictions import default_prediction_log
-from conveyor.serving.log import ServedPredictionLog
-from conveyor.serving.tables import Feedback, Prediction
+from conveyor.monitoring.predictions import ServedPredictionLog, default_prediction_log
 from conveyor.store.db import session_scope
+from conveyor.store.models import Feedback, Prediction
 from conveyor.workspace import open_workspace
 
 

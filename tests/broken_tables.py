@@ -1,3 +1,0 @@
-"""A table module whose import fails: create_schema must report it, not skip it."""
-
-import no_such_dependency  # noqa: F401
