@@ -105,3 +105,39 @@ def test_the_ingest_pipeline_takes_a_folder_in_and_computes_features(tmp_path: P
     state = run_pipeline(pipeline("ingest"), settings, {"path": str(tmp_path / "src")})
     assert state.tasks["ingest"]["output"]["stored"] == 6
     assert state.tasks["features"]["output"]["tables"]["intensity"]["rows"] == 6
+
+
+def test_the_monitor_pipeline_ingests_and_computes_features_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import conveyor.data.ingest as ingest_module
+    import conveyor.features.store as feature_store
+    from conveyor.data.synthetic import SyntheticSpec, generate_dataset
+    from conveyor.pipelines import pipeline
+    from conveyor.training.train import train
+
+    settings = Settings(
+        home=tmp_path / "ws",
+        features={"extractors": ["intensity"]},
+        training={"families": ["logreg"], "extractors": ["intensity"], "cv_folds": 3},
+    )  # type: ignore[arg-type]
+    generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=30, size=64, seed=1))
+    ingest_module.ingest(tmp_path / "src", settings)
+    train(settings)
+    generate_dataset(tmp_path / "batch", SyntheticSpec(n_per_class=8, size=64, seed=2), prefix="new")
+
+    counted: dict[str, int] = {"ingest": 0, "compute_features": 0}
+
+    def counting(name: str, real: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            counted[name] += 1
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(ingest_module, "ingest", counting("ingest", ingest_module.ingest))
+    monkeypatch.setattr(feature_store, "compute_features", counting("compute_features", feature_store.compute_features))
+    state = run_pipeline(pipeline("monitor"), settings, {"path": str(tmp_path / "batch")})
+
+    assert counted == {"ingest": 1, "compute_features": 1}
+    assert state.tasks["monitor"]["output"]["performance"]["model"]["n"] == 16  # the whole batch, taken in once

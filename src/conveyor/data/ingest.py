@@ -23,7 +23,7 @@ import json
 import posixpath
 import re
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -116,6 +116,7 @@ class IngestSummary:
     (a re-run, or a resumed run after a kill); the counts cover both, so they describe the whole source."""
 
     source: str
+    source_key: str = ""  # as the ledger stores it (a salted hash unless ingest.keep_paths): its files' rows
     seen: int = 0
     stored: int = 0
     duplicates: int = 0
@@ -154,6 +155,11 @@ class IngestSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IngestSummary:
+        """The summary back from :meth:`to_dict` (a pipeline task's output); unknown keys are an error."""
+        return cls(**data)
 
 
 def ingest(
@@ -204,10 +210,10 @@ def _ingest_source(
     on_start: Callable[[int], None] | None,
     on_file: Callable[[SourceFile], None] | None,
 ) -> IngestSummary:
-    summary = IngestSummary(source=display, missing_from_csv=source.missing)
-    limits = _limits(settings)
     names = path_names(settings)
     source_key = names.stored(source.key)
+    summary = IngestSummary(source=display, source_key=source_key, missing_from_csv=source.missing)
+    limits = _limits(settings)
     with session_scope(engine) as session:
         decided = {
             (row.relpath, row.sha256): Outcome(row.outcome, row.reason, row.detail, row.label, row.quarantine_path)

@@ -28,6 +28,7 @@ import pandas as pd
 from sqlalchemy import Engine, select
 
 from conveyor.config import Settings
+from conveyor.data.ingest import IngestSummary, ingest
 from conveyor.data.versions import raw_paths
 from conveyor.errors import InvalidImageError, SourceError
 from conveyor.monitoring.alerts import evaluate_rules, post_webhook
@@ -71,20 +72,24 @@ def _is_labelled_tree(path: Path) -> bool:
     return any(p.is_file() for child in path.iterdir() if child.is_dir() for p in child.rglob("*"))
 
 
-def _batch_current(settings: Settings, engine: Engine, champion: Champion, path: Path) -> Current:
-    """A labelled tree, ingested (stored once, features computed once and kept in the store)."""
-    from conveyor.data.ingest import ingest
+def _batch_current(
+    settings: Settings, engine: Engine, champion: Champion, path: Path, ingested: IngestSummary | None
+) -> Current:
+    """A labelled tree, ingested (stored once, features computed once and kept in the store): by the pipeline's own
+    tasks when it passes their result, else here."""
     from conveyor.data.privacy import path_names
     from conveyor.data.sources import open_source
     from conveyor.features.store import compute_features
     from conveyor.store.models import IngestFile
 
-    summary = ingest(path, settings)
+    summary = ingested
+    if summary is None:
+        summary = ingest(path, settings)
+    key = summary.source_key
     stored_as = path_names(settings)
-    source = open_source(path)
+    source = open_source(path)  # a listing, not a read: the report names the files by their real paths
     try:
-        key = stored_as.stored(source.key)
-        real_path = {stored_as.stored(f.relpath): f.relpath for f in source.files}  # the report names the files
+        real_path = {stored_as.stored(f.relpath): f.relpath for f in source.files}
     finally:
         source.close()
     with session_scope(engine) as session:
@@ -102,7 +107,8 @@ def _batch_current(settings: Settings, engine: Engine, champion: Champion, path:
     features = None
     images = None
     if extractors:
-        compute_features(settings)  # only the new images lack features
+        if ingested is None:
+            compute_features(settings)  # only the new images lack features
         stored, missing = read_features(settings, champion, extractors, shas)
         if missing:  # the workspace's configured tables differ from the champion's: compute with its pipeline
             raws = raw_paths(settings, missing)
@@ -490,12 +496,19 @@ def _log_summary_artifact(settings: Settings, summary: dict[str, Any]) -> None:
     )
 
 
-def monitor_batch(path: Path, settings: Settings, *, on_stage: Callable[[str], None] | None = None) -> dict[str, Any]:
+def monitor_batch(
+    path: Path,
+    settings: Settings,
+    *,
+    ingested: IngestSummary | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Monitor a batch of new images at ``path`` against the champion's training data.
 
     A folder of class folders (``<label>/``; or a zip) is labelled: it is ingested as by ``conveyor ingest`` (stored
     once, its features computed once and kept, so it joins the next training run), and the champion is scored on it
-    against both dummies. A flat folder is unlabelled: its files are read and scored directly with the champion's
+    against both dummies. ``ingested``: the result of the ingest (and features) a pipeline already ran on ``path``;
+    neither runs again. A flat folder is unlabelled: its files are read and scored directly with the champion's
     pipeline, not ingested (ingest would quarantine them as ``no_label``); drift, prediction drift and OOD still run.
 
     Returns:
@@ -514,7 +527,7 @@ def monitor_batch(path: Path, settings: Settings, *, on_stage: Callable[[str], N
     if on_stage is not None:
         on_stage("reading the batch")
     if _is_labelled_tree(path):
-        current = _batch_current(settings, settings_engine, champion, path)
+        current = _batch_current(settings, settings_engine, champion, path, ingested)
     else:
         current = _flat_current(settings, champion, path)
     if on_stage is not None:

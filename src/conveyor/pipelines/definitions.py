@@ -2,9 +2,10 @@
 
 1. ``ingest``: take a folder in (validate, store, split), then compute every extractor's missing features.
 2. ``train``: make sure the features are complete, then train, compare and register (gate included).
-3. ``monitor``: take a new batch in, monitor it against the champion (the batch's ingest inside the monitor finds
-   it already stored), when the retrain policy says so (or there is no champion yet) train on all data, and when
-   that registers a challenger, start its rollout (``serving.rollout.on_new_challenger``: canary by default).
+3. ``monitor``: take a new batch in, monitor what was taken in against the champion (the ingest and features
+   tasks' results passed on: neither runs twice), when the retrain policy says so (or there is no champion yet)
+   train on all data, and when that registers a challenger, start its rollout (``serving.rollout.on_new_challenger``:
+   canary by default).
 
 Each task returns a JSON-ready summary, so a run's state on disk says what every step did.
 """
@@ -60,13 +61,15 @@ def train_task(settings: Settings, params: Mapping[str, Any], up: Outputs) -> di
     return {key: result[key] for key in keep}
 
 
-def monitor_task(settings: Settings, params: Mapping[str, Any], _up: Outputs) -> dict[str, Any]:
+def monitor_task(settings: Settings, params: Mapping[str, Any], up: Outputs) -> dict[str, Any]:
+    """Monitor what the ingest task took in (its features computed by the features task): neither runs again."""
+    from conveyor.data.ingest import IngestSummary
     from conveyor.monitoring.monitor import monitor_batch
     from conveyor.tracking.registry import CHAMPION, current_version
 
     if current_version(settings, CHAMPION) is None:  # nothing to monitor against: the first model is due
         return {"skipped": "no champion yet", "retrain": {"retrain": True, "reasons": ["no champion yet"]}}
-    summary = monitor_batch(_path(params), settings)
+    summary = monitor_batch(_path(params), settings, ingested=IngestSummary.from_dict(up["ingest"]))
     keep = ("id", "drift_share", "drifted_columns", "performance", "ood_share", "alerts", "retrain", "report")
     return {key: summary[key] for key in keep if key in summary}
 
@@ -115,7 +118,7 @@ PIPELINES: dict[str, Pipeline] = {
             (
                 Task("ingest", ingest_task),
                 Task("features", features_task, ("ingest",)),
-                Task("monitor", monitor_task, ("features",)),
+                Task("monitor", monitor_task, ("ingest", "features")),
                 Task("train", train_task, ("monitor",), when=_retrain_wanted),
                 Task("rollout", rollout_task, ("train",), when=_new_challenger),
             ),
