@@ -24,13 +24,8 @@ def small_settings(home: Path) -> Settings:
 
 
 def with_monitoring(settings: Settings, **values: Any) -> Settings:
-    """``settings`` with ``monitoring`` set, whether or not ``Settings`` declares the field yet."""
-    ms = MonitoringSettings.model_validate(values)
-    if "monitoring" in type(settings).model_fields:
-        return settings.model_copy(update={"monitoring": ms})
-    copy = settings.model_copy()
-    object.__setattr__(copy, "monitoring", ms)
-    return copy
+    """``settings`` with these ``monitoring`` settings."""
+    return settings.model_copy(update={"monitoring": MonitoringSettings.model_validate(values)})
 
 
 @pytest.fixture(scope="session")

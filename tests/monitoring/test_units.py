@@ -16,7 +16,7 @@ from conveyor.monitoring.alerts import Alert, evaluate_rules, post_webhook
 from conveyor.monitoring.drift import column_drift, drift_table
 from conveyor.monitoring.ood import OODDetector
 from conveyor.monitoring.policy import decide_retrain
-from conveyor.monitoring.settings import AlertRules, MonitoringSettings, RetrainPolicy, monitoring_settings
+from conveyor.monitoring.settings import AlertRules, MonitoringSettings, RetrainPolicy
 
 
 def frames(n_ref: int, n_cur: int, shift: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -153,9 +153,5 @@ def test_a_dead_webhook_is_reported_not_raised() -> None:
     assert result["sent"] is False and "error" in result
 
 
-def test_monitoring_settings_default_when_settings_lack_them() -> None:
-    class Bare:
-        pass
-
-    assert monitoring_settings(Bare()) == MonitoringSettings()
+def test_monitoring_settings_defaults() -> None:
     assert MonitoringSettings().alerts.drift_share == 0.5

@@ -44,7 +44,7 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def with_serving(settings: Settings, **serving: Any) -> Settings:
-    """``settings`` with a serving section (works before and after Settings declares the field)."""
+    """``settings`` with these serving settings (tokens of the tests by default)."""
     defaults: dict[str, Any] = {"admin_token": TOKEN, "reload_interval_s": 0, "feedback_tokens": FEEDBACK_TOKENS}
     return settings.model_copy(update={"serving": ServingSettings(**{**defaults, **serving})})
 

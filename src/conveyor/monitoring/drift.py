@@ -223,8 +223,3 @@ def drift_report_html(
         if str(metric.get("metric_name", "")).startswith("DriftedColumnsCount"):
             share = float(metric["value"]["share"])
     return {"columns": names, "reference_rows": len(ref), "sampled": sampled, "evidently_drift_share": share}
-
-
-def as_frame(values: np.ndarray, columns: Sequence[str], index: Sequence[str] | None = None) -> pd.DataFrame:
-    """A float frame of a feature matrix (a small helper shared by the monitoring inputs)."""
-    return pd.DataFrame(np.asarray(values, dtype=np.float64), columns=list(columns), index=index)

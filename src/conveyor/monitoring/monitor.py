@@ -51,14 +51,12 @@ from conveyor.monitoring.inputs import (
 from conveyor.monitoring.ood import OODDetector
 from conveyor.monitoring.performance import compare_with_dummies
 from conveyor.monitoring.policy import decide_retrain
-from conveyor.monitoring.settings import monitoring_settings
 from conveyor.store.db import session_scope
 from conveyor.store.models import MonitoringRun
 from conveyor.workspace import atomic_write, open_workspace
 
 __all__ = ["HistoryRow", "analyse", "monitor_batch", "monitoring_history", "new_labelled_count"]
 
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".gif", ".webp"}
 _OOD_LISTED = 50
 
 
@@ -194,7 +192,7 @@ class _Analysis:
 
 
 def _analyse(settings: Settings, champion: Champion, reference: Reference, current: Current) -> _Analysis:
-    ms = monitoring_settings(settings)
+    ms = settings.monitoring
     kinds: dict[str, Any] = {}
     groups: dict[str, str] = {}
     ref_parts, cur_parts = [], []
@@ -357,7 +355,7 @@ def analyse(settings: Settings, current: Current, *, champion: Champion | None =
 
     This is the shared back half of :func:`monitor_batch` and :func:`conveyor.monitoring.predictions.monitor_log`.
     """
-    ms = monitoring_settings(settings)
+    ms = settings.monitoring
     engine = open_workspace(settings)
     champion = champion or load_champion(settings)
     reference = load_reference(settings, engine, champion)

@@ -1,16 +1,13 @@
 """What monitoring watches for, when it alerts, and when it asks for a retrain.
 
-``conveyor.config.Settings`` carries these as ``monitoring``; code reads them with :func:`monitoring_settings`, which
-also works while that field is not there yet.
+``conveyor.config.Settings`` carries these as ``monitoring``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, Field
 
-__all__ = ["AlertRules", "MonitoringSettings", "RetrainPolicy", "monitoring_settings"]
+__all__ = ["AlertRules", "MonitoringSettings", "RetrainPolicy"]
 
 
 class AlertRules(BaseModel):
@@ -65,9 +62,3 @@ class MonitoringSettings(BaseModel):
     )
     bootstrap: int = Field(200, ge=0, description="Bootstrap resamples of the 95% intervals of the batch's metrics.")
     seed: int = 0
-
-
-def monitoring_settings(settings: Any) -> MonitoringSettings:
-    """``settings.monitoring``, or the defaults while ``Settings`` has no such field."""
-    value = getattr(settings, "monitoring", None)
-    return value if isinstance(value, MonitoringSettings) else MonitoringSettings()

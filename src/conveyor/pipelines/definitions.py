@@ -81,7 +81,7 @@ def rollout_task(settings: Settings, _params: Mapping[str, Any], up: Outputs) ->
     from conveyor.tracking.registry import actor
     from conveyor.workspace import open_workspace
 
-    mode = rollout.serving_settings(settings).rollout.on_new_challenger
+    mode = settings.serving.rollout.on_new_challenger
     if mode == "none":
         return {"skipped": "serving.rollout.on_new_challenger is none"}
     engine = open_workspace(settings)

@@ -59,10 +59,7 @@ def demo_settings(settings: Settings) -> Settings:
 
 
 def _file(settings: Settings, batch: StoryBatch, index: int) -> int:
-    from conveyor.monitoring.settings import MonitoringSettings
-
-    monitoring = getattr(settings, "monitoring", MonitoringSettings())
-    n = batch.n_per_class or max(1, (monitoring.retrain.min_new_labelled + 1) // 2)
+    n = batch.n_per_class or max(1, (settings.monitoring.retrain.min_new_labelled + 1) // 2)
     spec = SyntheticSpec(n_per_class=n, seed=batch.seed, drift=batch.drift)  # type: ignore[arg-type]
     paths = generate_dataset(settings.incoming_dir, spec, prefix=f"batch{index}")
     old = time.time() - 3600  # filed long ago: no quiet period to wait for

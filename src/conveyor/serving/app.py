@@ -25,7 +25,6 @@ from conveyor.errors import ConfigError, ConveyorError, InvalidImageError, NotFo
 from conveyor.serving.errors import HTTP_REASONS, status_for
 from conveyor.serving.metrics import Metrics, MetricsMiddleware
 from conveyor.serving.ratelimit import RateLimiter
-from conveyor.serving.rollout import serving_settings
 from conveyor.serving.scoring import ScorerUnavailable
 from conveyor.serving.service import ModelUnavailable, PredictionService
 
@@ -60,7 +59,7 @@ def weak_token_reason(token: str) -> str | None:
 def check_startable(settings: Settings) -> None:
     """Raises ConfigError when the server must not start: production mode without a strong admin token, or with a
     weak feedback token."""
-    cfg = serving_settings(settings)
+    cfg = settings.serving
     if not cfg.production:
         return
     if not cfg.admin_token:
@@ -90,7 +89,7 @@ def create_app(settings: Settings, scoring_processes: int = 1) -> FastAPI:
     from conveyor.workspace import open_workspace
 
     check_startable(settings)
-    cfg = serving_settings(settings)
+    cfg = settings.serving
     engine = open_workspace(settings)
     metrics = Metrics()
     service = PredictionService(

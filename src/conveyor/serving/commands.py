@@ -80,7 +80,7 @@ def rollout_status(as_json: JsonOption = False) -> None:
         state = rollout.active_rollout(engine) or rollout.latest_rollout(engine)
         decision = None
         if state is not None and state.status == "active":
-            decision = rollout.judge(*rollout.stage_stats(engine, state), rollout.serving_settings(settings))
+            decision = rollout.judge(*rollout.stage_stats(engine, state), settings.serving)
     payload = {"rollout": None if state is None else state.to_dict(), "decision": decision and decision.to_dict()}
     text = _describe(state) + ("" if decision is None else f"\npolicy: {decision.action}: {decision.reason}")
     _emit(payload, as_json, text)
@@ -168,12 +168,11 @@ def serve(
     import uvicorn
 
     from conveyor.serving.app import create_app
-    from conveyor.serving.rollout import serving_settings
     from conveyor.serving.scoring import freeze_heap
     from conveyor.workspace import available_cores
 
     settings = _settings()
-    cfg = serving_settings(settings)
+    cfg = settings.serving
     processes = workers or cfg.workers or available_cores()
     host, port = host or cfg.host, port if port is not None else cfg.port
     with _errors(False):

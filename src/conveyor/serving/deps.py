@@ -16,7 +16,6 @@ from sqlalchemy import Engine
 from conveyor.config import Settings
 from conveyor.errors import InvalidImageError
 from conveyor.serving.metrics import Metrics
-from conveyor.serving.rollout import serving_settings
 from conveyor.serving.service import PredictionService
 from conveyor.serving.settings import ServingSettings
 
@@ -43,7 +42,7 @@ async def get_settings_dep(request: Request) -> Settings:
 
 
 async def get_serving(request: Request) -> ServingSettings:
-    return serving_settings(request.app.state.settings)
+    return request.app.state.settings.serving
 
 
 async def get_engine_dep(request: Request) -> Engine:

@@ -51,20 +51,11 @@ __all__ = [
     "judge",
     "promote",
     "rollback",
-    "serving_settings",
     "stage_stats",
     "start",
 ]
 
-Mode = Literal["shadow", "canary", "ab"]
 MODES: tuple[str, ...] = ("shadow", "canary", "ab")
-SUBJECT_PREFIX = "rollout"
-
-
-def serving_settings(settings: Settings) -> ServingSettings:
-    """The serving section of the settings (defaults until ``Settings`` has one)."""
-    value = getattr(settings, "serving", None)
-    return value if isinstance(value, ServingSettings) else ServingSettings()
 
 
 @dataclass(frozen=True)
@@ -220,7 +211,7 @@ def start(settings: Settings, engine: Engine, mode: str, who: str) -> RolloutSta
             f"model {settings.model_name!r} needs a champion and a challenger to roll out "
             f"(champion: {champion}, challenger: {challenger})"
         )
-    cfg = serving_settings(settings)
+    cfg = settings.serving
     with session_scope(engine) as session:
         row = Rollout(
             mode=mode,
@@ -364,7 +355,7 @@ def advance(settings: Settings, engine: Engine, who: str, *, force: bool = False
     """
 
     state = _require_active(engine)
-    cfg = serving_settings(settings)
+    cfg = settings.serving
     sources = feedback_sources(engine, state)
     decision = replace(judge(*stage_stats(engine, state), cfg), sources=sources)
     need = cfg.rollout.min_feedback_sources

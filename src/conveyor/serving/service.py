@@ -32,7 +32,7 @@ from conveyor.config import Settings
 from conveyor.data.decode import DecodeLimits
 from conveyor.errors import InvalidImageError
 from conveyor.serving.models import ServedModel, load_version
-from conveyor.serving.rollout import RolloutStatus, active_rollout, choose_arm, serving_settings
+from conveyor.serving.rollout import RolloutStatus, active_rollout, choose_arm
 from conveyor.serving.scoring import Inspected, ModelFailed, ProcessScorer, ThreadScorer
 
 __all__ = ["ModelUnavailable", "Outcome", "PredictionLog", "PredictionService"]
@@ -128,7 +128,7 @@ class PredictionService:
     ) -> None:
         self.settings = settings
         self.engine = engine
-        cfg = serving_settings(settings)
+        cfg = settings.serving
         self.limits = DecodeLimits(min_side=settings.ingest.min_side, max_pixels=cfg.max_pixels)
         self.champion: ServedModel | None = None
         self.challenger: ServedModel | None = None
