@@ -77,18 +77,30 @@ def open_workspace(settings: Settings) -> Engine:
 PRIVATE = 0o600
 
 
+@contextmanager
+def atomic_path(path: Path, *, make_parent: bool = True) -> Iterator[Path]:
+    """A temporary path beside ``path`` (``.<name>.<pid>.tmp``) to write to; renamed to ``path`` when the block ends,
+    removed if it raises. A reader, or a crash, sees either nothing or the whole file; a killed writer's leftover is
+    recognisable by its name."""
+    if make_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write(path: Path, data: bytes, *, make_parent: bool = True, mode: int = 0o666) -> None:
     """Write ``data`` to ``path`` so that a reader, or a crash, sees either nothing or all of it.
 
     ``mode`` is created with (the umask still applies): :data:`PRIVATE` for copies of patients' images.
     """
-    if make_parent:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+    with atomic_path(path, make_parent=make_parent) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
 
 
 _HELD: set[str] = set()  # workspaces whose lock this process holds

@@ -15,7 +15,6 @@ table takes the last row of each sha256, so a part written twice (a kill between
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -37,7 +36,14 @@ from conveyor.features.persistence import BUNDLE_KEYS, DIAGRAM_VERSION, DiagramB
 from conveyor.features.pipeline import FeaturePipeline
 from conveyor.store.db import session_scope
 from conveyor.store.models import Image
-from conveyor.workspace import available_cores, die_with_parent, open_workspace, workspace_lock
+from conveyor.workspace import (
+    atomic_path,
+    atomic_write,
+    available_cores,
+    die_with_parent,
+    open_workspace,
+    workspace_lock,
+)
 
 __all__ = ["FeatureSummary", "FeatureTable", "compute_features", "configured_extractors", "load_matrix", "read_table"]
 
@@ -133,13 +139,14 @@ def _stored_shas(path: Path) -> set[str]:
     return {sha for p in parts for sha in pq.read_table(p, columns=["sha256"]).column("sha256").to_pylist()}
 
 
+def _part_name() -> str:
+    return f"part-{pd.Timestamp.now('UTC').strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
+
+
 def _write_part(path: Path, frame: pa.Table) -> None:
     """Write one part atomically (temporary name, then rename)."""
-    path.mkdir(parents=True, exist_ok=True)
-    name = f"part-{pd.Timestamp.now('UTC').strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
-    tmp = path / f".{name}.tmp"
-    pq.write_table(frame, tmp, compression="zstd")
-    os.replace(tmp, path / name)
+    with atomic_path(path / _part_name()) as tmp:
+        pq.write_table(frame, tmp, compression="zstd")
 
 
 def _compact(path: Path) -> None:
@@ -152,12 +159,9 @@ def _compact(path: Path) -> None:
     if len(parts) < _COMPACT_AFTER:
         return
     schema = pq.read_schema(parts[0])
-    name = f"part-{pd.Timestamp.now('UTC').strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
-    tmp = path / f".{name}.tmp"
-    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+    with atomic_path(path / _part_name()) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         for part in parts:
             writer.write_table(pq.read_table(part, schema=schema))
-    os.replace(tmp, path / name)
     for part in parts:
         part.unlink()
 
@@ -176,9 +180,7 @@ def _write_table_info(table: FeatureTable, extractor: Any, columns: list[str], p
         "key": "sha256 of the image's bytes",
         "columns": columns,
     }
-    tmp = info.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, info)
+    atomic_write(info, json.dumps(payload, indent=2).encode())
 
 
 def _bundles_table(shas: list[str], bundles: list[DiagramBundle]) -> pa.Table:

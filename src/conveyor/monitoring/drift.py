@@ -13,7 +13,6 @@ per column.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from conveyor.errors import ConveyorError
+from conveyor.workspace import atomic_path
 
 __all__ = ["ColumnDrift", "DriftResult", "column_drift", "drift_report_html", "drift_table"]
 
@@ -214,10 +214,8 @@ def drift_report_html(
         current_data=Dataset.from_pandas(cur.reset_index(drop=True), data_definition=definition),
         reference_data=Dataset.from_pandas(ref.reset_index(drop=True), data_definition=definition),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    snapshot.save_html(str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        snapshot.save_html(str(tmp))
     share = None
     for metric in snapshot.dict()["metrics"]:
         if str(metric.get("metric_name", "")).startswith("DriftedColumnsCount"):

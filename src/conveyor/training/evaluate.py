@@ -24,13 +24,14 @@ so an interval is always an interval of exactly the reported statistic.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
+
+from conveyor.workspace import atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -440,13 +441,8 @@ def _figure(width: float, height: float) -> Figure:
 def _save(figure: Figure, path: Path) -> Path:
     """Write ``figure`` as PNG to ``path`` atomically (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
+    with atomic_path(path) as partial:
         figure.savefig(partial, format="png", dpi=100)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
     return path
 
 
