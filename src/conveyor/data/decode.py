@@ -10,12 +10,15 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from conveyor.errors import InvalidImageError
+
+if TYPE_CHECKING:
+    from conveyor.config import Settings
 
 __all__ = ["FORMATS", "REASONS", "DecodeLimits", "DecodedImage", "decode_image", "sniff_format"]
 
@@ -58,6 +61,11 @@ class DecodeLimits:
 
     min_side: int = 32
     max_pixels: int = 100_000_000
+
+    @classmethod
+    def of(cls, settings: Settings) -> DecodeLimits:
+        """The limits ``ingest.*`` sets (ingest's, and monitoring's reads of new images)."""
+        return cls(min_side=settings.ingest.min_side, max_pixels=settings.ingest.max_pixels)
 
 
 @dataclass(frozen=True)

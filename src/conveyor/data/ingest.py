@@ -213,7 +213,7 @@ def _ingest_source(
     names = path_names(settings)
     source_key = names.stored(source.key)
     summary = IngestSummary(source=display, source_key=source_key, missing_from_csv=source.missing)
-    limits = _limits(settings)
+    limits = DecodeLimits.of(settings)
     with session_scope(engine) as session:
         decided = {
             (row.relpath, row.sha256): Outcome(row.outcome, row.reason, row.detail, row.label, row.quarantine_path)
@@ -666,10 +666,6 @@ def _write_raw(target: Path, data: bytes) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         _MADE_FOLDERS.add(target.parent)
     atomic_write(target, data, make_parent=False, mode=PRIVATE)
-
-
-def _limits(settings: Settings) -> DecodeLimits:
-    return DecodeLimits(min_side=settings.ingest.min_side, max_pixels=settings.ingest.max_pixels)
 
 
 def _quarantine(

@@ -144,7 +144,7 @@ def _flat_current(settings: Settings, champion: Champion, path: Path) -> Current
     """
     from conveyor.data.decode import DecodeLimits
 
-    limits = DecodeLimits(min_side=settings.ingest.min_side, max_pixels=settings.ingest.max_pixels)
+    limits = DecodeLimits.of(settings)
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     names: list[str] = []
     inspections: list[Any] = []

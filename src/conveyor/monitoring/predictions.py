@@ -139,7 +139,7 @@ def monitor_log(
     names = [r.id for r in records]
     labels = [r.feedback for r in records]
     features = stats = None
-    limits = DecodeLimits(min_side=settings.ingest.min_side, max_pixels=settings.ingest.max_pixels)
+    limits = DecodeLimits.of(settings)
     inspections, images, kept = [], [], []
     for index, r in enumerate(records):
         if r.path is None:
