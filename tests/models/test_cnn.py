@@ -25,10 +25,10 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from conveyor.models.cnn import (
     ARCHITECTURES,
     CNNClassifier,
-    _expected_calibration_error,
     _f1,
     _fit_temperature,
 )
+from conveyor.models.ece import top_label_ece
 
 HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_f1", "seconds"}
 
@@ -241,7 +241,7 @@ def test_a_small_perfectly_separated_fold_does_not_drive_the_temperature_to_zero
     ],
 )
 def test_expected_calibration_error(proba: list, codes: list, expected: float) -> None:
-    assert _expected_calibration_error(np.array(proba), np.array(codes)) == pytest.approx(expected)
+    assert top_label_ece(np.array(proba), np.array(codes)) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torch.nn import functional as F
 
+from conveyor.models.ece import top_label_ece
 from conveyor.workspace import available_cores
 
 __all__ = ["ARCHITECTURES", "CNNClassifier"]
@@ -50,7 +51,6 @@ ARCHITECTURES: tuple[str, ...] = ("small", "densenet", "resnet")
 # The smallest image side each network accepts: its total downsampling (stride-2 stem and pools; ResNet has 5 halvings).
 _MIN_SIZE = {"small": 16, "densenet": 16, "resnet": 32}
 Images = Any  # an (N, H, W[, C]) float ndarray, a memmap, or a lazy array such as ImageRows (see _check_images)
-_ECE_BINS = 10
 _CHECK_CHUNK = 256  # images read at a time to check the value range
 _BN_STATS_IMAGES = 512  # training images whose activations set BatchNorm's statistics after each epoch
 _TEMPERATURE_BOUNDS = (0.05, 20.0)
@@ -484,8 +484,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.best_epoch_ = best_epoch
         self.stop_reason_ = stop_reason
         self.temperature_ = temperature
-        self.val_ece_before_ = _expected_calibration_error(_softmax(val_logits, 1.0), val_codes)
-        self.val_ece_after_ = _expected_calibration_error(_softmax(val_logits, temperature), val_codes)
+        self.val_ece_before_ = top_label_ece(_softmax(val_logits, 1.0), val_codes)
+        self.val_ece_after_ = top_label_ece(_softmax(val_logits, temperature), val_codes)
         return self
 
     def _check_params(self) -> None:
@@ -771,17 +771,3 @@ def _fit_temperature(logits: np.ndarray, codes: np.ndarray, prior_sd: float = _L
     if not math.isfinite(temperature):
         return 1.0
     return float(np.clip(temperature, *_TEMPERATURE_BOUNDS))
-
-
-def _expected_calibration_error(proba: np.ndarray, codes: np.ndarray, n_bins: int = _ECE_BINS) -> float:
-    """Top-label ECE: over equal-width confidence bins, the sample-weighted mean |accuracy - confidence|."""
-    confidence = proba.max(axis=1)
-    correct = (proba.argmax(axis=1) == codes).astype(np.float64)
-    # Bin b holds confidences in (b/n, (b+1)/n]; confidence 0 cannot happen (>= 1/n_classes).
-    bins = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
-    error = 0.0
-    for b in range(n_bins):
-        in_bin = bins == b
-        if in_bin.any():
-            error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(error)

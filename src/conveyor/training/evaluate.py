@@ -302,18 +302,14 @@ def _percentile_interval(values: np.ndarray) -> Interval | None:
     return Interval(float(low), float(high))
 
 
-def _ece(t: np.ndarray, proba: np.ndarray, n_bins: int) -> float:
-    confidence = proba.max(axis=1)
-    correct = (proba.argmax(axis=1) == t).astype(np.float64)
-    # Bin i holds confidences in (i/n_bins, (i+1)/n_bins]; 0 goes to the first bin.
-    bins = np.clip(np.ceil(confidence * n_bins).astype(np.intp) - 1, 0, n_bins - 1)
-    confidence_sum = np.bincount(bins, weights=confidence, minlength=n_bins)
-    correct_sum = np.bincount(bins, weights=correct, minlength=n_bins)
-    # sum over bins of (n_b / n) * |accuracy_b - confidence_b|
-    return float(np.abs(correct_sum - confidence_sum).sum() / len(t))
-
-
 # ------------------------------------------------------------------------------------------------------ public API
+
+
+def expected_calibration_error_codes(proba: np.ndarray, codes: np.ndarray, n_bins: int = 10) -> float:
+    """:func:`expected_calibration_error` of class indices (see :func:`conveyor.models.ece.top_label_ece`)."""
+    from conveyor.models.ece import top_label_ece  # the models package imports scikit-learn: only when used
+
+    return top_label_ece(proba, codes, n_bins)
 
 
 def expected_calibration_error(y_true: Labels, proba: np.ndarray, classes: Labels, n_bins: int = 10) -> float:
@@ -341,7 +337,7 @@ def expected_calibration_error(y_true: Labels, proba: np.ndarray, classes: Label
     t = _encode(y_true, names, "y_true")
     if len(t) == 0:
         raise ValueError("y_true: empty, nothing to evaluate")
-    return _ece(t, _check_proba(proba, len(t), len(names)), n_bins)
+    return expected_calibration_error_codes(_check_proba(proba, len(t), len(names)), t, n_bins)
 
 
 def evaluate(
@@ -421,7 +417,7 @@ def evaluate(
         recall=point["recall"],
         roc_auc=point.get("roc_auc"),
         intervals=intervals,
-        ece=None if scores is None else _ece(t, scores, 10),
+        ece=None if scores is None else expected_calibration_error_codes(scores, t),
         n=n,
     )
 
