@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,9 @@ from conveyor.config import PreprocessSettings, Settings
 from conveyor.errors import ConveyorError, InvalidImageError, NotFoundError
 from conveyor.store.db import session_scope
 from conveyor.store.models import Image
+
+if TYPE_CHECKING:
+    from conveyor.tracking.pyfunc import ModelSpec
 
 __all__ = [
     "IMAGE_STAT_KINDS",
@@ -53,12 +56,12 @@ class Champion:
 
     version: int
     model: Any
-    spec: dict[str, Any]
+    spec: ModelSpec
     test_f1: float | None
 
     @property
     def classes(self) -> list[str]:
-        return list(self.spec["classes"])
+        return list(self.spec.classes)
 
 
 @dataclass
@@ -115,14 +118,14 @@ def load_champion(settings: Settings) -> Champion:
         if record.action == f"set_{CHAMPION}" and record.details.get("version") == version:
             metrics = record.details.get("metrics") or {}
             test_f1 = metrics.get("test_f1", test_f1)
-    return Champion(version, model, dict(model.spec), None if test_f1 is None else float(test_f1))
+    return Champion(version, model, model.spec, None if test_f1 is None else float(test_f1))
 
 
 def monitored_extractors(settings: Settings, champion: Champion) -> list[tuple[str, dict[str, Any]]]:
     """The feature tables drift and OOD look at: the champion's own extractors; for a model on pixels, the intensity
     features if the workspace computes them (else none: image statistics only)."""
-    if champion.spec.get("input_kind") == "features" and champion.spec.get("extractors"):
-        return [(name, dict(params)) for name, params in champion.spec["extractors"]]
+    if champion.spec.input_kind == "features" and champion.spec.extractors:
+        return [(name, dict(params)) for name, params in champion.spec.extractors]
     if "intensity" in settings.features.extractors:
         return [("intensity", dict(settings.features.params.get("intensity", {})))]
     return []
@@ -143,7 +146,7 @@ def read_features(
     from conveyor.features.extractors import make_extractor
     from conveyor.features.store import read_table, table_for
 
-    local = settings.model_copy(update={"preprocess": PreprocessSettings(**champion.spec["preprocess"])})
+    local = settings.model_copy(update={"preprocess": PreprocessSettings(**champion.spec.preprocess)})
     wanted = pd.Index(shas)
     frames = []
     for name, params in extractors:
@@ -165,7 +168,7 @@ def compute_features_of(
     """Features of preprocessed images, computed with the same pipeline the store runs (not stored)."""
     from conveyor.features.pipeline import FeaturePipeline
 
-    pipeline = FeaturePipeline(PreprocessSettings(**champion.spec["preprocess"]), list(extractors))
+    pipeline = FeaturePipeline(PreprocessSettings(**champion.spec.preprocess), list(extractors))
     parts = pipeline.transform(pipeline.prepare(list(images)))
     if not parts:
         return pd.DataFrame(index=range(len(images)))
@@ -230,7 +233,7 @@ def load_reference(settings: Settings, engine: Engine, champion: Champion) -> Re
     """
     from conveyor.data.versions import dataset_members
 
-    version = str(champion.spec["dataset_version"])
+    version = champion.spec.dataset_version
     members = [(sha, label) for sha, label, split in dataset_members(engine, version) if split == "train"]
     if not members:
         raise NotFoundError(f"dataset version {version} (the champion's training data) has no train split")
@@ -245,7 +248,7 @@ def load_reference(settings: Settings, engine: Engine, champion: Champion) -> Re
                 f"{len(missing)} of the champion's {len(shas)} training images have no stored features for "
                 f"{[n for n, _ in extractors]}: run `conveyor features`"
             )
-        if champion.spec.get("input_kind") == "features":
+        if champion.spec.input_kind == "features":
             proba = np.asarray(champion.model.classifier.predict_proba(features.to_numpy()), dtype=np.float64)
     return Reference(version, shas, [label for _, label in members], features, image_stats_from_db(engine, shas), proba)
 
@@ -268,7 +271,7 @@ def read_image_file(champion: Champion, path: Path, limits: Any) -> tuple[Any, n
 def predict(champion: Champion, features: pd.DataFrame | None, images: Sequence[np.ndarray] | None) -> np.ndarray:
     """The champion's probabilities: from stored features for a feature model (the same numbers its pipeline
     computes), from preprocessed images otherwise."""
-    if champion.spec.get("input_kind") == "features":
+    if champion.spec.input_kind == "features":
         if features is None:
             raise ConveyorError("a feature model needs the features of the current images")
         return np.asarray(champion.model.classifier.predict_proba(features.to_numpy()), dtype=np.float64)

@@ -116,7 +116,7 @@ def _batch_current(
             computed.index = pd.Index(missing)
             stored = pd.concat([stored, computed])
         features = stored.reindex(shas).reset_index(drop=True)
-    if champion.spec.get("input_kind") != "features":
+    if champion.spec.input_kind != "features":
         raws = raw_paths(settings, shas)
         images = [champion.model.pipeline.image(raws[s].read_bytes()) for s in shas]
     proba = predict(champion, features, images)
@@ -232,7 +232,7 @@ def _analyse(settings: Settings, champion: Champion, reference: Reference, curre
     performance = None
     labelled = current.labelled
     if labelled:
-        positive = champion.spec.get("positive")
+        positive = champion.spec.positive
         performance = compare_with_dummies(
             reference.labels,
             [str(current.labels[i]) for i in labelled],

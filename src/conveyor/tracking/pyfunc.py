@@ -14,8 +14,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -28,9 +29,37 @@ except ImportError:  # pragma: no cover
 __all__ = ["ConveyorModel", "ModelSpec", "decode_inputs"]
 
 
-class ModelSpec(dict[str, Any]):
-    """The JSON document stored beside the classifier: ``input_kind``, ``preprocess``, ``extractors``, ``classes``,
-    ``positive``, ``family``, ``extractor``, ``dataset_version``."""
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a registered model is, stored as ``spec.json`` beside its classifier: what it takes (``input_kind``: feature
+    vectors or pixels), how an image becomes its input (``preprocess`` settings, ``extractors`` with their
+    parameters), what it answers (``classes``; ``positive`` for two), and where it came from (``family``,
+    ``extractor``, ``dataset_version``)."""
+
+    input_kind: Literal["features", "image"]
+    preprocess: dict[str, Any]
+    extractors: list[tuple[str, dict[str, Any]]]
+    classes: list[str]
+    positive: str | None
+    family: str
+    extractor: str
+    dataset_version: str
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "extractors": [list(e) for e in self.extractors]}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        """The spec of ``spec.json``.
+
+        Raises:
+            ValueError: a field is missing or unknown.
+        """
+        data = json.loads(text)
+        names = {f.name for f in fields(cls)}
+        if set(data) != names:
+            raise ValueError(f"spec.json: fields {sorted(set(data) ^ names)} missing or unknown")
+        return cls(**{**data, "extractors": [(str(name), dict(params)) for name, params in data["extractors"]]})
 
 
 def decode_inputs(model_input: pd.DataFrame) -> list[bytes]:
@@ -69,17 +98,15 @@ class ConveyorModel(PythonModel):
         from conveyor.config import PreprocessSettings
         from conveyor.features.pipeline import FeaturePipeline
 
-        self.spec = ModelSpec(json.loads(Path(context.artifacts["spec"]).read_text()))
+        self.spec = ModelSpec.from_json(Path(context.artifacts["spec"]).read_text())
         self.classifier = joblib.load(context.artifacts["classifier"])
-        self.classes: list[str] = list(self.spec["classes"])
-        self.pipeline = FeaturePipeline(
-            PreprocessSettings(**self.spec["preprocess"]), [(n, p) for n, p in self.spec["extractors"]]
-        )
+        self.classes: list[str] = list(self.spec.classes)
+        self.pipeline = FeaturePipeline(PreprocessSettings(**self.spec.preprocess), list(self.spec.extractors))
 
     @property
     def takes_pixels(self) -> bool:
         """A network on the preprocessed pixels (colour kept when the settings keep it), not feature vectors."""
-        return bool(self.spec["input_kind"] == "image")
+        return self.spec.input_kind == "image"
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException

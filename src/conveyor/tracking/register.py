@@ -10,12 +10,15 @@ import json
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from conveyor.config import Settings
 from conveyor.errors import ConveyorError
+
+if TYPE_CHECKING:
+    from conveyor.tracking.pyfunc import ModelSpec
 
 __all__ = ["INFERENCE_PACKAGES", "PARAMS_TAG", "model_requirements", "params_key", "register_model"]
 
@@ -42,7 +45,7 @@ def model_requirements(input_kind: str) -> list[str]:
 def register_model(
     settings: Settings,
     estimator: Any,
-    spec: dict[str, Any],
+    spec: ModelSpec,
     details: dict[str, Any],
 ) -> tuple[int, str]:
     """Log the pyfunc model in the active run, register it, and alias it (champion if it is the first).
@@ -72,16 +75,16 @@ def register_model(
         classifier = Path(tmp) / "classifier.joblib"
         joblib.dump(estimator, classifier)
         spec_path = Path(tmp) / "spec.json"
-        spec_path.write_text(json.dumps(spec, indent=2))
+        spec_path.write_text(spec.to_json())
         example = pd.DataFrame({"image": [_example_image(settings)]})
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=ConveyorModel(),
             artifacts={"classifier": str(classifier), "spec": str(spec_path)},
             code_paths=[str(Path(conveyor.__file__).parent)],
-            signature=_signature(spec["classes"]),
+            signature=_signature(spec.classes),
             input_example=example,
-            pip_requirements=model_requirements(spec["input_kind"]),
+            pip_requirements=model_requirements(spec.input_kind),
             registered_model_name=settings.model_name,
             await_registration_for=60,
         )

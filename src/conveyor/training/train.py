@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,6 +35,9 @@ from conveyor.training.gate import GateDecision, judge_gate
 from conveyor.training.pixels import PixelStore
 from conveyor.training.search import SearchOutcome, choose_mode, search
 from conveyor.workspace import open_workspace
+
+if TYPE_CHECKING:
+    from conveyor.tracking.pyfunc import ModelSpec
 
 __all__ = ["CandidateResult", "TrainResult", "train"]
 
@@ -571,7 +574,7 @@ def _champion_metrics(settings: Settings, version: int, members: list[tuple[str,
 
 def _model_spec(
     settings: Settings, best: CandidateResult, classes: list[str], positive: str | None, vid: str
-) -> dict[str, Any]:
+) -> ModelSpec:
     extractors = configured_extractors(settings)
     if best.extractor == PIXELS:
         chosen: list[Any] = []
@@ -579,13 +582,15 @@ def _model_spec(
         chosen = extractors
     else:
         chosen = [e for e in extractors if e.name == best.extractor]
-    return {
-        "input_kind": "image" if best.extractor == PIXELS else "features",
-        "preprocess": settings.preprocess.model_dump(mode="json"),
-        "extractors": [[e.name, e.config()["params"]] for e in chosen],  # JSON-ready parameters
-        "classes": classes,
-        "positive": positive,
-        "family": best.family,
-        "extractor": best.extractor,
-        "dataset_version": vid,
-    }
+    from conveyor.tracking.pyfunc import ModelSpec
+
+    return ModelSpec(
+        input_kind="image" if best.extractor == PIXELS else "features",
+        preprocess=settings.preprocess.model_dump(mode="json"),
+        extractors=[(e.name, e.config()["params"]) for e in chosen],  # JSON-ready parameters
+        classes=classes,
+        positive=positive,
+        family=best.family,
+        extractor=best.extractor,
+        dataset_version=vid,
+    )

@@ -1,0 +1,36 @@
+"""The model spec: a typed contract between training, the registered model, serving and monitoring."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conveyor.tracking.pyfunc import ModelSpec
+
+SPEC = ModelSpec(
+    input_kind="features",
+    preprocess={"size": [64, 64], "grayscale": True},
+    extractors=[("intensity", {"bins": 32})],
+    classes=["no_tumour", "tumour"],
+    positive="tumour",
+    family="logreg",
+    extractor="intensity",
+    dataset_version="abc123",
+)
+
+
+def test_the_spec_survives_its_json() -> None:
+    assert ModelSpec.from_json(SPEC.to_json()) == SPEC
+
+
+def test_the_json_is_the_documented_document() -> None:
+    assert json.loads(SPEC.to_json())["extractors"] == [["intensity", {"bins": 32}]]
+
+
+def test_a_spec_with_a_missing_or_unknown_field_is_refused() -> None:
+    data = json.loads(SPEC.to_json())
+    del data["positive"]
+    data["colour"] = "red"
+    with pytest.raises(ValueError, match=r"fields \['colour', 'positive'\] missing or unknown"):
+        ModelSpec.from_json(json.dumps(data))
