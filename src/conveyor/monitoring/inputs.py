@@ -163,15 +163,16 @@ def read_features(
 
 
 def compute_features_of(
-    champion: Champion, extractors: Sequence[tuple[str, dict[str, Any]]], images: Sequence[np.ndarray]
+    champion: Champion, extractors: Sequence[tuple[str, dict[str, Any]]], blobs: Sequence[bytes]
 ) -> pd.DataFrame:
-    """Features of preprocessed images, computed with the same pipeline the store runs (not stored)."""
+    """Features of image files' bytes, computed with the champion's preprocessing and the same pipeline the store
+    runs (not stored)."""
     from conveyor.features.pipeline import FeaturePipeline
 
     pipeline = FeaturePipeline(PreprocessSettings(**champion.spec.preprocess), list(extractors))
-    parts = pipeline.transform(pipeline.prepare(list(images)))
+    parts = pipeline.transform(pipeline.prepare([pipeline.image(data) for data in blobs]))
     if not parts:
-        return pd.DataFrame(index=range(len(images)))
+        return pd.DataFrame(index=range(len(blobs)))
     columns = pipeline.columns()
     frames = [
         pd.DataFrame(parts[name], columns=_column_names(extractors, name, columns[name])) for name, _ in extractors
@@ -249,12 +250,12 @@ def load_reference(settings: Settings, engine: Engine, champion: Champion) -> Re
                 f"{[n for n, _ in extractors]}: run `conveyor features`"
             )
         if champion.spec.input_kind == "features":
-            proba = np.asarray(champion.model.classifier.predict_proba(features.to_numpy()), dtype=np.float64)
+            proba = champion.model.predict_features(features.to_numpy())
     return Reference(version, shas, [label for _, label in members], features, image_stats_from_db(engine, shas), proba)
 
 
-def read_image_file(champion: Champion, path: Path, limits: Any) -> tuple[Any, np.ndarray]:
-    """Inspect and preprocess one file with the champion's pipeline.
+def read_image_file(path: Path, limits: Any) -> tuple[Any, bytes]:
+    """Inspect one file: its facts (as ingest records them) and its bytes.
 
     Raises:
         InvalidImageError: not a usable image.
@@ -265,14 +266,14 @@ def read_image_file(champion: Champion, path: Path, limits: Any) -> tuple[Any, n
         data = path.read_bytes()
     except OSError as exc:
         raise InvalidImageError("unreadable", f"{path}: {exc}") from exc
-    return inspect_image(data, limits), champion.model.pipeline.image(data)
+    return inspect_image(data, limits), data
 
 
-def predict(champion: Champion, features: pd.DataFrame | None, images: Sequence[np.ndarray] | None) -> np.ndarray:
+def predict(champion: Champion, features: pd.DataFrame | None, blobs: Sequence[bytes] | None) -> np.ndarray:
     """The champion's probabilities: from stored features for a feature model (the same numbers its pipeline
-    computes), from preprocessed images otherwise."""
+    computes), from the image files' bytes otherwise."""
     if champion.spec.input_kind == "features":
         if features is None:
             raise ConveyorError("a feature model needs the features of the current images")
-        return np.asarray(champion.model.classifier.predict_proba(features.to_numpy()), dtype=np.float64)
-    return np.asarray(champion.model.predict_images(list(images or [])), dtype=np.float64)
+        return champion.model.predict_features(features.to_numpy())
+    return champion.model.predict_images([champion.model.image(data) for data in blobs or []])

@@ -103,23 +103,21 @@ def _batch_current(
     shas, labels = [r.sha256 for r in rows], [r.label for r in rows]
     extractors = monitored_extractors(settings, champion)
     features = None
-    images = None
+    blobs = None
     if extractors:
         if ingested is None:
             compute_features(settings)  # only the new images lack features
         stored, missing = read_features(settings, champion, extractors, shas)
         if missing:  # the workspace's configured tables differ from the champion's: compute with its pipeline
             raws = raw_paths(settings, missing)
-            computed = compute_features_of(
-                champion, extractors, [champion.model.pipeline.image(raws[s].read_bytes()) for s in missing]
-            )
+            computed = compute_features_of(champion, extractors, [raws[s].read_bytes() for s in missing])
             computed.index = pd.Index(missing)
             stored = pd.concat([stored, computed])
         features = stored.reindex(shas).reset_index(drop=True)
     if champion.spec.input_kind != "features":
         raws = raw_paths(settings, shas)
-        images = [champion.model.pipeline.image(raws[s].read_bytes()) for s in shas]
-    proba = predict(champion, features, images)
+        blobs = [raws[s].read_bytes() for s in shas]
+    proba = predict(champion, features, blobs)
     stats = image_stats_from_db(engine, shas).reset_index(drop=True)
     extra = {"ingest": {k: getattr(summary, k) for k in ("seen", "stored", "duplicates", "conflicts", "quarantined")}}
     return Current(
@@ -148,22 +146,22 @@ def _flat_current(settings: Settings, champion: Champion, path: Path) -> Current
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     names: list[str] = []
     inspections: list[Any] = []
-    images: list[np.ndarray] = []
+    blobs: list[bytes] = []
     skipped: list[dict[str, str]] = []
     for file in files:
         try:
-            inspection, image = read_image_file(champion, file, limits)
+            inspection, data = read_image_file(file, limits)
         except InvalidImageError as exc:
             skipped.append({"path": file.name, "reason": exc.reason, "detail": exc.detail})
             continue
         names.append(file.name)
         inspections.append(inspection)
-        images.append(image)
+        blobs.append(data)
     if not names:
         raise SourceError(f"{path}: no usable image among {len(files)} files")
     extractors = monitored_extractors(settings, champion)
-    features = compute_features_of(champion, extractors, images) if extractors else None
-    proba = predict(champion, features, images)
+    features = compute_features_of(champion, extractors, blobs) if extractors else None
+    proba = predict(champion, features, blobs)
     return Current(
         "batch",
         str(path),

@@ -140,22 +140,22 @@ def monitor_log(
     labels = [r.feedback for r in records]
     features = stats = None
     limits = DecodeLimits.of(settings)
-    inspections, images, kept = [], [], []
+    inspections, blobs, kept = [], [], []
     for index, r in enumerate(records):
         if r.path is None:
             continue
         path = Path(r.path) if Path(r.path).is_absolute() else settings.home / r.path
         try:
-            inspection, image = read_image_file(champion, path, limits)
+            inspection, data = read_image_file(path, limits)
         except InvalidImageError:
             continue
         inspections.append(inspection)
-        images.append(image)
+        blobs.append(data)
         kept.append(index)
     extractors = monitored_extractors(settings, champion)
     if kept and len(kept) == len(records):
         stats = image_stats_of(inspections)
-        features = compute_features_of(champion, extractors, images) if extractors else None
+        features = compute_features_of(champion, extractors, blobs) if extractors else None
     extra = {
         "window": {"since": since.isoformat(), "until": until.isoformat()},
         "inputs_with_files": len(kept),

@@ -27,9 +27,7 @@ class ServedModel:
 
     def predict(self, pixels: list[np.ndarray]) -> np.ndarray:
         """Probabilities (n, classes) of decoded images (the model's preprocessing, features and classifier)."""
-        pipeline, colour = self.model.pipeline, self.model.takes_pixels
-        images = [pipeline.preprocessed(p, colour=colour) for p in pixels]
-        return np.asarray(self.model.predict_images(images), dtype=np.float64)
+        return np.asarray(self.model.predict_images([self.model.preprocessed(p) for p in pixels]), dtype=np.float64)
 
 
 def load_version(settings: Settings, version: int) -> ServedModel:

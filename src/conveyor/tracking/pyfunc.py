@@ -90,7 +90,12 @@ def decode_inputs(model_input: pd.DataFrame) -> list[bytes]:
 
 
 class ConveyorModel(PythonModel):
-    """MLflow pyfunc model wrapping conveyor's preprocessing, features and a fitted classifier."""
+    """MLflow pyfunc model wrapping conveyor's preprocessing, features and a fitted classifier.
+
+    Its interface for serving and monitoring: :meth:`image` (bytes to the image it takes), :meth:`preprocessed`
+    (decoded pixels to the same), :meth:`predict_images` and :meth:`predict_features` (stored feature vectors, in the
+    order of ``spec.extractors``); :attr:`classes` and :attr:`spec`. Nothing else of it is for callers.
+    """
 
     def load_context(self, context: Any) -> None:
         import joblib
@@ -116,22 +121,41 @@ class ConveyorModel(PythonModel):
 
         try:
             blobs = decode_inputs(model_input)
-            images = [self.pipeline.image(blob, colour=self.takes_pixels) for blob in blobs]
+            images = [self.image(blob) for blob in blobs]
         except (ValueError, InvalidImageError) as exc:
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
         proba = self.predict_images(images)
         return self.to_frame(proba)
 
+    def image(self, data: bytes) -> np.ndarray:
+        """The preprocessed image this model takes, from an image file's bytes.
+
+        Raises:
+            InvalidImageError: not a usable image.
+        """
+        return self.pipeline.image(data, colour=self.takes_pixels)
+
+    def preprocessed(self, pixels: np.ndarray) -> np.ndarray:
+        """The preprocessed image this model takes, from decoded pixels."""
+        return self.pipeline.preprocessed(pixels, colour=self.takes_pixels)
+
     def predict_images(self, images: list[np.ndarray]) -> np.ndarray:
         """Probabilities (n, classes) of preprocessed images."""
         if not images:
             return np.empty((0, len(self.classes)))
+        if self.takes_pixels:
+            return self._proba(np.stack(images))
+        return self._proba(self.pipeline.vectors(self.pipeline.prepare(images)))
+
+    def predict_features(self, vectors: np.ndarray) -> np.ndarray:
+        """Probabilities (n, classes) of feature vectors (a feature model; the store's columns for its extractors)."""
+        if self.takes_pixels:
+            raise ValueError("this model takes pixels, not feature vectors")
+        return self._proba(np.asarray(vectors, dtype=np.float64))
+
+    def _proba(self, inputs: Any) -> np.ndarray:
         import sklearn
 
-        if self.takes_pixels:
-            inputs: Any = np.stack(images)
-        else:
-            inputs = self.pipeline.vectors(self.pipeline.prepare(images))
         # The inputs are our own finite feature vectors: re-checking them on every call was most of a request.
         with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
             return np.asarray(self.classifier.predict_proba(inputs), dtype=np.float64)

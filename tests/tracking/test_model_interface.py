@@ -1,0 +1,23 @@
+"""The registered model's interface, the only part of it serving and monitoring use."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conveyor.config import Settings
+from conveyor.data.versions import raw_paths
+from conveyor.serving.models import load_version
+from tests.tracking.test_integrity import registered  # noqa: F401  (fixture)
+
+
+def test_bytes_and_stored_features_give_the_same_answer(registered: Settings) -> None:  # noqa: F811
+    """Serving goes from bytes (image, predict_images), monitoring from the feature store (predict_features)."""
+    from conveyor.features.store import load_matrix
+
+    model = load_version(registered, 1).model
+    features, _ = load_matrix(registered, model.spec.extractor, split="test")
+    raws = raw_paths(registered, list(features.index[:5]))
+    from_bytes = model.predict_images([model.image(raws[sha].read_bytes()) for sha in features.index[:5]])
+    from_store = model.predict_features(features.to_numpy()[:5])
+    np.testing.assert_allclose(from_bytes, from_store, atol=1e-9)
+    assert from_bytes.shape == (5, len(model.classes))
