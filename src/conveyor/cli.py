@@ -5,21 +5,19 @@ Every command takes ``--json`` and then prints exactly one JSON object on stdout
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from conveyor.config import Settings, get_settings
 from conveyor.errors import ConveyorError
+from conveyor.terminal import JsonOption, emit_json, err, errors, out
 
 app = typer.Typer(
     name="conveyor",
@@ -28,30 +26,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(width=None if sys.stdout.isatty() else 140)  # pipes and CI logs get whole tables, not 80 columns
-err = Console(stderr=True)
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object (the summary) on stdout.")]
 
 
 def _settings() -> Settings:
     return get_settings()
-
-
-def _emit_json(payload: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(payload, default=str, ensure_ascii=False) + "\n")
-
-
-@contextmanager
-def _errors(as_json: bool) -> Iterator[None]:
-    """Turn a ConveyorError into a clear message (and a JSON object with --json) and exit status 1."""
-    try:
-        yield
-    except ConveyorError as exc:
-        if as_json:
-            _emit_json({"error": str(exc), "type": type(exc).__name__})
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(1) from exc
 
 
 @contextmanager
@@ -72,10 +50,10 @@ def init(as_json: JsonOption = False) -> None:
     from conveyor.workspace import init_workspace
 
     settings = _settings()
-    with _errors(as_json):
+    with errors(as_json):
         home = init_workspace(settings)
     if as_json:
-        _emit_json({"home": str(home.resolve()), "db_url": settings.resolved_db_url})
+        emit_json({"home": str(home.resolve()), "db_url": settings.resolved_db_url})
     else:
         out.print(f"workspace ready at [bold]{home.resolve()}[/]")
 
@@ -93,10 +71,10 @@ def ingest(
     from conveyor.data.ingest import ingest as run_ingest
 
     settings = _settings()
-    with _errors(as_json), _progress("ingesting", not as_json) as (start, advance):
+    with errors(as_json), _progress("ingesting", not as_json) as (start, advance):
         summary = run_ingest(path, settings, labels_csv=labels, on_start=start, on_file=lambda _file: advance(1))
     if as_json:
-        _emit_json(summary.to_dict())
+        emit_json(summary.to_dict())
         return
     _print_ingest(summary)
 
@@ -141,10 +119,10 @@ def datasets(as_json: JsonOption = False) -> None:
     from conveyor.data.versions import list_versions
     from conveyor.workspace import open_workspace
 
-    with _errors(as_json):
+    with errors(as_json):
         versions = list_versions(open_workspace(_settings()))
     if as_json:
-        _emit_json({"versions": [v.__dict__ for v in versions]})
+        emit_json({"versions": [v.__dict__ for v in versions]})
         return
     table = Table(title="dataset versions")
     for column in ("id", "created", "images", "classes (train/test)"):
@@ -171,19 +149,19 @@ def conflicts(
     from conveyor.tracking.registry import actor
 
     settings = _settings()
-    with _errors(as_json):
+    with errors(as_json):
         if resolve is not None:
             if label is None:
                 raise ConveyorError("--resolve needs --label: the label the image really has")
             version = resolve_conflict(settings, resolve, label, actor(), reason)
             if as_json:
-                _emit_json({"resolved": resolve, "label": label, "dataset_version": version})
+                emit_json({"resolved": resolve, "label": label, "dataset_version": version})
             else:
                 out.print(f"resolved {resolve} as {label!r}; dataset version [bold]{version}[/]")
             return
         found = list_conflicts(settings, source or [])
     if as_json:
-        _emit_json({"conflicts": [c.__dict__ for c in found]})
+        emit_json({"conflicts": [c.__dict__ for c in found]})
         return
     table = Table(title=f"label conflicts ({len(found)})")
     for column in ("sha256", "stored as", "also filed as", "files"):
@@ -202,10 +180,10 @@ def features(
     from conveyor.features.store import compute_features
 
     settings = _settings()
-    with _errors(as_json), _progress("features", not as_json) as (start, advance):
+    with errors(as_json), _progress("features", not as_json) as (start, advance):
         summary = compute_features(settings, workers=workers, on_start=start, on_progress=advance)
     if as_json:
-        _emit_json(summary.to_dict())
+        emit_json(summary.to_dict())
         return
     _print_features(summary)
 
@@ -250,10 +228,10 @@ def train(
     if search is not None and search not in (*SEARCH_MODES, "auto"):
         err.print(f"[bold red]error:[/] --search must be race, grid, refit or auto, got {search!r}")
         raise typer.Exit(2)
-    with _errors(as_json), _search_progress(not as_json) as progress:
+    with errors(as_json), _search_progress(not as_json) as progress:
         result = run_train(settings, version=version, mode=search, on_progress=progress)
     if as_json:
-        _emit_json(result.to_dict())
+        emit_json(result.to_dict())
         return
     _print_training(result)
 
@@ -350,7 +328,7 @@ def models(
     from conveyor.tracking.registry import audit, history, list_versions
 
     settings = _settings()
-    with _errors(as_json):
+    with errors(as_json):
         if rehash is not None:
             from conveyor.tracking.integrity import record_artifacts
 
@@ -360,7 +338,7 @@ def models(
         versions = list_versions(settings)
         records = history(settings, settings.model_name)
     if as_json:
-        _emit_json(
+        emit_json(
             {
                 "model": settings.model_name,
                 "versions": [v.__dict__ for v in versions],
@@ -391,10 +369,10 @@ def promote(
     """Make a version (default: the challenger) the champion."""
     from conveyor.tracking.registry import promote as run_promote
 
-    with _errors(as_json):
+    with errors(as_json):
         target = run_promote(_settings(), version, reason)
     if as_json:
-        _emit_json({"champion": target})
+        emit_json({"champion": target})
     else:
         out.print(f"version {target} is now the champion")
 
@@ -407,10 +385,10 @@ def rollback(
     """Give the champion alias back to the previous champion."""
     from conveyor.tracking.registry import rollback as run_rollback
 
-    with _errors(as_json):
+    with errors(as_json):
         target = run_rollback(_settings(), reason)
     if as_json:
-        _emit_json({"champion": target})
+        emit_json({"champion": target})
     else:
         out.print(f"rolled back: version {target} is the champion again")
 
@@ -432,7 +410,7 @@ def demo(
 
     settings = demo_settings(_settings())
     target = settings.home / "demo" / "original"
-    with _errors(as_json):
+    with errors(as_json):
         if not target.exists():
             generate_dataset(target, SyntheticSpec(n_per_class=n_per_class, seed=seed))
         with _progress("ingesting demo data", not as_json) as (start, advance):
@@ -455,7 +433,7 @@ def demo(
                 batches = run_story(settings, on_batch=lambda _row: advance(1))
     if as_json:
         payload = {"ingest": summary.to_dict(), "features": feature_summary.to_dict(), "train": result.to_dict()}
-        _emit_json({**payload, "batches": batches})
+        emit_json({**payload, "batches": batches})
         return
     if batches:
         _print_batches(batches)
@@ -515,10 +493,10 @@ def run(
         if shown:
             err.print(f"  {task}: {status}")
 
-    with _errors(as_json):
+    with errors(as_json):
         state = run_pipeline(pipeline(name), settings, params, resume=resume, on_task=report)
     if as_json:
-        _emit_json(state.to_dict())
+        emit_json(state.to_dict())
         return
     table = Table(title=f"pipeline {name}, run {state.run_id}")
     for column in ("task", "status", "seconds"):
@@ -549,12 +527,12 @@ def watch(
     if not once and not as_json:
         out.print(f"watching {settings.incoming_dir.resolve()}/<label>/ (Ctrl-C to stop)")
     try:
-        with _errors(as_json):
+        with errors(as_json):
             results = run_watch(settings, quiet_seconds=quiet_seconds, once=once, on_batch=report)
     except KeyboardInterrupt:
         results = []
     if as_json:
-        _emit_json({"batches": [r.__dict__ for r in results]})
+        emit_json({"batches": [r.__dict__ for r in results]})
 
 
 def _register_stage_commands() -> None:

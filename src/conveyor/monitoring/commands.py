@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from conveyor.errors import ConveyorError
+from conveyor.terminal import JsonOption, emit_json, errors, out
 
 __all__ = ["monitor"]
-
-out = Console()
-err = Console(stderr=True)
-
-
-def _emit_json(payload: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(payload, default=str, ensure_ascii=False) + "\n")
 
 
 def monitor(
@@ -35,19 +26,19 @@ def monitor(
         typer.Option("--window", help="Monitor the prediction log of the last this many hours instead of PATH."),
     ] = None,
     limit: Annotated[int, typer.Option(help="Runs shown by --history.")] = 20,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the summary) on stdout.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Monitor new data against the champion's training data: drift, model vs dummy baselines, OOD, alerts, retrain."""
     from conveyor.config import get_settings
 
     settings = get_settings()
-    try:
+    with errors(as_json):
         if history:
             from conveyor.monitoring.monitor import monitoring_history
 
             rows = monitoring_history(settings, limit)
             if as_json:
-                _emit_json({"history": [r.to_dict() for r in rows]})
+                emit_json({"history": [r.to_dict() for r in rows]})
             else:
                 _print_history(rows)
             return
@@ -62,13 +53,8 @@ def monitor(
             summary = monitor_batch(path, settings)
         else:
             raise ConveyorError("give a PATH of new images, --window HOURS of the prediction log, or --history")
-    except ConveyorError as exc:
-        if as_json:
-            _emit_json({"error": str(exc), "type": type(exc).__name__})
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(1) from exc
     if as_json:
-        _emit_json(summary)
+        emit_json(summary)
         return
     _print_summary(summary)
 

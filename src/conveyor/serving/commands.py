@@ -6,23 +6,15 @@ Plain functions plus ``rollout_app``; ``conveyor.cli`` registers them (``app.com
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from conveyor.config import Settings, get_settings
-from conveyor.errors import ConveyorError
+from conveyor.terminal import JsonOption, emit_json, errors, out
 
 __all__ = ["rollout_app", "serve"]
 
-out = Console()
-err = Console(stderr=True)
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object (the summary) on stdout.")]
 ReasonOption = Annotated[str | None, typer.Option("--reason", help="Why, for the audit log.")]
 
 rollout_app = typer.Typer(
@@ -37,20 +29,9 @@ def _settings() -> Settings:
 
 def _emit(payload: dict[str, Any], as_json: bool, text: str) -> None:
     if as_json:
-        sys.stdout.write(json.dumps(payload, default=str, ensure_ascii=False) + "\n")
+        emit_json(payload)
     else:
         out.print(text, highlight=False)
-
-
-@contextmanager
-def _errors(as_json: bool) -> Iterator[None]:
-    try:
-        yield
-    except ConveyorError as exc:
-        if as_json:
-            sys.stdout.write(json.dumps({"error": str(exc), "type": type(exc).__name__}) + "\n")
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(1) from exc
 
 
 def _who() -> str:
@@ -75,7 +56,7 @@ def rollout_status(as_json: JsonOption = False) -> None:
     from conveyor.workspace import open_workspace
 
     settings = _settings()
-    with _errors(as_json):
+    with errors(as_json):
         engine = open_workspace(settings)
         state = rollout.active_rollout(engine) or rollout.latest_rollout(engine)
         decision = None
@@ -96,7 +77,7 @@ def rollout_start(
     from conveyor.workspace import open_workspace
 
     settings = _settings()
-    with _errors(as_json):
+    with errors(as_json):
         state = rollout.start(settings, open_workspace(settings), mode, _who())
     _emit({"rollout": state.to_dict()}, as_json, _describe(state))
 
@@ -111,7 +92,7 @@ def rollout_advance(
     from conveyor.workspace import open_workspace
 
     settings = _settings()
-    with _errors(as_json):
+    with errors(as_json):
         decision, state = rollout.advance(settings, open_workspace(settings), _who(), force=force)
     _emit(
         {"decision": decision.to_dict(), "rollout": state.to_dict()},
@@ -127,7 +108,7 @@ def rollout_promote(reason: ReasonOption = None, as_json: JsonOption = False) ->
     from conveyor.workspace import open_workspace
 
     settings = _settings()
-    with _errors(as_json):
+    with errors(as_json):
         state = rollout.promote(settings, open_workspace(settings), _who(), reason or "promoted by hand")
     _emit({"rollout": state.to_dict()}, as_json, _describe(state))
 
@@ -140,7 +121,7 @@ def rollout_rollback(reason: ReasonOption = None, as_json: JsonOption = False) -
     from conveyor.workspace import open_workspace
 
     settings = _settings()
-    with _errors(as_json):
+    with errors(as_json):
         state = rollout.rollback(settings, open_workspace(settings), _who(), reason or "rolled back by hand")
         champion = current_version(settings, CHAMPION)
     _emit(
@@ -175,7 +156,7 @@ def serve(
     cfg = settings.serving
     processes = workers or cfg.workers or available_cores()
     host, port = host or cfg.host, port if port is not None else cfg.port
-    with _errors(False):
+    with errors(False):
         app = create_app(settings, scoring_processes=processes)
     where = f"http://{host}:{port}"
     typer.echo(f"upload page: {where}/   API docs: {where}/docs   ({processes} scoring process(es); Ctrl-C to stop)")
