@@ -510,12 +510,23 @@ def run(
 def watch(
     quiet_seconds: Annotated[float, typer.Option(help="How long a file must be unchanged before it is taken.")] = 5.0,
     once: Annotated[bool, typer.Option(help="Process what is there and stop (for cron or a scheduler).")] = False,
+    check: Annotated[
+        bool, typer.Option(help="Only count the files --once would take now (a scheduler's sensor).")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Watch incoming/<label>/ and run the monitor pipeline on each new batch of labelled cases."""
+    from conveyor.pipelines.watch import ready_count
     from conveyor.pipelines.watch import watch as run_watch
 
     settings = _settings()
+    if check:
+        ready = ready_count(settings, quiet_seconds)
+        if as_json:
+            emit_json({"ready": ready})
+        else:
+            out.print(f"{ready} file(s) ready in {settings.incoming_dir.resolve()}")
+        return
 
     def report(result: Any) -> None:
         if not as_json:
@@ -533,6 +544,8 @@ def watch(
         results = []
     if as_json:
         emit_json({"batches": [r.__dict__ for r in results]})
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(2)  # the batch stays pending; a scheduler retries the run
 
 
 def _register_stage_commands() -> None:

@@ -178,7 +178,7 @@ def test_failed_command_fails_the_task_with_the_cli_message(
     assert str(missing) in log
 
 
-def test_monitor_dag_takes_the_drop_folder_and_triggers_train(
+def test_monitor_dag_runs_the_watcher_on_the_drop_folder_through_to_the_rollout(
     airflow_python: Path, sqlite_env: dict[str, str], workspace: Path
 ) -> None:
     incoming = workspace / "incoming"
@@ -187,20 +187,17 @@ def test_monitor_dag_takes_the_drop_folder_and_triggers_train(
     out, _ = _run(airflow_python, sqlite_env, str(DAGS), "conveyor_monitor")
 
     assert out["state"] == "success"
-    assert set(out["tasks"].values()) == {"success"}, out["tasks"]
+    assert out["tasks"] == {"wait_for_files": "success", "process": "success"}
     assert out["xcom"]["wait_for_files"] == 12
-    batch = Path(out["xcom"]["take_batch"])
-    assert batch.parent == (workspace / "batches").resolve()
-    assert sorted(p.name for p in batch.iterdir()) == ["no_tumour", "tumour"]
+    [batch] = out["xcom"]["process"]["batches"]
+    assert (batch["files"], batch["status"]) == (12, "success")
+    assert (incoming / ".processed" / batch["batch"] / "tumour").is_dir()
     left = [p for label in incoming.iterdir() if not label.name.startswith(".") for p in label.rglob("*")]
     assert left == [], "every file was moved out of the drop folder"
-    summary = out["xcom"]["monitor"]
-    assert (summary["n_current"], summary["n_labelled"], summary["model_version"]) == (12, 12, 1)
-    assert summary["retrain"]["retrain"] is True
-    triggered = [r for r in out["runs"] if r["dag_id"] == "conveyor_train"]
-    assert len(triggered) == 1
-    assert "operator_triggered" in triggered[0]["run_type"]
-    assert out["run_id"] in triggered[0]["conf"]["reason"]
+    monitor = batch["outputs"]["monitor"]
+    assert monitor["retrain"]["retrain"] is True
+    assert batch["outputs"]["train"]["registered_version"] == 2
+    assert batch["outputs"]["rollout"]["mode"] == "canary"  # the same rollout step as `conveyor watch`
 
 
 def test_train_dag_registers_a_version_in_its_xcom(airflow_python: Path, sqlite_env: dict[str, str]) -> None:

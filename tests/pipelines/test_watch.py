@@ -93,3 +93,31 @@ def test_a_watcher_killed_mid_batch_completes_the_batch_once_at_restart(
     [result] = watch(settings, once=True, quiet_seconds=1)
     assert (result.batch, result.status, result.outputs["ingest"]["stored"]) == (pending.name, "success", 80)
     assert pending_batches(settings) == []
+
+
+def test_the_check_counts_quiet_files_and_pending_batches_and_moves_nothing(tmp_path: Path) -> None:
+    from conveyor.pipelines.watch import ready_count
+
+    settings = lean_settings(tmp_path / "ws")
+    quiet = file_cases(settings, 2, seed=3)
+    (settings.incoming_dir / "tumour" / "copying.png").write_bytes(quiet[0].read_bytes())  # not quiet yet
+    assert ready_count(settings, quiet_seconds=30) == 4
+    assert collect_batch(settings, quiet_seconds=30) is not None
+    assert ready_count(settings, quiet_seconds=30) == 4  # now in a pending batch: still to process
+    assert ready_count(settings, quiet_seconds=0) == 5
+
+
+def test_watch_check_prints_the_count_as_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from conveyor.cli import app
+
+    settings = lean_settings(tmp_path / "ws")
+    file_cases(settings, 1, seed=4)
+    monkeypatch.setenv("CONVEYOR_HOME", str(settings.home))
+    result = CliRunner().invoke(app, ["watch", "--check", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"ready": 2}
+    assert len(list(settings.incoming_dir.rglob("*.png"))) == 2

@@ -9,12 +9,12 @@ running it again gives the same answer; any other exit status (killed, out of me
 
 * ``conveyor_ingest``: manual, param ``path`` (a folder of ``<label>/`` folders, or a zip): ``ingest``, ``features``.
 * ``conveyor_train``: manual or triggered by the monitor -> ``train``; the registered version is in its XCom.
-* ``conveyor_monitor``: always waiting (``@continuous``, one run at a time) on a sensor that fires when files have
-  landed in ``$CONVEYOR_HOME/incoming/<label>/`` and stayed unchanged for ``CONVEYOR_QUIET_SECONDS`` (default 30, so a
-  copy in progress is not read half-written). It moves them into a batch folder
-  ``$CONVEYOR_HOME/batches/<run>/<label>/`` (one rename per file, so each file is in exactly one batch), runs
-  ``conveyor monitor`` on the batch (which ingests it, computes its features and scores the champion), and when the
-  JSON says ``retrain.retrain`` it triggers ``conveyor_train``.
+* ``conveyor_monitor``: always waiting (``@continuous``, one run at a time) on a sensor (``conveyor watch --check``)
+  that fires when files have landed in ``$CONVEYOR_HOME/incoming/<label>/`` and stayed unchanged for the quiet time
+  (``--quiet-seconds``: ``CONVEYOR_QUIET_SECONDS`` when set, else the CLI's default), then runs
+  ``conveyor watch --once``: the same code as ``conveyor watch`` takes them into a batch under
+  ``incoming/.batches/`` and runs the monitor pipeline on it (ingest, features, monitor, a retrain when the policy
+  says so, the new challenger's rollout). A manual run with ``path`` runs ``conveyor run monitor --path``.
 
 This module only defines DAGs: nothing is read, run or connected when Airflow parses it.
 """
@@ -24,16 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import subprocess
 import tempfile
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from airflow.sdk import Param, PokeReturnValue, dag, get_current_context, task
+from airflow.sdk import Param, PokeReturnValue, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
 log = logging.getLogger(__name__)
@@ -44,22 +41,6 @@ TAGS = ["conveyor"]
 _INGEST_KEYS = ("source", "seen", "stored", "duplicates", "conflicts", "quarantined", "by_reason", "dataset_version")
 _FEATURE_KEYS = ("computed", "cached", "failed")
 _TRAIN_KEYS = ("dataset_version", "classes", "best", "gate", "registered_version", "alias", "parent_run_id")
-_MONITOR_KEYS = (
-    "source",
-    "model_version",
-    "reference_version",
-    "dataset_version",
-    "n_current",
-    "n_labelled",
-    "drift_share",
-    "drifted_columns",
-    "performance",
-    "ood_share",
-    "alerts",
-    "retrain",
-    "report",
-    "mlflow_run_id",
-)
 
 
 class ConveyorCommandError(AirflowFailException):
@@ -139,52 +120,10 @@ def _pick(payload: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ drop folder
 
 
-def quiet_seconds() -> float:
-    """How long a file must be unchanged before it is taken (``CONVEYOR_QUIET_SECONDS``, default 30)."""
-    return float(os.environ.get("CONVEYOR_QUIET_SECONDS", "30"))
-
-
-def ready_files(incoming: Path, quiet: float, now: float | None = None) -> list[Path]:
-    """Files in ``incoming/<label>/`` (any depth) unchanged for ``quiet`` seconds; hidden names are skipped."""
-    now = time.time() if now is None else now
-    found: list[Path] = []
-    if not incoming.is_dir():
-        return found
-    for label in sorted(p for p in incoming.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for path in sorted(label.rglob("*")):
-            rel = path.relative_to(label)
-            if any(part.startswith(".") for part in rel.parts) or not path.is_file():
-                continue
-            try:
-                if now - path.stat().st_mtime >= quiet:
-                    found.append(path)
-            except FileNotFoundError:  # moved away while we looked
-                continue
-    return found
-
-
-def claim_batch(incoming: Path, batch: Path, quiet: float) -> int:
-    """Move every ready file of ``incoming/<label>/`` into ``batch/<label>/``; the number moved.
-
-    Each move is one rename on the same file system, so a file is in the drop folder or in exactly one batch, never
-    in both and never lost; a second claim into the same ``batch`` (a retried task) adds to it.
-    """
-    moved = 0
-    for path in ready_files(incoming, quiet):
-        target = batch / path.relative_to(incoming)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():  # same name filed twice: keep both
-            target = target.with_name(f"{target.stem}-{time.time_ns()}{target.suffix}")
-        try:
-            path.rename(target)
-        except FileNotFoundError:
-            continue
-        moved += 1
-    return moved
-
-
-def _safe(run_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+def quiet_args() -> list[str]:
+    """``--quiet-seconds`` from ``CONVEYOR_QUIET_SECONDS`` when it is set; else the CLI's own default."""
+    value = os.environ.get("CONVEYOR_QUIET_SECONDS")
+    return [] if value is None else ["--quiet-seconds", str(float(value))]
 
 
 # ------------------------------------------------------------------------------------------------------ DAGs
@@ -266,53 +205,30 @@ def conveyor_train() -> None:
             description="Monitor this folder instead of waiting for the drop folder (a manual run).",
         )
     },
-    doc_md="Wait for files in `incoming/<label>/`, take them as one batch, monitor the champion on it (drift, model "
-    "vs dummy baselines, OOD, alerts), and trigger `conveyor_train` when the retrain policy says so.",
+    doc_md="Wait for files in `incoming/<label>/`, then `conveyor watch --once`: take them as one batch and run the "
+    "monitor pipeline on it (drift, model vs dummy baselines, OOD, alerts; a retrain when the policy says so, and the "
+    "new challenger's rollout). XCom `process` holds each batch's status and pipeline outputs.",
 )
 def conveyor_monitor() -> None:
     @task.sensor(poke_interval=30, timeout=6 * 3600, mode="reschedule", soft_fail=True, retries=0)
     def wait_for_files(params: dict[str, Any] | None = None) -> PokeReturnValue:
         if params and params.get("path"):
             return PokeReturnValue(is_done=True)
-        incoming = conveyor_home() / "incoming"
-        ready = ready_files(incoming, quiet_seconds())
-        log.info("%d file(s) ready in %s", len(ready), incoming)
-        return PokeReturnValue(is_done=bool(ready), xcom_value=len(ready))
+        ready = int(run_conveyor("watch", "--check", *quiet_args())["ready"])
+        log.info("%d file(s) ready in %s", ready, conveyor_home() / "incoming")
+        return PokeReturnValue(is_done=ready > 0, xcom_value=ready)
 
-    @task
-    def take_batch(params: dict[str, Any] | None = None) -> str:
+    @task(execution_timeout=timedelta(hours=12))
+    def process(params: dict[str, Any] | None = None) -> dict[str, Any]:
         if params and params.get("path"):
-            return str(params["path"])
-        context = get_current_context()
-        home = conveyor_home()
-        batch = home / "batches" / _safe(str(context["run_id"]))
-        moved = claim_batch(home / "incoming", batch, quiet_seconds())
-        log.info("moved %d file(s) into %s", moved, batch)
-        if not batch.exists() or not any(batch.iterdir()):
-            raise AirflowFailException(f"{batch}: no files were taken from {home / 'incoming'}")
-        return str(batch)
+            state = run_conveyor("run", "monitor", "--path", str(params["path"]))
+            return {"batches": [{"batch": str(params["path"]), "status": state.get("status"), "tasks": state["tasks"]}]}
+        result = run_conveyor("watch", "--once", *quiet_args())
+        for batch in result["batches"]:
+            log.info("batch %s: %s files, %s", batch["batch"], batch["files"], batch["status"])
+        return result
 
-    @task(execution_timeout=timedelta(hours=2))
-    def monitor(batch: str) -> dict[str, Any]:
-        return _pick(run_conveyor("monitor", batch), _MONITOR_KEYS)
-
-    @task.short_circuit
-    def should_retrain(summary: dict[str, Any]) -> bool:
-        decision = summary.get("retrain") or {}
-        log.info("retrain: %s (%s)", decision.get("retrain"), decision.get("reason"))
-        return bool(decision.get("retrain"))
-
-    trigger_train = TriggerDagRunOperator(
-        task_id="trigger_train",
-        trigger_dag_id="conveyor_train",
-        conf={"reason": "retrain policy of conveyor_monitor run {{ run_id }}"},
-        wait_for_completion=False,
-    )
-
-    ready = wait_for_files()
-    batch = take_batch()
-    ready >> batch
-    should_retrain(monitor(batch)) >> trigger_train
+    wait_for_files() >> process()
 
 
 conveyor_ingest()

@@ -26,7 +26,7 @@ from conveyor.config import Settings
 from conveyor.pipelines.definitions import pipeline
 from conveyor.pipelines.runner import run_pipeline
 
-__all__ = ["BatchResult", "collect_batch", "pending_batches", "process_batch", "watch"]
+__all__ = ["BatchResult", "collect_batch", "pending_batches", "process_batch", "ready_count", "watch"]
 
 BATCHES = ".batches"
 PROCESSED = ".processed"
@@ -65,6 +65,13 @@ def _ready_files(settings: Settings, quiet_seconds: float) -> list[Path]:
         if now - path.stat().st_mtime >= quiet_seconds:
             ready.append(path)
     return ready
+
+
+def ready_count(settings: Settings, quiet_seconds: float = 5.0) -> int:
+    """Files a ``watch --once`` would process now: quiet files in ``incoming/``, and those of pending batches (what a
+    scheduler's sensor asks before it starts a run)."""
+    pending = sum(1 for batch in pending_batches(settings) for p in batch.rglob("*") if p.is_file())
+    return len(_ready_files(settings, quiet_seconds)) + pending
 
 
 def collect_batch(settings: Settings, quiet_seconds: float = 5.0) -> Path | None:
