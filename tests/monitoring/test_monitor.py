@@ -235,3 +235,39 @@ def test_the_report_names_batch_files_by_their_real_paths(runs: dict[str, Any]) 
     names = sorted(entry["input"] for entry in runs["scanner"]["ood"]["inputs"])
     assert names[0] == "no_tumour/scanner_12_0000.png"
     assert len(names) == 20
+
+
+def test_the_webhook_is_posted_after_the_run_is_committed(runs: Any, champion_home: Any) -> None:
+    """A receiver that reads the run back when called sees it (no transaction is held open while it answers), and
+    the stored run records the delivery."""
+    import sqlite3
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    settings, root = champion_home
+    seen: list[Any] = []
+    database = settings.home / "conveyor.db"
+
+    class ReadsBack(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with sqlite3.connect(database, timeout=1) as db:
+                seen.append(db.execute("SELECT kind FROM monitoring_runs WHERE id = ?", (body["id"],)).fetchone())
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), ReadsBack)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        summary = monitor_batch(root / "batch-lesion", with_monitoring(settings, webhook_url=url, **RULES))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [("batch",)]
+    with sqlite3.connect(database) as db:
+        [(stored,)] = db.execute("SELECT summary FROM monitoring_runs WHERE id = ?", (summary["id"],)).fetchall()
+    assert json.loads(stored)["webhook"] == {"url": url, "sent": True, "status": 204}

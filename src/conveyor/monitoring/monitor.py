@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from conveyor.config import Settings
 from conveyor.data.ingest import IngestSummary, ingest
@@ -454,10 +454,16 @@ def analyse(settings: Settings, current: Current, *, champion: Champion | None =
         session.add(row)
         session.flush()
         summary["id"] = row.id
-        if alerts and ms.webhook_url:
-            payload = {"event": "conveyor.monitoring.alert", "model": settings.model_name, **_compact(summary)}
-            summary["webhook"] = post_webhook(ms.webhook_url, payload, ms.webhook_timeout_s)
         row.summary = json.loads(json.dumps(summary, default=str))
+    if alerts and ms.webhook_url:  # after the commit: a slow or dead receiver holds no transaction open
+        payload = {"event": "conveyor.monitoring.alert", "model": settings.model_name, **_compact(summary)}
+        summary["webhook"] = post_webhook(ms.webhook_url, payload, ms.webhook_timeout_s)
+        with session_scope(engine) as session:
+            session.execute(
+                update(MonitoringRun)
+                .where(MonitoringRun.id == summary["id"])
+                .values(summary=json.loads(json.dumps(summary, default=str)))
+            )
     atomic_write(folder / "summary.json", json.dumps(summary, indent=2, default=str).encode())
     _log_summary_artifact(settings, summary)
     return summary
