@@ -155,3 +155,34 @@ def test_a_dead_webhook_is_reported_not_raised() -> None:
 
 def test_monitoring_settings_defaults() -> None:
     assert MonitoringSettings().alerts.drift_share == 0.5
+
+
+def test_the_judgement_is_pure_and_fires_the_rules_it_should() -> None:
+    """No workspace, no MLflow, no network: a shifted feature table and a model that misses every tumour."""
+    from conveyor.config import Settings
+    from conveyor.monitoring.inputs import Champion, Current, Reference
+    from conveyor.monitoring.monitor import judge
+    from conveyor.tracking.pyfunc import ModelSpec
+
+    rng = np.random.default_rng(0)
+    spec = ModelSpec("features", {}, [("stats", {})], ["no_tumour", "tumour"], "tumour", "logreg", "stats", "v1")
+    champion = Champion(1, None, spec, test_f1=0.95)
+    labels = ["no_tumour", "tumour"] * 100
+    reference = Reference(
+        "v1", [f"r{i}" for i in range(200)], labels, pd.DataFrame({"a": rng.normal(size=200)}), pd.DataFrame()
+    )
+    proba = np.tile([0.9, 0.1], (40, 1))  # always "no_tumour"
+    current = Current(
+        "batch",
+        "test",
+        [f"c{i}" for i in range(40)],
+        proba,
+        ["tumour"] * 40,
+        pd.DataFrame({"a": rng.normal(size=40) + 3}),
+    )
+    settings = Settings(monitoring={"alerts": {"drift_share": 0.5, "f1_drop": 0.1, "ood_share": 0.2}})  # type: ignore[arg-type]
+    judgement = judge(settings, champion, reference, current, new_labelled=40)
+    assert judgement.drift_share == 1.0
+    assert judgement.f1 == 0.0
+    assert {a.rule for a in judgement.alerts} == {"drift_share", "f1_drop", "ood_share"}
+    assert judgement.decision.retrain is True

@@ -31,7 +31,7 @@ from conveyor.config import Settings
 from conveyor.data.ingest import IngestSummary, ingest
 from conveyor.data.versions import raw_paths
 from conveyor.errors import InvalidImageError, SourceError
-from conveyor.monitoring.alerts import evaluate_rules, post_webhook
+from conveyor.monitoring.alerts import Alert, evaluate_rules, post_webhook
 from conveyor.monitoring.drift import DriftResult, drift_report_html, drift_table
 from conveyor.monitoring.inputs import (
     IMAGE_STAT_KINDS,
@@ -50,7 +50,7 @@ from conveyor.monitoring.inputs import (
 )
 from conveyor.monitoring.ood import OODDetector
 from conveyor.monitoring.performance import compare_with_dummies
-from conveyor.monitoring.policy import decide_retrain
+from conveyor.monitoring.policy import RetrainDecision, decide_retrain
 from conveyor.store.db import session_scope
 from conveyor.store.models import MonitoringRun
 from conveyor.workspace import atomic_write, open_workspace
@@ -348,15 +348,23 @@ def _log_mlflow(settings: Settings, folder: Path, summary: dict[str, Any], analy
         return str(run.info.run_id)
 
 
-def analyse(settings: Settings, current: Current, *, champion: Champion | None = None) -> dict[str, Any]:
-    """Judge ``current`` against the champion's reference, write the reports, record the run; the JSON summary.
+@dataclass(frozen=True)
+class Judgement:
+    """What monitoring concludes about a batch or a log window, before anything is written or sent."""
 
-    This is the shared back half of :func:`monitor_batch` and :func:`conveyor.monitoring.predictions.monitor_log`.
-    """
+    analysis: _Analysis
+    f1: float | None
+    drift_share: float | None
+    alerts: list[Alert]
+    decision: RetrainDecision
+
+
+def judge(
+    settings: Settings, champion: Champion, reference: Reference, current: Current, new_labelled: int
+) -> Judgement:
+    """Drift, performance against the dummies, OOD, the alert rules and the retrain decision: pure (no file, database,
+    MLflow or network), so a rule can be changed and tested on its own."""
     ms = settings.monitoring
-    engine = open_workspace(settings)
-    champion = champion or load_champion(settings)
-    reference = load_reference(settings, engine, champion)
     analysis = _analyse(settings, champion, reference, current)
     perf = analysis.performance
     f1 = perf.metrics["model"].f1 if perf is not None else None
@@ -369,7 +377,27 @@ def analyse(settings: Settings, current: Current, *, champion: Champion | None =
         champion_f1=champion.test_f1,
         ood_share=analysis.ood["share"],
     )
-    decision = decide_retrain(ms.retrain, alerts, new_labelled_count(engine, reference.version))
+    return Judgement(analysis, f1, drift_share, alerts, decide_retrain(ms.retrain, alerts, new_labelled))
+
+
+def analyse(settings: Settings, current: Current, *, champion: Champion | None = None) -> dict[str, Any]:
+    """Judge ``current`` against the champion's reference (:func:`judge`), then the sinks: the reports on disk, the
+    MLflow run, the database row, and the webhook after the commit; the JSON summary.
+
+    This is the shared back half of :func:`monitor_batch` and :func:`conveyor.monitoring.predictions.monitor_log`.
+    """
+    ms = settings.monitoring
+    engine = open_workspace(settings)
+    champion = champion or load_champion(settings)
+    reference = load_reference(settings, engine, champion)
+    judgement = judge(settings, champion, reference, current, new_labelled_count(engine, reference.version))
+    analysis, perf, f1, drift_share = (
+        judgement.analysis,
+        judgement.analysis.performance,
+        judgement.f1,
+        judgement.drift_share,
+    )
+    alerts, decision = judgement.alerts, judgement.decision
 
     at = datetime.now(UTC)
     folder = settings.reports_dir / "monitor" / f"{at.strftime('%Y%m%dT%H%M%S')}-{current.kind}-{uuid.uuid4().hex[:6]}"
