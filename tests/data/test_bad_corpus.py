@@ -115,3 +115,24 @@ def test_a_dicom_that_cannot_be_de_identified_is_refused_and_not_kept(
     ]
     assert [p.name.endswith(".reason.json") for p in (settings.home / "quarantine").iterdir()] == [True]
     assert not (settings.home / "raw").exists() or not any((settings.home / "raw").rglob("*.dcm"))
+
+
+def test_damaged_copies_of_real_images_never_crash_ingest(tmp_path: Path, settings: Settings) -> None:
+    """Bytes flipped, files cut short, headers garbled (PNG, JPEG and DICOM): each is stored or refused with a reason."""
+    import random
+
+    from tests.helpers import encode, gradient
+
+    rng = random.Random(7)
+    originals = [png_bytes(96, 96, seed=1), encode(gradient(96, 96, seed=2), "JPEG"), pydicom_file("CT_small.dcm")]
+    for index in range(60):
+        damaged = bytearray(originals[index % 3])
+        start = rng.randrange(0, min(400, len(damaged)))
+        damaged[start : start + 64] = rng.randbytes(64)
+        if index % 2:
+            damaged = damaged[: rng.randrange(1, len(damaged))]
+        write(tmp_path / "src" / "damaged" / f"{index:03d}.bin", bytes(damaged))
+    summary = ingest(tmp_path / "src", settings)
+    assert summary.seen == 60
+    assert summary.stored + summary.duplicates + summary.quarantined == 60
+    assert all(r["reason"] in REASONS for r in summary.rejected)

@@ -165,3 +165,13 @@ def test_an_object_that_has_no_pixels_by_nature_says_so() -> None:
         "dicom_no_pixels",
         "DICOM object (modality RTPLAN, SOP class RT Plan Storage) has no pixel data",
     )
+
+
+def test_a_dicom_header_with_an_unknown_value_representation_is_corrupt() -> None:
+    """Found by the hardening campaign's mutations: pydicom raises NotImplementedError for it, which crashed ingest."""
+    ct = bytearray(pydicom_file("CT_small.dcm"))
+    at = ct.find(b"\x02\x00\x10\x00UI")  # Transfer Syntax UID, explicit VR
+    ct[at + 4 : at + 6] = b"UY"
+    reason, detail = _reason(bytes(ct))
+    assert reason == "corrupt"
+    assert "NotImplementedError: Unknown Value Representation 'UY'" in detail

@@ -203,30 +203,35 @@ def _pillow_to_array(image: Image.Image, fmt: str, n_frames: int) -> DecodedImag
 
 def _decode_dicom(data: bytes, limits: DecodeLimits) -> DecodedImage:
     import pydicom  # lazily: most images are not DICOM
-    from pydicom.errors import InvalidDicomError
 
+    # pydicom raises anything on a hostile header (an unknown VR: NotImplementedError; a missing element:
+    # AttributeError), while reading it and while converting an element on first access: all of it is this file's fault.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    except (InvalidDicomError, EOFError, ValueError, OSError, KeyError, TypeError) as exc:
-        raise InvalidImageError("corrupt", f"DICOM header cannot be parsed: {exc}") from exc
-    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise _without_pixels(ds)
+    except Exception as exc:
+        raise InvalidImageError("corrupt", f"DICOM header cannot be parsed: {_short(exc)}") from exc
     try:
+        if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            raise _without_pixels(ds)
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise InvalidImageError("corrupt", f"DICOM Rows/Columns missing or invalid: {exc}") from exc
+    except InvalidImageError:
+        raise
+    except Exception as exc:
+        raise InvalidImageError("corrupt", f"DICOM header elements cannot be read: {_short(exc)}") from exc
     _check_geometry(cols, rows, frames, limits)
     try:
         return _dicom_pixels(ds, frames)
     except InvalidImageError:
         raise
     except Exception as exc:  # pydicom raises anything on a hostile header (a missing BitsAllocated: AttributeError)
-        raise InvalidImageError(
-            "corrupt", f"DICOM pixel data cannot be read ({type(exc).__name__}: {str(exc)[:200]})"
-        ) from exc
+        raise InvalidImageError("corrupt", f"DICOM pixel data cannot be read: {_short(exc)}") from exc
+
+
+def _short(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _without_pixels(ds: Any) -> InvalidImageError:
