@@ -118,7 +118,7 @@ def test_a_dicom_that_cannot_be_de_identified_is_refused_and_not_kept(
 
 
 def test_damaged_copies_of_real_images_never_crash_ingest(tmp_path: Path, settings: Settings) -> None:
-    """Bytes flipped, files cut short, headers garbled (PNG, JPEG and DICOM): each is stored or refused with a reason."""
+    """Headers garbled, files cut short (PNG, JPEG and DICOM): each is stored or refused with a reason."""
     import random
 
     from tests.helpers import encode, gradient
