@@ -35,6 +35,9 @@ _CONFIG_TEMPLATE = """\
 #   max_file_bytes: 1073741824
 #   test_fraction: 0.2
 #   near_duplicate_bits: 32
+#   label_pattern: "[a-z][a-z0-9_]*"   # default none: labels differing only in case, or with markup, are warned about
+#   deidentify: false          # true: DICOM stored with the PS3.15 basic profile applied, private elements removed
+#   keep_paths: false          # true: source paths stored as they are (default: salted hashes)
 # preprocess:
 #   grayscale: true
 #   trim: true
