@@ -18,6 +18,7 @@ from typing import Any
 
 from conveyor.config import Settings
 from conveyor.errors import ConfigError
+from conveyor.pipelines.contracts import MonitorOutcome, Retrain, TrainOutcome, dump
 from conveyor.pipelines.runner import Pipeline, Task
 
 __all__ = ["PIPELINES", "pipeline"]
@@ -51,14 +52,12 @@ def train_task(settings: Settings, params: Mapping[str, Any], up: Outputs) -> di
     search's best candidates unless the data grew enough or drifted); on its own, ``training.search.mode``."""
     from conveyor.training.train import train
 
-    monitor = up.get("monitor")
-    if monitor is None:
+    if "monitor" not in up:
         result = train(settings, mode=params.get("search")).to_dict()
     else:
-        drift = any(a.get("rule") == "drift_share" for a in monitor.get("alerts", []) if isinstance(a, dict))
+        drift = MonitorOutcome.model_validate(up["monitor"]).drifted
         result = train(settings, mode=settings.training.search.retrain_mode, drift=drift).to_dict()
-    keep = ("dataset_version", "search", "best", "gate", "registered_version", "alias")
-    return {key: result[key] for key in keep}
+    return dump(TrainOutcome.model_validate({key: result[key] for key in TrainOutcome.model_fields}))
 
 
 def monitor_task(settings: Settings, params: Mapping[str, Any], up: Outputs) -> dict[str, Any]:
@@ -68,10 +67,12 @@ def monitor_task(settings: Settings, params: Mapping[str, Any], up: Outputs) -> 
     from conveyor.tracking.registry import CHAMPION, current_version
 
     if current_version(settings, CHAMPION) is None:  # nothing to monitor against: the first model is due
-        return {"skipped": "no champion yet", "retrain": {"retrain": True, "reasons": ["no champion yet"]}}
+        first = Retrain(retrain=True, reason="no champion yet", reasons=["no champion yet"])
+        return dump(MonitorOutcome(skipped="no champion yet", retrain=first))
     summary = monitor_batch(_path(params), settings, ingested=IngestSummary.from_dict(up["ingest"]))
-    keep = ("id", "drift_share", "drifted_columns", "performance", "ood_share", "alerts", "retrain", "report")
-    return {key: summary[key] for key in keep if key in summary}
+    return dump(
+        MonitorOutcome.model_validate({key: summary[key] for key in MonitorOutcome.model_fields if key in summary})
+    )
 
 
 def rollout_task(settings: Settings, _params: Mapping[str, Any], up: Outputs) -> dict[str, Any]:
@@ -85,7 +86,7 @@ def rollout_task(settings: Settings, _params: Mapping[str, Any], up: Outputs) ->
     if mode == "none":
         return {"skipped": "serving.rollout.on_new_challenger is none"}
     engine = open_workspace(settings)
-    version = up["train"]["registered_version"]
+    version = TrainOutcome.model_validate(up["train"]).registered_version
     current = rollout.active_rollout(engine)
     if current is not None:
         rollout.rollback(settings, engine, actor(), f"superseded by challenger v{version}")
@@ -93,11 +94,12 @@ def rollout_task(settings: Settings, _params: Mapping[str, Any], up: Outputs) ->
 
 
 def _retrain_wanted(outputs: Outputs) -> bool:
-    return bool(outputs.get("monitor", {}).get("retrain", {}).get("retrain"))
+    return "monitor" in outputs and MonitorOutcome.model_validate(outputs["monitor"]).retrain.retrain
 
 
 def _new_challenger(outputs: Outputs) -> bool:
-    return outputs.get("train", {}).get("alias") == "challenger"
+    trained = TrainOutcome.of(outputs.get("train", {"status": "absent"}))
+    return trained is not None and trained.alias == "challenger"
 
 
 PIPELINES: dict[str, Pipeline] = {

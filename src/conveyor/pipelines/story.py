@@ -20,6 +20,7 @@ from typing import Any
 
 from conveyor.config import Settings
 from conveyor.data.synthetic import SyntheticSpec, generate_dataset
+from conveyor.pipelines.contracts import MonitorOutcome, TrainOutcome
 from conveyor.pipelines.watch import BatchResult, watch
 from conveyor.tracking.registry import CHAMPION, current_version
 
@@ -69,26 +70,25 @@ def _file(settings: Settings, batch: StoryBatch, index: int) -> int:
 
 
 def _row(batch: StoryBatch, filed: int, result: BatchResult, champion: int | None) -> dict[str, Any]:
-    monitor = result.outputs.get("monitor", {})
-    performance = monitor.get("performance") or {}
-    retrain = monitor.get("retrain", {})
-    train = result.outputs.get("train", {})
+    monitor = MonitorOutcome.model_validate(result.outputs["monitor"]) if "monitor" in result.outputs else None
+    performance = monitor.performance if monitor is not None else None
+    train = TrainOutcome.of(result.outputs.get("train", {"status": "absent"}))
     return {
         "batch": batch.name,
         "files": filed,
         "status": result.status,
         "error": result.error,
-        "model_f1": performance.get("model", {}).get("f1"),
-        "dummy_by_reference_f1": performance.get("dummy_by_reference", {}).get("f1"),
-        "dummy_by_current_f1": performance.get("dummy_by_current", {}).get("f1"),
-        "drift_share": monitor.get("drift_share"),
-        "drifted_columns": monitor.get("drifted_columns", []),
-        "alerts": [a.get("rule", a) if isinstance(a, dict) else a for a in monitor.get("alerts", [])],
-        "retrain": bool(retrain.get("retrain")),
-        "retrain_reasons": retrain.get("reasons", []),
-        "registered": train.get("registered_version") if isinstance(train, dict) else None,
-        "search": (train.get("search") or {}).get("mode") if isinstance(train, dict) else None,
-        "alias": train.get("alias") if isinstance(train, dict) else None,
+        "model_f1": performance.model.f1 if performance else None,
+        "dummy_by_reference_f1": performance.dummy_by_reference.f1 if performance else None,
+        "dummy_by_current_f1": performance.dummy_by_current.f1 if performance else None,
+        "drift_share": monitor.drift_share if monitor else None,
+        "drifted_columns": monitor.drifted_columns if monitor else [],
+        "alerts": [a.rule for a in monitor.alerts] if monitor else [],
+        "retrain": bool(monitor and monitor.retrain.retrain),
+        "retrain_reasons": monitor.retrain.reasons if monitor else [],
+        "registered": train.registered_version if train else None,
+        "search": train.search.get("mode") if train else None,
+        "alias": train.alias if train else None,
         "rollout": _started(result.outputs.get("rollout", {})),
         "champion_version": champion,
     }

@@ -1,0 +1,79 @@
+"""What the pipeline tasks hand each other and the demo story reads: typed, so a renamed field fails validation
+(and type checking) where it is read, instead of reading as a silent ``None``.
+
+A task's output is stored as JSON in the run's state (so a re-run resumes); these models are how the tasks write and
+read it. Fields a task adds beyond these are kept (``extra="allow"``) but nobody downstream relies on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["MonitorOutcome", "Retrain", "TrainOutcome", "dump"]
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Score(_Open):
+    f1: float | None = None
+
+
+class Performance(_Open):
+    model: Score
+    dummy_by_reference: Score
+    dummy_by_current: Score
+
+
+class FiredAlert(_Open):
+    rule: str
+    message: str = ""
+
+
+class Retrain(_Open):
+    retrain: bool
+    reason: str = ""
+    reasons: list[str] = []
+
+
+class MonitorOutcome(_Open):
+    """The monitor task's output: what it found and whether it asks for a retrain (``skipped`` when there was no
+    champion to monitor against, which asks for the first model)."""
+
+    id: int | None = None
+    drift_share: float | None = None
+    drifted_columns: list[str] = []
+    performance: Performance | None = None
+    ood_share: float | None = None
+    alerts: list[FiredAlert] = []
+    retrain: Retrain
+    report: str | None = None
+    skipped: str | None = None
+
+    @property
+    def drifted(self) -> bool:
+        return any(alert.rule == "drift_share" for alert in self.alerts)
+
+
+class TrainOutcome(_Open):
+    """The train task's output: the data it trained on, the search, the winner, the gate and the registration."""
+
+    dataset_version: str
+    search: dict[str, Any]
+    best: dict[str, Any]
+    gate: dict[str, Any] | None = None
+    registered_version: int | None = None
+    alias: str | None = None
+
+    @classmethod
+    def of(cls, output: dict[str, Any]) -> TrainOutcome | None:
+        """The outcome of a train task's output; None when the task was skipped (its output is only a status)."""
+        return None if set(output) <= {"status"} else cls.model_validate(output)
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """A contract as the JSON object a task returns."""
+    return model.model_dump(mode="json", exclude_none=False)
