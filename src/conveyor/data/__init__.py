@@ -5,7 +5,8 @@ The ingest stage itself is :func:`conveyor.data.ingest.ingest` (not re-exported 
 """
 
 from conveyor.data.decode import FORMATS, REASONS, DecodedImage, DecodeLimits, decode_image, sniff_format
-from conveyor.data.ingest import IngestSummary, inspect_image
+from conveyor.data.facts import inspect_image
+from conveyor.data.ingest import IngestSummary
 from conveyor.data.sources import Source, SourceFile, open_source
 from conveyor.data.versions import dataset_members, latest_version, list_versions, record_dataset_version
 

@@ -30,74 +30,24 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
-import numpy as np
 from sqlalchemy import Connection, Engine, Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.config import Settings
-from conveyor.data.decode import FORMATS, DecodedImage, DecodeLimits, decode_image, sniff_format
-from conveyor.data.fingerprint import dhash
+from conveyor.data.decode import FORMATS, DecodeLimits, sniff_format
+from conveyor.data.facts import Inspection, inspect_image
 from conveyor.data.privacy import PathNames, deidentify_dicom, path_names, workspace_salt
 from conveyor.data.sources import Source, SourceFile, open_source
 from conveyor.data.split import Assigned, Candidate, assign_splits
 from conveyor.data.versions import record_dataset_version
 from conveyor.errors import InvalidImageError
-from conveyor.preprocess.transforms import to_gray_unit
 from conveyor.store.db import session_scope
 from conveyor.store.models import AuditEntry, Image, Ingest, IngestFile, LabelConflict, utcnow
 from conveyor.workspace import PRIVATE, atomic_write, available_cores, die_with_parent, open_workspace, workspace_lock
 
-__all__ = ["IngestSummary", "Inspection", "ingest", "inspect_image"]
+__all__ = ["IngestSummary", "ingest", "label_warnings"]
 
 NO_LABEL = "(no label)"
-
-
-@dataclass(frozen=True)
-class Inspection:
-    """What ingest records about a valid image."""
-
-    format: str
-    width: int
-    height: int
-    channels: int
-    mode: str
-    bit_depth: int
-    n_frames: int
-    phash: str
-    brightness: float
-    contrast: float
-
-
-def inspect_image(data: bytes, limits: DecodeLimits) -> Inspection:
-    """Decode and validate ``data``; raise :class:`InvalidImageError` with the reason if it cannot be used.
-
-    The perceptual hash and the brightness/contrast statistics are computed on a copy subsampled to about 64 pixels
-    on its short side (the hash needs 17x16): it keeps ingest close to the cost of decoding.
-    """
-    decoded: DecodedImage = decode_image(data, limits)
-    gray = reduced_gray(decoded.pixels)
-    return Inspection(
-        format=decoded.format,
-        width=decoded.width,
-        height=decoded.height,
-        channels=decoded.channels,
-        mode=decoded.mode,
-        bit_depth=decoded.bit_depth,
-        n_frames=decoded.n_frames,
-        phash=dhash(gray),
-        brightness=float(gray.mean()),
-        contrast=float(gray.std()),
-    )
-
-
-def reduced_gray(pixels: np.ndarray, short_side: int = 64) -> np.ndarray:
-    """(h, w) float32 grayscale in [0, 1], subsampled by an integer stride to about ``short_side``.
-
-    A strided view, not an average: it costs a few microseconds, the mean it gives is unbiased, and the hash reduces
-    it further to 17x16 anyway.
-    """
-    step = max(1, min(pixels.shape[:2]) // short_side)
-    return to_gray_unit(pixels[::step, ::step])
 
 
 class Outcome(NamedTuple):

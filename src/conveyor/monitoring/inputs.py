@@ -208,7 +208,7 @@ def image_stats_from_db(engine: Engine, shas: Sequence[str]) -> pd.DataFrame:
 
 
 def image_stats_of(inspections: Sequence[Any]) -> pd.DataFrame:
-    """Image-level statistics of :class:`conveyor.data.ingest.Inspection` objects (files read, not ingested)."""
+    """Image-level statistics of :class:`conveyor.data.facts.Inspection` objects (files read, not ingested)."""
     rows = [
         {
             "width": i.width,
@@ -260,7 +260,7 @@ def read_image_file(path: Path, limits: Any) -> tuple[Any, bytes]:
     Raises:
         InvalidImageError: not a usable image.
     """
-    from conveyor.data.ingest import inspect_image
+    from conveyor.data.facts import inspect_image
 
     try:
         data = path.read_bytes()

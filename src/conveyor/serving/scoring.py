@@ -72,19 +72,12 @@ def inspect(data: bytes, sha256: str, limits: DecodeLimits) -> tuple[Inspected, 
     Raises:
         InvalidImageError: the bytes are not a usable image.
     """
-    from conveyor.data.ingest import reduced_gray  # the same statistics as the images table
+    from conveyor.data.facts import inspect_decoded  # the same facts as the images table
 
     decoded = decode_image(data, limits)
-    gray = reduced_gray(decoded.pixels)
-    facts = Inspected(
-        sha256=sha256,
-        format=decoded.format,
-        width=decoded.width,
-        height=decoded.height,
-        brightness=float(gray.mean()),
-        contrast=float(gray.std()),
-    )
-    return facts, decoded.pixels
+    facts = inspect_decoded(decoded)
+    inspected = Inspected(sha256, facts.format, facts.width, facts.height, facts.brightness, facts.contrast)
+    return inspected, decoded.pixels
 
 
 @dataclass(frozen=True)
