@@ -210,7 +210,8 @@ def test_a_drifted_batch_makes_the_pipeline_search_anew(searched_then_refitted: 
     from conveyor.pipelines.definitions import train_task
 
     settings, _, _ = searched_then_refitted
-    output = train_task(settings, {}, {"monitor": {"alerts": [{"rule": "drift_share", "message": "drift"}]}})
+    monitor = {"alerts": [{"rule": "drift_share", "message": "drift"}], "retrain": {"retrain": True, "reason": "drift"}}
+    output = train_task(settings, {}, {"monitor": monitor})
     assert output["search"]["mode"] == "race"
     assert output["search"]["reason"] == "the monitor saw drift: the best candidate may have changed"
 
@@ -341,3 +342,28 @@ def test_the_search_workers_of_a_killed_train_exit_with_it(tmp_path: Path) -> No
     for pid in alive:
         os.kill(pid, signal.SIGKILL)
     assert alive == []
+
+
+def test_the_gate_scores_the_champion_from_the_feature_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its test split's features are stored: no image is read again, and the metrics equal those from the bytes."""
+    import shutil
+
+    import conveyor.training.train as train_module
+
+    settings = small_settings(tmp_path / "ws")
+    generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=30, size=96, seed=8))
+    ingest(tmp_path / "src", settings)
+    assert train(settings).registered_version == 1
+    members = dataset_members(get_engine(settings.resolved_db_url))
+    configure_mlflow(settings)
+
+    def no_image_reads(*_args: Any) -> Any:
+        raise AssertionError("an image was read again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "raw_paths", no_image_reads)
+        from_store = train_module._champion_metrics(settings, 1, members)
+    shutil.rmtree(settings.home / "features")  # nothing stored: every test image from its bytes
+    from_bytes = train_module._champion_metrics(settings, 1, members)
+    assert from_store.n == from_bytes.n == sum(split == "test" for _, _, split in members)
+    assert (from_store.f1, from_store.accuracy) == pytest.approx((from_bytes.f1, from_bytes.accuracy))

@@ -356,6 +356,40 @@ def _run_chunks(
             yield done.result()
 
 
+def feature_column_names(extractors: Sequence[tuple[str, Any]], name: str, columns: Sequence[str]) -> list[str]:
+    """Column names of one extractor's part of a model's input: prefixed by the extractor when there are several."""
+    return [f"{name}__{c}" for c in columns] if len(extractors) > 1 else [str(c) for c in columns]
+
+
+def stored_features(
+    settings: Settings,
+    preprocess: PreprocessSettings,
+    extractors: Sequence[tuple[str, dict[str, Any]]],
+    shas: Sequence[str],
+) -> tuple[pd.DataFrame, list[str]]:
+    """The stored feature rows of ``shas`` (in that order) from the master tables of ``extractors`` (with their
+    parameters) under ``preprocess``: a registered model's own inputs, side by side in its order, never recomputed.
+
+    Returns:
+        ``(frame, missing)``: rows of the shas every table has, and the shas some table lacks.
+    """
+    from conveyor.features.extractors import make_extractor
+
+    local = settings.model_copy(update={"preprocess": preprocess})
+    wanted = pd.Index(shas)
+    frames = []
+    for name, params in extractors:
+        table = read_table(table_for(local, make_extractor(name, **params)).path)
+        frames.append(table.set_axis(feature_column_names(extractors, name, list(table.columns)), axis=1))
+    if not frames:
+        return pd.DataFrame(index=wanted), []
+    present = wanted
+    for frame in frames:
+        present = present[present.isin(frame.index)]
+    missing = [sha for sha in shas if sha not in set(present)]
+    return pd.concat([f.reindex(present) for f in frames], axis=1), missing
+
+
 def load_matrix(
     settings: Settings, extractor: str, *, version: str | None = None, split: str | None = "train"
 ) -> tuple[pd.DataFrame, pd.Series]:

@@ -17,6 +17,7 @@ from sqlalchemy import Engine, select
 
 from conveyor.config import PreprocessSettings, Settings
 from conveyor.errors import ConveyorError, InvalidImageError, NotFoundError
+from conveyor.features.store import feature_column_names, stored_features
 from conveyor.store.db import session_scope
 from conveyor.store.models import Image
 
@@ -131,35 +132,12 @@ def monitored_extractors(settings: Settings, champion: Champion) -> list[tuple[s
     return []
 
 
-def _column_names(extractors: Sequence[tuple[str, dict[str, Any]]], name: str, columns: Sequence[str]) -> list[str]:
-    return [f"{name}__{c}" for c in columns] if len(extractors) > 1 else [str(c) for c in columns]
-
-
 def read_features(
     settings: Settings, champion: Champion, extractors: Sequence[tuple[str, dict[str, Any]]], shas: Sequence[str]
 ) -> tuple[pd.DataFrame, list[str]]:
-    """The stored feature rows of ``shas`` (in that order) from the master tables the champion was trained on.
-
-    Returns:
-        ``(frame, missing)``: rows of the shas every table has, and the shas some table lacks.
-    """
-    from conveyor.features.extractors import make_extractor
-    from conveyor.features.store import read_table, table_for
-
-    local = settings.model_copy(update={"preprocess": PreprocessSettings(**champion.spec.preprocess)})
-    wanted = pd.Index(shas)
-    frames = []
-    for name, params in extractors:
-        table = read_table(table_for(local, make_extractor(name, **params)).path)
-        frames.append(table.set_axis(_column_names(extractors, name, list(table.columns)), axis=1))
-    if not frames:
-        return pd.DataFrame(index=wanted), []
-    present = wanted
-    for frame in frames:
-        present = present[present.isin(frame.index)]
-    missing = [sha for sha in shas if sha not in set(present)]
-    joined = pd.concat([f.reindex(present) for f in frames], axis=1)
-    return joined, missing
+    """The stored feature rows of ``shas`` from the master tables the champion was trained on (see
+    :func:`conveyor.features.store.stored_features`)."""
+    return stored_features(settings, PreprocessSettings(**champion.spec.preprocess), extractors, shas)
 
 
 def compute_features_of(
@@ -175,7 +153,8 @@ def compute_features_of(
         return pd.DataFrame(index=range(len(blobs)))
     columns = pipeline.columns()
     frames = [
-        pd.DataFrame(parts[name], columns=_column_names(extractors, name, columns[name])) for name, _ in extractors
+        pd.DataFrame(parts[name], columns=feature_column_names(extractors, name, columns[name]))
+        for name, _ in extractors
     ]
     return pd.concat(frames, axis=1)
 

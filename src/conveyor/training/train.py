@@ -14,6 +14,7 @@ A model that fails the gate is never registered; the refusal goes to the audit l
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -558,18 +559,38 @@ def _calibrate(best: CandidateResult, y_train: np.ndarray, settings: Settings) -
 
 
 def _champion_metrics(settings: Settings, version: int, members: list[tuple[str, str, str]]) -> Metrics:
-    """The champion's metrics on the current test split, scored through its own registered pyfunc model."""
+    """The champion's metrics on the current test split, through its own registered model: from the feature store
+    for a feature model (its tables under its own preprocessing), from the images' bytes for what the store lacks."""
+    from conveyor.config import PreprocessSettings
+    from conveyor.features.store import stored_features
     from conveyor.tracking.integrity import load_verified
 
-    model = load_verified(settings, version)
+    saved_path = list(sys.path)
+    try:
+        model = load_verified(settings, version).unwrap_python_model()
+    finally:
+        sys.path[:] = saved_path  # the model's code_paths copy of conveyor must not shadow the installed package
     test = [(sha, label) for sha, label, split in members if split == "test"]
-    raw = raw_paths(settings, [sha for sha, _ in test])
-    out = model.predict(pd.DataFrame({"image": [raw[sha].read_bytes() for sha, _ in test]}))
-    served = [c.removeprefix("proba_") for c in out.columns if c.startswith("proba_")]
+    shas = [sha for sha, _ in test]
+    rows: dict[str, np.ndarray] = {}
+    missing = shas
+    if model.spec.input_kind == "features":
+        stored, missing = stored_features(
+            settings, PreprocessSettings(**model.spec.preprocess), model.spec.extractors, shas
+        )
+        if len(stored):
+            rows.update(zip(stored.index, model.predict_features(stored.to_numpy()), strict=True))
+    if missing:
+        raw = raw_paths(settings, missing)
+        images = [model.image(raw[sha].read_bytes()) for sha in missing]
+        rows.update(zip(missing, model.predict_images(images), strict=True))
+    served = list(model.classes)
     classes = sorted({label for _, label in test} | set(served))
-    proba = np.column_stack([out[f"proba_{c}"] if c in served else np.zeros(len(out)) for c in classes])
+    by_served = np.stack([rows[sha] for sha in shas])
+    proba = np.column_stack([by_served[:, served.index(c)] if c in served else np.zeros(len(shas)) for c in classes])
+    predicted = [served[i] for i in by_served.argmax(axis=1)]
     positive = positive_class(classes, settings.training.positive_class)
-    return evaluate([label for _, label in test], list(out["label"]), proba, classes, positive=positive, n_boot=100)
+    return evaluate([label for _, label in test], predicted, proba, classes, positive=positive, n_boot=100)
 
 
 def _model_spec(
