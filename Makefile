@@ -37,6 +37,7 @@ bench: install  ## speed and quality claims, printed as tables of ratios
 	$(BIN)/python benchmarks/cnn.py
 	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/hardening.py
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache .mypy_cache .ruff_cache
