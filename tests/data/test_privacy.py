@@ -124,3 +124,16 @@ def test_without_deidentify_the_raw_store_keeps_the_original_bytes(tmp_path: Pat
     with session_scope(get_engine(settings.resolved_db_url)) as session:
         raw_path = session.scalars(select(Image.raw_path)).one()
     assert (settings.home / raw_path).read_bytes() == original
+
+
+def test_paths_a_workspace_kept_plain_are_hashed_and_still_known(tmp_path: Path, settings: Settings) -> None:
+    """A workspace ingested with keep_paths (or before paths were hashed), then ingested again without it."""
+    source = _export(tmp_path)
+    settings.ingest.keep_paths = True
+    ingest(source, settings)
+    settings.ingest.keep_paths = False
+    again = ingest(source, settings)
+    assert (again.new, again.already_ingested) == (0, 4)
+    with session_scope(get_engine(settings.resolved_db_url)) as session:
+        stored = [(f.source_key[:5], f.relpath[:5]) for f in session.scalars(select(IngestFile))]
+    assert stored == [("path-", "path-")] * 4

@@ -164,6 +164,8 @@ def _ingest_source(
     source_key = names.stored(source.key)
     summary = IngestSummary(source=display, source_key=source_key, missing_from_csv=source.missing)
     limits = DecodeLimits.of(settings)
+    if not names.keep:
+        _hash_plain_paths(engine, source.key, names)
     with session_scope(engine) as session:
         decided = {
             (row.relpath, row.sha256): Outcome(row.outcome, row.reason, row.detail, row.label, row.quarantine_path)
@@ -246,6 +248,27 @@ def label_warnings(labels: set[str], known: set[str]) -> list[str]:
         if _MARKUP_OR_PATH.search(label):
             warnings.append(f"label {label!r} holds markup, quote, path or control characters")
     return warnings
+
+
+def _hash_plain_paths(engine: Engine, plain_key: str, names: PathNames) -> None:
+    """Store as salted hashes the paths an earlier run (with ``ingest.keep_paths``, or before paths were hashed) kept
+    as they are, so that this source's files are still known by their stored names: nothing is decided twice."""
+    with session_scope(engine) as session:
+        rows = session.execute(
+            select(IngestFile.id, IngestFile.relpath, IngestFile.sha256).where(IngestFile.source_key == plain_key)
+        ).all()
+        for row_id, relpath, sha in rows:
+            stored = names.stored(relpath)
+            session.execute(
+                update(IngestFile)
+                .where(IngestFile.id == row_id)
+                .values(source_key=names.stored(plain_key), relpath=stored)
+            )
+            session.execute(
+                update(LabelConflict)
+                .where(LabelConflict.sha256 == sha, LabelConflict.relpath == relpath)
+                .values(relpath=stored)
+            )
 
 
 def _at_rest(summary: IngestSummary, names: PathNames) -> dict[str, Any]:
