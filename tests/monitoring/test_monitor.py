@@ -271,3 +271,23 @@ def test_the_webhook_is_posted_after_the_run_is_committed(runs: Any, champion_ho
     with sqlite3.connect(database) as db:
         [(stored,)] = db.execute("SELECT summary FROM monitoring_runs WHERE id = ?", (summary["id"],)).fetchall()
     assert json.loads(stored)["webhook"] == {"url": url, "sent": True, "status": 204}
+
+
+def test_every_run_meets_the_report_contract_and_a_renamed_field_does_not(runs: dict[str, Any]) -> None:
+    from pydantic import ValidationError
+
+    from conveyor.monitoring.report import MonitorReport
+
+    report = MonitorReport.model_validate(runs["lesion"])
+    assert (report.kind, report.n_current, report.retrain.retrain) == (
+        "batch",
+        20,
+        runs["lesion"]["retrain"]["retrain"],
+    )
+    assert (
+        report.performance is not None and report.performance.model.f1 == runs["lesion"]["performance"]["model"]["f1"]
+    )
+    renamed = {**runs["lesion"], "drift_fraction": runs["lesion"]["drift_share"]}
+    del renamed["drift_share"]
+    with pytest.raises(ValidationError, match="drift_share"):
+        MonitorReport.model_validate(renamed)

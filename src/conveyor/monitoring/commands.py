@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from conveyor.errors import ConveyorError
+from conveyor.monitoring.report import MonitorReport
 from conveyor.terminal import JsonOption, emit_json, errors, out
 
 __all__ = ["monitor"]
@@ -64,31 +65,30 @@ def _fmt(value: float | None, pattern: str = "{:.3f}") -> str:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
+    report = MonitorReport.model_validate(summary)
     out.print(
-        f"monitored [bold]{summary['n_current']}[/] inputs ({summary['n_labelled']} labelled) from {summary['source']} "
-        f"against model v{summary['model_version']} (trained on {summary['reference_version']}, "
-        f"{summary['n_reference']} images)"
+        f"monitored [bold]{report.n_current}[/] inputs ({report.n_labelled} labelled) from {report.source} "
+        f"against model v{report.model_version} (trained on {report.reference_version}, "
+        f"{report.n_reference} images)"
     )
-    drifted = summary["drifted_columns"]
+    drifted = report.drifted_columns
     out.print(
-        f"drift: {_fmt(summary['drift_share'], '{:.0%}')} of columns"
+        f"drift: {_fmt(report.drift_share, '{:.0%}')} of columns"
         + (f" ({', '.join(drifted[:10])}{' ...' if len(drifted) > 10 else ''})" if drifted else "")
     )
-    perf = summary.get("performance")
-    if perf:
+    if report.performance is not None:
         table = Table(title="performance on the labelled inputs")
         for column in ("", "F1", "precision", "recall", "accuracy"):
             table.add_column(column, justify="left" if not column else "right")
         for name in ("model", "dummy_by_reference", "dummy_by_current"):
-            m = perf[name]
-            table.add_row(name, *(_fmt(m[k]) for k in ("f1", "precision", "recall", "accuracy")))
+            m = getattr(report.performance, name)
+            table.add_row(name, *(_fmt(v) for v in (m.f1, m.precision, m.recall, m.accuracy)))
         out.print(table)
-    out.print(f"out of distribution: {_fmt(summary['ood_share'], '{:.0%}')}")
-    for alert in summary["alerts"]:
-        out.print(f"[bold red]alert[/] {alert['rule']}: {alert['message']}")
-    decision = summary["retrain"]
-    out.print(f"retrain: [bold]{'yes' if decision['retrain'] else 'no'}[/] ({decision['reason']})")
-    out.print(f"report: {summary['report']}")
+    out.print(f"out of distribution: {_fmt(report.ood_share, '{:.0%}')}")
+    for alert in report.alerts:
+        out.print(f"[bold red]alert[/] {alert.rule}: {alert.message}")
+    out.print(f"retrain: [bold]{'yes' if report.retrain.retrain else 'no'}[/] ({report.retrain.reason})")
+    out.print(f"report: {report.report}")
 
 
 def _print_history(rows: list[Any]) -> None:

@@ -51,6 +51,7 @@ from conveyor.monitoring.inputs import (
 from conveyor.monitoring.ood import OODDetector
 from conveyor.monitoring.performance import compare_with_dummies
 from conveyor.monitoring.policy import RetrainDecision, decide_retrain
+from conveyor.monitoring.report import MonitorReport
 from conveyor.store.db import session_scope
 from conveyor.store.models import MonitoringRun
 from conveyor.workspace import atomic_write, open_workspace
@@ -492,6 +493,7 @@ def analyse(settings: Settings, current: Current, *, champion: Champion | None =
                 .where(MonitoringRun.id == summary["id"])
                 .values(summary=json.loads(json.dumps(summary, default=str)))
             )
+    MonitorReport.model_validate(summary)  # what this run produced is what its readers are promised
     atomic_write(folder / "summary.json", json.dumps(summary, indent=2, default=str).encode())
     _log_summary_artifact(settings, summary)
     return summary

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from conveyor.monitoring.report import FiredAlert, Performance, Retrain
+
 __all__ = ["MonitorOutcome", "Retrain", "TrainOutcome", "dump"]
 
 
@@ -18,30 +20,10 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class Score(_Open):
-    f1: float | None = None
-
-
-class Performance(_Open):
-    model: Score
-    dummy_by_reference: Score
-    dummy_by_current: Score
-
-
-class FiredAlert(_Open):
-    rule: str
-    message: str = ""
-
-
-class Retrain(_Open):
-    retrain: bool
-    reason: str = ""
-    reasons: list[str] = []
-
-
 class MonitorOutcome(_Open):
-    """The monitor task's output: what it found and whether it asks for a retrain (``skipped`` when there was no
-    champion to monitor against, which asks for the first model)."""
+    """The monitor task's output, the part of :class:`conveyor.monitoring.report.MonitorReport` the pipeline passes
+    on: what it found and whether it asks for a retrain (``skipped`` when there was no champion to monitor against,
+    which asks for the first model)."""
 
     id: int | None = None
     drift_share: float | None = None
