@@ -137,3 +137,17 @@ def test_paths_a_workspace_kept_plain_are_hashed_and_still_known(tmp_path: Path,
     with session_scope(get_engine(settings.resolved_db_url)) as session:
         stored = [(f.source_key[:5], f.relpath[:5]) for f in session.scalars(select(IngestFile))]
     assert stored == [("path-", "path-")] * 4
+
+
+def test_a_corrected_labels_csv_is_taken_in_with_hashed_paths(tmp_path: Path, settings: Settings) -> None:
+    for seed in (1, 2):
+        write(tmp_path / "images" / f"{PATIENT} {seed}.png", png_bytes(seed=seed))
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"path,label\n{PATIENT} 1.png,tumour\n{PATIENT} 2.png,no_tumour\n")
+    ingest(tmp_path / "images", settings, labels_csv=csv)
+    csv.write_text(f"path,label\n{PATIENT} 1.png,tumour\n{PATIENT} 2.png,tumour\n")
+    again = ingest(tmp_path / "images", settings, labels_csv=csv)
+    assert (again.new, again.stored, again.conflicts) == (1, 2, 0)
+    with session_scope(get_engine(settings.resolved_db_url)) as session:
+        assert sorted(session.scalars(select(Image.label))) == ["tumour", "tumour"]
+        assert all(relpath.startswith("path-") for relpath in session.scalars(select(IngestFile.relpath)))
