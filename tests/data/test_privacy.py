@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pytest
 from sqlalchemy import select
 
 from conveyor.config import Settings
@@ -151,3 +152,12 @@ def test_a_corrected_labels_csv_is_taken_in_with_hashed_paths(tmp_path: Path, se
     with session_scope(get_engine(settings.resolved_db_url)) as session:
         assert sorted(session.scalars(select(Image.label))) == ["tumour", "tumour"]
         assert all(relpath.startswith("path-") for relpath in session.scalars(select(IngestFile.relpath)))
+
+
+def test_a_damaged_salt_is_a_clear_error_not_a_new_salt(tmp_path: Path) -> None:
+    from conveyor.errors import ConfigError
+
+    workspace_salt(tmp_path)
+    (tmp_path / "salt").write_text("")  # truncated by a careless copy
+    with pytest.raises(ConfigError, match=r"salt is damaged .* restore it from a backup"):
+        workspace_salt(tmp_path)

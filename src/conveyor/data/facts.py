@@ -11,7 +11,7 @@ from conveyor.data.decode import DecodedImage, DecodeLimits, decode_image
 from conveyor.data.fingerprint import dhash
 from conveyor.preprocess.transforms import to_gray_unit
 
-__all__ = ["Inspection", "inspect_decoded", "inspect_image", "reduced_gray"]
+__all__ = ["Inspection", "brightness_contrast", "gray_statistics", "inspect_decoded", "inspect_image", "reduced_gray"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ def inspect_decoded(decoded: DecodedImage) -> Inspection:
     subsampled to about 64 pixels on its short side (the hash needs 17x16): it keeps ingest close to the cost of
     decoding, and a served request too."""
     gray = reduced_gray(decoded.pixels)
+    brightness, contrast = gray_statistics(gray)
     return Inspection(
         format=decoded.format,
         width=decoded.width,
@@ -49,9 +50,20 @@ def inspect_decoded(decoded: DecodedImage) -> Inspection:
         bit_depth=decoded.bit_depth,
         n_frames=decoded.n_frames,
         phash=dhash(gray),
-        brightness=float(gray.mean()),
-        contrast=float(gray.std()),
+        brightness=brightness,
+        contrast=contrast,
     )
+
+
+def gray_statistics(gray: np.ndarray) -> tuple[float, float]:
+    """Brightness (mean) and contrast (standard deviation) of a reduced gray image."""
+    return float(gray.mean()), float(gray.std())
+
+
+def brightness_contrast(pixels: np.ndarray) -> tuple[float, float]:
+    """Brightness and contrast of decoded pixels, as ingest records them, without the perceptual hash (a served
+    request logs these two and has no use for the hash: 27 us of a 130 us decode)."""
+    return gray_statistics(reduced_gray(pixels))
 
 
 def reduced_gray(pixels: np.ndarray, short_side: int = 64) -> np.ndarray:

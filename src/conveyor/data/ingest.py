@@ -195,14 +195,15 @@ def _ingest_source(
     )
     for item, prepared in _prepare_in_order(source.files, context):
         sha = prepared.sha
-        previous = decided.get((names.stored(item.relpath), sha))
+        stored_path = names.stored(item.relpath)
+        previous = decided.get((stored_path, sha))
         if previous is not None and item.label in (previous.label, None):  # a label dropped later keeps its decision
             summary.already_ingested += 1
             outcome = previous
         else:
             summary.new += 1
-            outcome = _decide(item, prepared, previous, run)
-            decided[(names.stored(item.relpath), sha)] = outcome  # the same path and bytes twice in a zip is one file
+            outcome = _decide(item, stored_path, prepared, previous, run)
+            decided[(stored_path, sha)] = outcome  # the same path and bytes twice in a zip is one file
         summary.count(outcome.label, outcome.outcome, outcome.reason)
         if outcome.outcome == "quarantined":
             summary.rejected.append(
@@ -432,12 +433,11 @@ class _Run:
     pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (kind, row), written by _flush
 
 
-def _decide(item: SourceFile, prepared: _Prepared, previous: Outcome | None, run: _Run) -> Outcome:
+def _decide(item: SourceFile, stored_path: str, prepared: _Prepared, previous: Outcome | None, run: _Run) -> Outcome:
     """Decide where one file ends and queue its rows. ``previous`` is an earlier decision for the same path and
     bytes under another label (a corrected labels CSV): decided again, its row updated and the change audited."""
     sha = prepared.sha
     settings, known = run.settings, run.known
-    stored_path = run.names.stored(item.relpath)
     too_large = item.size > settings.ingest.max_file_bytes and item.stand_in_id is not None
     label = item.label
     outcome, reason, detail, quarantine_path = "stored", None, None, None

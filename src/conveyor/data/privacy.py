@@ -20,6 +20,7 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conveyor.errors import ConfigError
 from conveyor.workspace import PRIVATE
 
 if TYPE_CHECKING:
@@ -91,7 +92,17 @@ def workspace_salt(home: Path) -> bytes:
             pass
         finally:
             draft.unlink()
-    return bytes.fromhex(path.read_text().strip())
+    text = path.read_text().strip()
+    try:
+        salt = bytes.fromhex(text)
+    except ValueError:
+        salt = b""
+    if len(salt) != 32:
+        raise ConfigError(
+            f"{path} is damaged (it must hold 64 hex digits): restore it from a backup of the workspace. With "
+            "another salt no stored path matches its file again, and every file would be decided anew."
+        )
+    return salt
 
 
 class PathNames:

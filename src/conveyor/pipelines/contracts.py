@@ -58,4 +58,4 @@ class TrainOutcome(_Open):
 
 def dump(model: BaseModel) -> dict[str, Any]:
     """A contract as the JSON object a task returns."""
-    return model.model_dump(mode="json", exclude_none=False)
+    return model.model_dump(mode="json")

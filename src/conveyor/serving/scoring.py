@@ -72,11 +72,11 @@ def inspect(data: bytes, sha256: str, limits: DecodeLimits) -> tuple[Inspected, 
     Raises:
         InvalidImageError: the bytes are not a usable image.
     """
-    from conveyor.data.facts import inspect_decoded  # the same facts as the images table
+    from conveyor.data.facts import brightness_contrast  # the same statistics as the images table
 
     decoded = decode_image(data, limits)
-    facts = inspect_decoded(decoded)
-    inspected = Inspected(sha256, facts.format, facts.width, facts.height, facts.brightness, facts.contrast)
+    brightness, contrast = brightness_contrast(decoded.pixels)
+    inspected = Inspected(sha256, decoded.format, decoded.width, decoded.height, brightness, contrast)
     return inspected, decoded.pixels
 
 
