@@ -38,11 +38,11 @@ def main() -> None:
     print(f"dataset {result.dataset_version}: positive class {result.positive!r}; train took {seconds:.0f} s")
     print(f"{'family':<24}{'best input':<12}{'CV F1':>14}{'test F1 [95% interval]':>28}{'ROC-AUC':>9}")
     for family in args.families.split(","):
-        best = max((c for c in result.candidates if c.family == family), key=lambda c: c.cv_f1)
+        best = max((c for c in result.candidates if c.family == family), key=lambda c: c.cv_score)
         f1 = best.test.intervals["f1"]
         auc = "-" if best.test.roc_auc is None else f"{best.test.roc_auc:.3f}"
         print(
-            f"{family:<24}{best.extractor:<12}{best.cv_f1:>8.3f} ± {best.cv_f1_std:.3f}"
+            f"{family:<24}{best.extractor:<12}{best.cv_score:>8.3f} ± {best.cv_score_std:.3f}"
             f"{best.test.f1:>12.3f} [{f1.low:.3f}, {f1.high:.3f}]{auc:>9}"
         )
     for name, metrics in result.baselines.items():

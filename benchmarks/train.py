@@ -84,8 +84,8 @@ def row(name: str, seconds: float, result: TrainResult, cpu: float = float("nan"
         "fits": result.search.fits,
         "n_train": best.n,
         "pick": best.name,
-        "cv": best.cv_f1,
-        "cv_std": best.cv_f1_std,
+        "cv": best.cv_score,
+        "cv_std": best.cv_score_std,
         "test": result.calibrated.f1,
     }
 
@@ -116,7 +116,8 @@ def bench(set_name: str, modes: list[str], families: list[str] | None) -> list[d
                       f"{r['seconds']:.0f} s", flush=True)  # fmt: skip
             for c in result.candidates:
                 if c.stage == "final":
-                    print(f"    finalist {c.name}: CV {c.cv_f1:.3f} ± {c.cv_f1_std:.3f}, {c.fit_seconds:.0f} s of fits")
+                    cv = f"{c.cv_score:.3f} ± {c.cv_score_std:.3f}"
+                    print(f"    finalist {c.name}: CV {cv}, {c.fit_seconds:.0f} s of fits")
         if "refit" in modes:
             began = time.perf_counter()
             ingest(later, settings)

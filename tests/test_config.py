@@ -42,3 +42,20 @@ def test_an_unknown_setting_is_refused(tmp_path: Path) -> None:
     (tmp_path / "conveyor.yaml").write_text("ingets:\n  min_side: 3\n")
     with pytest.raises(ValidationError, match="ingets"):
         Settings(home=tmp_path)
+
+
+@pytest.mark.parametrize("key", ["metric", "gate_metric"])
+def test_the_metric_is_read_under_its_new_and_its_old_name(tmp_path: Path, key: str) -> None:
+    (tmp_path / "conveyor.yaml").write_text(f"training:\n  {key}: roc_auc\n")
+    assert Settings(home=tmp_path).training.metric == "roc_auc"
+
+
+def test_the_metric_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_TRAINING__METRIC", "f1")
+    assert Settings(home=tmp_path).training.metric == "f1"
+
+
+def test_an_unknown_metric_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "conveyor.yaml").write_text("training:\n  metric: precision\n")
+    with pytest.raises(ValidationError, match=r"training\.metric"):
+        Settings(home=tmp_path)

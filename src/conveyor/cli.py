@@ -247,7 +247,7 @@ def _search_progress(enabled: bool) -> Iterator[Callable[[int, int, str | None, 
         task = progress.add_task("searching", total=None)
 
         def update(done: int, total: int, best: str | None, score: float | None) -> None:
-            label = "searching" if best is None else f"searching (best so far {best}, CV F1 {score:.3f})"
+            label = "searching" if best is None else f"searching (best so far {best}, CV score {score:.3f})"
             progress.update(task, completed=done, total=max(total, done), description=label)
 
         yield update
@@ -264,47 +264,41 @@ def _print_training(result: Any, compact: bool = False) -> None:
             for i, r in enumerate(search.rounds)
         )
     )
+    from conveyor.training.evaluate import METRIC_LABELS
+
+    metric = result.metric
+    label = METRIC_LABELS[metric]
     table = Table(title=f"candidates on dataset {result.dataset_version} (finalists by CV, then the raced out)")
-    for column in ("candidate", "CV F1", "stage", "test F1 [95% interval]", "accuracy", "ROC-AUC", "fit s"):
+    for column in ("candidate", f"CV {label}", "stage", f"test {label} [95% interval]", "F1", "ROC-AUC", "fit s"):
         table.add_column(column, justify="left" if column in ("candidate", "stage") else "right", no_wrap=True)
     raced_out = [c for c in result.candidates if c.test is None]
+
+    def test_cells(m: Any, dim: bool) -> list[str]:
+        value, interval = getattr(m, metric), m.intervals.get(metric)
+        shown = f"{value:.3f}" + ("" if interval is None else f" [{interval.low:.2f}, {interval.high:.2f}]")
+        auc = "-" if m.roc_auc is None else f"{m.roc_auc:.3f}"
+        cells = [shown, f"{m.f1:.3f}", auc]
+        return [f"[dim]{c}[/]" for c in cells] if dim else cells
+
     for c in result.candidates:
         stage = c.stage if c.stage == "final" else f"out, {c.stage} (n={c.n})"
         if c.test is None and compact:
             continue
         if c.test is None:
-            table.add_row(f"[dim]{c.name}[/]", f"[dim]{c.cv_f1:.3f} ± {c.cv_f1_std:.3f}[/]", f"[dim]{stage}[/]",
+            table.add_row(f"[dim]{c.name}[/]", f"[dim]{c.cv_score:.3f} ± {c.cv_score_std:.3f}[/]", f"[dim]{stage}[/]",
                           "-", "-", "-", f"{c.fit_seconds:.1f}")  # fmt: skip
             continue
-        f1 = c.test.intervals["f1"]
-        auc = "-" if c.test.roc_auc is None else f"{c.test.roc_auc:.3f}"
-        table.add_row(
-            c.name,
-            f"{c.cv_f1:.3f} ± {c.cv_f1_std:.3f}",
-            stage,
-            f"{c.test.f1:.3f} [{f1.low:.2f}, {f1.high:.2f}]",
-            f"{c.test.accuracy:.3f}",
-            auc,
-            f"{c.fit_seconds:.1f}",
-        )
+        cv = f"{c.cv_score:.3f} ± {c.cv_score_std:.3f}"
+        table.add_row(c.name, cv, stage, *test_cells(c.test, False), f"{c.fit_seconds:.1f}")
     for name, m in result.baselines.items():
-        f1 = m.intervals["f1"]
-        table.add_row(
-            f"[dim]{name}[/]",
-            "",
-            "",
-            f"[dim]{m.f1:.3f} [{f1.low:.3f}, {f1.high:.3f}][/]",
-            f"[dim]{m.accuracy:.3f}[/]",
-            "",
-            "",
-        )
+        table.add_row(f"[dim]{name}[/]", "", "", *test_cells(m, True), "")
     out.print(table)
     if compact and raced_out:
         out.print(f"{len(raced_out)} more candidates left the race early (`conveyor train --json` lists them)")
     cal = result.calibrated
     out.print(
-        f"best: [bold]{result.best.name}[/], calibrated test F1 {cal.f1:.3f}, calibration error (ECE) "
-        f"{'-' if cal.ece is None else f'{cal.ece:.3f}'}"
+        f"best: [bold]{result.best.name}[/], calibrated test {label} {getattr(cal, metric):.3f} (F1 {cal.f1:.3f}), "
+        f"calibration error (ECE) {'-' if cal.ece is None else f'{cal.ece:.3f}'}"
     )
     if result.registered_version is not None:
         out.print(f"registered as version {result.registered_version}, alias [bold]{result.alias}[/]")

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -186,10 +186,14 @@ class TrainingSettings(BaseModel):
     calibration: Literal["sigmoid", "isotonic"] = "sigmoid"
     cnn: CNNSettings = CNNSettings()
     search: SearchSettings = SearchSettings()
-    gate_metric: Literal["balanced_accuracy", "f1", "accuracy", "roc_auc"] = Field(
+    metric: Literal["balanced_accuracy", "f1", "accuracy", "roc_auc"] = Field(
         "balanced_accuracy",
-        description="What a new model must beat the naive baselines (and tie the champion) on. Not F1 by default: "
-        "when the positive class is the majority, always answering it scores a high F1 (0.767 on the real MRI set).",
+        validation_alias=AliasChoices("metric", "gate_metric"),
+        description="The task's one meaning of 'better': the search ranks candidates by its CV score, the gate wants "
+        "it above the naive baselines (and tying the champion), the monitor alerts on its drop and a rollout rolls "
+        "back when the challenger's is significantly lower; the others are reported. Not F1 by default: when the "
+        "positive class is the majority, always answering it scores a high F1 (0.767 on the real MRI set). "
+        "(Formerly gate_metric, still accepted.)",
     )
 
 

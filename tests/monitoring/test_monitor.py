@@ -20,7 +20,7 @@ from conveyor.monitoring.predictions import ListPredictionLog, PredictionRecord,
 from tests.monitoring.conftest import small_settings, with_monitoring
 from tests.monitoring.test_units import _Recorder, webhook  # noqa: F401  (fixture)
 
-RULES = {"alerts": {"drift_share": 0.5, "f1_drop": 0.15, "ood_share": 0.2}, "report_max_columns": 12}
+RULES = {"alerts": {"drift_share": 0.5, "metric_drop": 0.15, "ood_share": 0.2}, "report_max_columns": 12}
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +65,14 @@ def test_a_scanner_change_is_flagged_with_the_columns_that_moved(runs: dict[str,
 
 def test_an_unseen_lesion_type_shows_the_performance_drop(runs: dict[str, Any]) -> None:
     summary, baseline = runs["lesion"], runs["none"]
-    f1 = summary["performance"]["model"]["f1"]
-    assert f1 < baseline["performance"]["model"]["f1"]
-    assert summary["champion_test_f1"] - f1 >= 0.15
-    assert [a["rule"] for a in summary["alerts"]] == ["f1_drop"]
+    score = summary["performance"]["model"]["balanced_accuracy"]
+    assert (summary["metric"], summary["score"]) == ("balanced_accuracy", score)
+    assert score < baseline["performance"]["model"]["balanced_accuracy"]
+    assert summary["champion_test_score"] - score >= 0.15
+    assert [a["rule"] for a in summary["alerts"]] == ["metric_drop"]
     assert summary["drift_share"] < runs["scanner"]["drift_share"]
-    assert summary["retrain"]["retrain"] is True and "below the champion's test F1" in summary["retrain"]["reason"]
+    reason = summary["retrain"]["reason"]
+    assert summary["retrain"]["retrain"] is True and "below the champion's test balanced_accuracy" in reason
 
 
 def test_each_run_has_its_reports_on_disk_and_in_mlflow(runs: dict[str, Any], champion_home: Any) -> None:
@@ -203,7 +205,7 @@ def test_a_prediction_log_window_with_late_feedback(runs: Any, champion_home: An
     assert summary["prediction_drift"]["predicted_classes"] == {"no_tumour": 20}  # the log's answers, not re-scored
     assert "prediction.class" in summary["prediction_drift"]["drifted_columns"]
     assert summary["performance"]["model"]["recall"] == 0.0  # it never said tumour
-    assert "f1_drop" in {a["rule"] for a in summary["alerts"]}
+    assert "metric_drop" in {a["rule"] for a in summary["alerts"]}
     [post] = received
     assert post["body"]["event"] == "conveyor.monitoring.alert"
     assert post["body"]["id"] == summary["id"] and summary["webhook"]["sent"] is True

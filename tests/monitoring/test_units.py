@@ -68,30 +68,48 @@ def test_ood_needs_a_reference() -> None:
 
 
 @pytest.mark.parametrize(
-    ("drift_share", "f1", "ood_share", "fired"),
+    ("drift_share", "score", "ood_share", "fired"),
     [
         (0.0, 0.95, 0.0, []),
         (0.5, 0.95, 0.0, ["drift_share"]),  # a rule fires at its threshold
-        (0.1, 0.85, 0.0, ["f1_drop"]),  # 0.95 - 0.85 = 0.10
-        (0.1, None, 0.3, ["ood_share"]),  # no labels: no F1 rule
-        (0.9, 0.5, 0.9, ["drift_share", "f1_drop", "ood_share"]),
+        (0.1, 0.85, 0.0, ["metric_drop"]),  # 0.95 - 0.85 = 0.10
+        (0.1, None, 0.3, ["ood_share"]),  # no labels: no metric rule
+        (0.9, 0.5, 0.9, ["drift_share", "metric_drop", "ood_share"]),
     ],
 )
-def test_alert_rules(drift_share: float, f1: float | None, ood_share: float, fired: list[str]) -> None:
-    rules = AlertRules(drift_share=0.5, f1_drop=0.1, ood_share=0.2)
+def test_alert_rules(drift_share: float, score: float | None, ood_share: float, fired: list[str]) -> None:
+    rules = AlertRules(drift_share=0.5, metric_drop=0.1, ood_share=0.2)
     alerts = evaluate_rules(
-        rules, drift_share=drift_share, drifted_columns=["x"], f1=f1, champion_f1=0.95, ood_share=ood_share
-    )
+        rules, drift_share=drift_share, drifted_columns=["x"], metric="balanced_accuracy", score=score,
+        champion_score=0.95, ood_share=ood_share,
+    )  # fmt: skip
     assert [a.rule for a in alerts] == fired
 
 
+def test_the_drop_alert_names_the_metric() -> None:
+    rules = AlertRules(drift_share=None, metric_drop=0.1, ood_share=None)
+    (alert,) = evaluate_rules(
+        rules, drift_share=None, drifted_columns=[], metric="roc_auc", score=0.7, champion_score=0.9, ood_share=None
+    )
+    assert alert.message == "roc_auc 0.700 on the batch is 0.200 below the champion's test roc_auc 0.900 (rule: 0.100)"
+
+
+def test_the_old_f1_drop_setting_still_sets_the_rule() -> None:
+    assert AlertRules.model_validate({"f1_drop": 0.25}).metric_drop == 0.25
+
+
 def test_a_rule_set_to_none_never_fires() -> None:
-    rules = AlertRules(drift_share=None, f1_drop=None, ood_share=None)
-    assert evaluate_rules(rules, drift_share=1.0, drifted_columns=[], f1=0.0, champion_f1=1.0, ood_share=1.0) == []
+    rules = AlertRules(drift_share=None, metric_drop=None, ood_share=None)
+    assert (
+        evaluate_rules(
+            rules, drift_share=1.0, drifted_columns=[], metric="f1", score=0.0, champion_score=1.0, ood_share=1.0
+        )
+        == []
+    )
 
 
 DRIFT = Alert("drift_share", 0.8, 0.5, "80% of columns drifted")
-DROP = Alert("f1_drop", 0.3, 0.1, "F1 dropped")
+DROP = Alert("metric_drop", 0.3, 0.1, "balanced_accuracy dropped")
 
 
 @pytest.mark.parametrize(
@@ -99,10 +117,10 @@ DROP = Alert("f1_drop", 0.3, 0.1, "F1 dropped")
     [
         ([], 0, False, "no rule fired and 0 new labelled images"),
         ([], 200, True, "200 new labelled images since the champion's data"),
-        ([DROP], 5, True, "F1 dropped"),
+        ([DROP], 5, True, "balanced_accuracy dropped"),
         ([DRIFT], 20, True, "80% of columns drifted"),
         ([DRIFT], 3, False, "drift, but only 3 new labelled images"),
-        ([DRIFT, DROP], 3, True, "F1 dropped; drift, but only 3"),
+        ([DRIFT, DROP], 3, True, "balanced_accuracy dropped; drift, but only 3"),
     ],
 )
 def test_retrain_policy(alerts: list[Alert], new_labelled: int, retrain: bool, reason_start: str) -> None:
@@ -166,7 +184,7 @@ def test_the_judgement_is_pure_and_fires_the_rules_it_should() -> None:
 
     rng = np.random.default_rng(0)
     spec = ModelSpec("features", {}, [("stats", {})], ["no_tumour", "tumour"], "tumour", "logreg", "stats", "v1")
-    champion = Champion(1, None, spec, test_f1=0.95)
+    champion = Champion(1, None, spec, {"test_balanced_accuracy": 0.95, "test_f1": 0.95})
     labels = ["no_tumour", "tumour"] * 100
     reference = Reference(
         "v1", [f"r{i}" for i in range(200)], labels, pd.DataFrame({"a": rng.normal(size=200)}), pd.DataFrame()
@@ -180,9 +198,9 @@ def test_the_judgement_is_pure_and_fires_the_rules_it_should() -> None:
         ["tumour"] * 40,
         pd.DataFrame({"a": rng.normal(size=40) + 3}),
     )
-    settings = Settings(monitoring={"alerts": {"drift_share": 0.5, "f1_drop": 0.1, "ood_share": 0.2}})  # type: ignore[arg-type]
+    settings = Settings(monitoring={"alerts": {"drift_share": 0.5, "metric_drop": 0.1, "ood_share": 0.2}})  # type: ignore[arg-type]
     judgement = judge(settings, champion, reference, current, new_labelled=40)
     assert judgement.drift_share == 1.0
-    assert judgement.f1 == 0.0
-    assert {a.rule for a in judgement.alerts} == {"drift_share", "f1_drop", "ood_share"}
+    assert (judgement.metric, judgement.score, judgement.f1) == ("balanced_accuracy", 0.0, 0.0)
+    assert {a.rule for a in judgement.alerts} == {"drift_share", "metric_drop", "ood_share"}
     assert judgement.decision.retrain is True

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from conveyor.serving import create_app, rollout
 from conveyor.serving.commands import rollout_app
-from conveyor.serving.rollout import ArmStats, RolloutStatus, bucket, choose_arm, judge
+from conveyor.serving.rollout import ArmStats, Case, RolloutStatus, bucket, choose_arm, judge
 from conveyor.serving.settings import ServingSettings
 from conveyor.tracking.registry import CHAMPION, current_version, history
 from tests.serving.conftest import admin, clinician, png, settings_for
@@ -56,7 +56,45 @@ def test_shadow_mode_always_answers_with_the_champion() -> None:
 )
 def test_policy(champion: ArmStats, challenger: ArmStats, action: str) -> None:
     cfg = ServingSettings(rollout={"min_feedback": 10})  # type: ignore[arg-type]
-    assert judge(champion, challenger, cfg).action == action
+    assert judge(champion, challenger, cfg, metric="accuracy").action == action
+
+
+def _arm(truths: list[str], answers: list[str | None]) -> ArmStats:
+    cases = tuple(Case(t, a) for t, a in zip(truths, answers, strict=True))
+    correct = sum(c.truth == c.predicted for c in cases)
+    return ArmStats(len(cases), sum(a is None for a in answers), len(cases), correct, cases)
+
+
+TRUTHS = ["no"] * 30 + ["yes"] * 10
+
+
+def test_balanced_accuracy_rolls_back_a_challenger_that_only_says_the_majority() -> None:
+    """Accuracy 0.75 against 0.95 might pass a small test; balanced accuracy 0.5 against 0.95 does not."""
+    cfg = ServingSettings(rollout={"min_feedback": 10})  # type: ignore[arg-type]
+    champion = _arm(TRUTHS, ["no"] * 28 + ["yes"] * 2 + ["yes"] * 10)
+    challenger = _arm(TRUTHS, ["no"] * 40)
+    decision = judge(champion, challenger, cfg, metric="balanced_accuracy")
+    assert decision.action == "rollback"
+    assert decision.scores == (pytest.approx(28 / 30 / 2 + 0.5), 0.5)
+    assert decision.p_metric is not None and decision.p_metric < 0.001
+    assert decision.to_dict()["metric"] == "balanced_accuracy"
+
+
+def test_the_same_answers_in_both_arms_advance_with_a_large_p() -> None:
+    cfg = ServingSettings(rollout={"min_feedback": 10})  # type: ignore[arg-type]
+    answers: list[str | None] = ["no"] * 25 + ["yes"] * 5 + ["yes"] * 8 + ["no"] * 2
+    decision = judge(_arm(TRUTHS, answers), _arm(TRUTHS, answers), cfg, metric="f1")
+    assert decision.action == "advance"
+    assert decision.scores[0] == decision.scores[1] == pytest.approx(2 * 8 / (2 * 8 + 5 + 2))
+    assert decision.p_metric is not None and decision.p_metric > 0.4
+
+
+def test_a_failed_prediction_with_a_label_counts_as_wrong() -> None:
+    cfg = ServingSettings(rollout={"min_feedback": 10})  # type: ignore[arg-type]
+    right: list[str | None] = list(TRUTHS)
+    decision = judge(_arm(TRUTHS, right), _arm(TRUTHS, [None] * 20 + right[20:]), cfg, metric="balanced_accuracy")
+    assert decision.scores == (1.0, pytest.approx((10 / 30 + 1.0) / 2))
+    assert decision.action == "rollback"
 
 
 def _canary_client(home, stages=(0.3, 0.6, 1.0)) -> tuple[TestClient, object]:  # type: ignore[no-untyped-def]

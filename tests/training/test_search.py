@@ -13,6 +13,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
+from conveyor.training.evaluate import Scorer
 from conveyor.training.search import choose_mode, race_schedule, search, stratified_subset
 
 FOLDS = 3
@@ -34,7 +35,9 @@ def data() -> tuple[dict[str, np.ndarray], np.ndarray]:
 
 def run(mode: str, data: tuple[dict[str, np.ndarray], np.ndarray], **options: Any) -> Any:
     tables, y = data
-    defaults: dict[str, Any] = {"folds": FOLDS, "positive": 1, "seed": 0, "min_samples": 40, "finalists": 2, "jobs": 1}
+    defaults: dict[str, Any] = {
+        "folds": FOLDS, "scorer": Scorer("f1", 2, 1), "seed": 0, "min_samples": 40, "finalists": 2, "jobs": 1
+    }  # fmt: skip
     return search(mode, families(), tables, y, **{**defaults, **options})  # type: ignore[arg-type]
 
 
@@ -71,6 +74,27 @@ def test_grid_scores_every_candidate_as_grid_search_cv_does(data: Any) -> None:
         reference = GridSearchCV(estimator, grid, cv=cv, scoring="f1").fit(tables[candidate.extractor], y)
         assert candidate.params == reference.best_params_
         assert candidate.cv_mean == pytest.approx(reference.best_score_)
+
+
+@pytest.mark.parametrize("metric", ["balanced_accuracy", "roc_auc"])
+def test_the_grid_scores_by_the_configured_metric(data: Any, metric: str) -> None:
+    tables, y = data
+    outcome = run("grid", ({"half": tables["half"]}, y), scorer=Scorer(metric, 2, 1))
+    cv = StratifiedKFold(FOLDS, shuffle=True, random_state=0)
+    for candidate in outcome.ranking:
+        estimator, grid = families()[candidate.family]
+        reference = GridSearchCV(estimator, grid, cv=cv, scoring=metric).fit(tables["half"], y)
+        assert candidate.params == reference.best_params_
+        assert candidate.cv_mean == pytest.approx(reference.best_score_)
+
+
+def test_a_changed_metric_calls_for_a_new_search() -> None:
+    chosen, reason = choose_mode(
+        "auto", previous=(100, ["a"], ["logreg"]), n_train=101, extractors=["a"], families=["logreg"], drift=False,
+        new_search_share=0.5, new_search_on_drift=True, metric_changed=True,
+    )  # fmt: skip
+    assert chosen == "race"
+    assert reason == "training.metric changed since the last search: its ranking was by another metric"
 
 
 def test_race_ranks_the_same_table_and_its_finalists_score_as_in_the_grid(data: Any) -> None:

@@ -54,8 +54,15 @@ def test_every_candidate_is_in_the_table(trained: tuple[Settings, TrainResult]) 
         "random_forest@all",
         "random_forest@intensity",
     ]
-    finalists = [c.cv_f1 for c in result.candidates if c.stage == "final"]
+    finalists = [c.cv_score for c in result.candidates if c.stage == "final"]
     assert finalists == sorted(finalists, reverse=True)
+
+
+def test_selection_and_gate_use_the_one_configured_metric(trained: tuple[Settings, TrainResult]) -> None:
+    _, result = trained
+    assert (result.metric, result.gate.metric) == ("balanced_accuracy", "balanced_accuracy")
+    assert result.gate.value == result.calibrated.balanced_accuracy
+    assert result.to_dict()["best"]["cv_score"] == result.best.cv_score
 
 
 def test_the_first_model_passing_the_gate_becomes_champion(trained: tuple[Settings, TrainResult]) -> None:
@@ -81,7 +88,7 @@ def test_runs_are_tracked_in_mlflow(trained: tuple[Settings, TrainResult]) -> No
     )
     assert len(children) == 4
     assert set(children["params.family"]) == {"logreg", "random_forest"}
-    assert children["metrics.cv_f1"].notna().all()
+    assert children["metrics.cv_balanced_accuracy"].notna().all()
     client = mlflow.MlflowClient()
     artifacts = {a.path for a in client.list_artifacts(result.best.run_id, "plots")}
     assert artifacts == {"plots/confusion_matrix.png", "plots/roc_curve.png"}
@@ -170,7 +177,7 @@ def test_a_race_keeps_every_candidate_in_the_table(searched_then_refitted: Any) 
     finalists = [c for c in race.candidates if c.stage == "final"]
     assert len(finalists) == 2 and all(c.test is not None for c in finalists)
     assert all(c.test is None for c in race.candidates if c.stage != "final")
-    assert [c.cv_f1 for c in finalists] == sorted((c.cv_f1 for c in finalists), reverse=True)
+    assert [c.cv_score for c in finalists] == sorted((c.cv_score for c in finalists), reverse=True)
 
 
 def test_auto_refits_after_a_small_growth_with_the_exact_parameters(searched_then_refitted: Any) -> None:

@@ -38,12 +38,14 @@ def evaluate_rules(
     *,
     drift_share: float | None,
     drifted_columns: list[str],
-    f1: float | None,
-    champion_f1: float | None,
+    metric: str,
+    score: float | None,
+    champion_score: float | None,
     ood_share: float | None,
 ) -> list[Alert]:
-    """The rules that fire; a measure that is None (no labels, no champion test F1) fires nothing. Each fired rule
-    is logged at WARNING."""
+    """The rules that fire; a measure that is None (no labels, no champion test value) fires nothing. ``score`` is
+    ``metric`` (``training.metric``) on the labelled batch, ``champion_score`` the champion's on its test split. Each
+    fired rule is logged at WARNING."""
     fired: list[Alert] = []
     if rules.drift_share is not None and drift_share is not None and _reaches(drift_share, rules.drift_share):
         shown = ", ".join(drifted_columns[:8]) + (" ..." if len(drifted_columns) > 8 else "")
@@ -55,16 +57,16 @@ def evaluate_rules(
                 f"{drift_share:.0%} of columns drifted (rule: {rules.drift_share:.0%}): {shown}",
             )
         )
-    if rules.f1_drop is not None and f1 is not None and champion_f1 is not None:
-        drop = champion_f1 - f1
-        if _reaches(drop, rules.f1_drop):
+    if rules.metric_drop is not None and score is not None and champion_score is not None:
+        drop = champion_score - score
+        if _reaches(drop, rules.metric_drop):
             fired.append(
                 Alert(
-                    "f1_drop",
+                    "metric_drop",
                     drop,
-                    rules.f1_drop,
-                    f"F1 {f1:.3f} on the batch is {drop:.3f} below the champion's test F1 "
-                    f"{champion_f1:.3f} (rule: {rules.f1_drop:.3f})",
+                    rules.metric_drop,
+                    f"{metric} {score:.3f} on the batch is {drop:.3f} below the champion's test {metric} "
+                    f"{champion_score:.3f} (rule: {rules.metric_drop:.3f})",
                 )
             )
     if rules.ood_share is not None and ood_share is not None and _reaches(ood_share, rules.ood_share):

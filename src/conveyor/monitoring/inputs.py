@@ -53,16 +53,22 @@ IMAGE_STAT_KINDS: dict[str, str] = {
 
 @dataclass
 class Champion:
-    """The model that serves: its registry version, the loaded pyfunc python model, its spec and test F1."""
+    """The model that serves: its registry version, the loaded pyfunc python model, its spec and its calibrated test
+    metrics when it was made champion (``test_f1``, ``test_balanced_accuracy``, ...)."""
 
     version: int
     model: Any
     spec: ModelSpec
-    test_f1: float | None
+    test_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def classes(self) -> list[str]:
         return list(self.spec.classes)
+
+    def test_score(self, metric: str) -> float | None:
+        """Its test value of ``metric``; None when it was not recorded (a champion set by hand)."""
+        value = self.test_metrics.get(f"test_{metric}")
+        return None if value is None else float(value)
 
 
 @dataclass
@@ -98,7 +104,7 @@ class Current:
 
 
 def load_champion(settings: Settings) -> Champion:
-    """The champion from the registry, with its test F1 from the audit log.
+    """The champion from the registry, with its test metrics from the audit log.
 
     Raises:
         NotFoundError: no model holds the champion alias.
@@ -114,12 +120,11 @@ def load_champion(settings: Settings) -> Champion:
     from conveyor.tracking.integrity import load_verified
 
     model = load_verified(settings, version).unwrap_python_model()
-    test_f1 = None
+    metrics: dict[str, float] = {}
     for record in history(settings, settings.model_name):
         if record.action == f"set_{CHAMPION}" and record.details.get("version") == version:
-            metrics = record.details.get("metrics") or {}
-            test_f1 = metrics.get("test_f1", test_f1)
-    return Champion(version, model, model.spec, None if test_f1 is None else float(test_f1))
+            metrics = record.details.get("metrics") or metrics
+    return Champion(version, model, model.spec, metrics)
 
 
 def monitored_extractors(settings: Settings, champion: Champion) -> list[tuple[str, dict[str, Any]]]:

@@ -238,6 +238,7 @@ def _analyse(settings: Settings, champion: Champion, reference: Reference, curre
             current.proba[labelled],
             classes,
             positive=positive,
+            metric=settings.training.metric,
             n_boot=ms.bootstrap,
             seed=ms.seed,
         )
@@ -354,10 +355,16 @@ class Judgement:
     """What monitoring concludes about a batch or a log window, before anything is written or sent."""
 
     analysis: _Analysis
-    f1: float | None
+    metric: str  # training.metric: the one the alert compares
+    score: float | None  # the champion's value of it on the labelled inputs
     drift_share: float | None
     alerts: list[Alert]
     decision: RetrainDecision
+
+    @property
+    def f1(self) -> float | None:
+        perf = self.analysis.performance
+        return perf.metrics["model"].f1 if perf is not None else None
 
 
 def judge(
@@ -368,17 +375,20 @@ def judge(
     ms = settings.monitoring
     analysis = _analyse(settings, champion, reference, current)
     perf = analysis.performance
-    f1 = perf.metrics["model"].f1 if perf is not None else None
+    metric = settings.training.metric
+    score = getattr(perf.metrics["model"], metric) if perf is not None else None
     drift_share = analysis.drift.share if analysis.drift.n_columns else None
     alerts = evaluate_rules(
         ms.alerts,
         drift_share=drift_share,
         drifted_columns=analysis.drift.drifted_columns,
-        f1=f1,
-        champion_f1=champion.test_f1,
+        metric=metric,
+        score=score,
+        champion_score=champion.test_score(metric),
         ood_share=analysis.ood["share"],
     )
-    return Judgement(analysis, f1, drift_share, alerts, decide_retrain(ms.retrain, alerts, new_labelled))
+    decision = decide_retrain(ms.retrain, alerts, new_labelled)
+    return Judgement(analysis, metric, score, drift_share, alerts, decision)
 
 
 def analyse(settings: Settings, current: Current, *, champion: Champion | None = None) -> dict[str, Any]:
@@ -448,7 +458,10 @@ def analyse(settings: Settings, current: Current, *, champion: Champion | None =
             "mean_confidence": float(current.proba.max(axis=1).mean()),
         },
         "performance": perf.to_dict() if perf is not None else None,
-        "champion_test_f1": champion.test_f1,
+        "metric": judgement.metric,
+        "score": judgement.score,
+        "champion_test_score": champion.test_score(judgement.metric),
+        "champion_test_f1": champion.test_score("f1"),
         "ood_share": analysis.ood["share"],
         "ood": ood,
         "alerts": [a.to_dict() for a in alerts],

@@ -15,6 +15,7 @@ import numpy as np
 
 from conveyor.training.baselines import evaluate_baselines
 from conveyor.training.evaluate import Metrics, evaluate
+from conveyor.training.gate import metric_value
 
 __all__ = ["PerformanceResult", "compare_with_dummies", "per_class"]
 
@@ -29,11 +30,12 @@ class PerformanceResult:
     per_class: dict[str, dict[str, float]]
     classes: list[str]
     unknown_labels: list[str]
+    metric: str = "balanced_accuracy"  # training.metric: what "beats" compares
 
     @property
     def beats_dummies(self) -> bool:
-        model = self.metrics["model"].f1
-        return all(model > self.metrics[name].f1 for name in SHOWN[1:])
+        model = metric_value(self.metrics["model"], self.metric)
+        return all(model > metric_value(self.metrics[name], self.metric) for name in SHOWN[1:])
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -44,9 +46,12 @@ class PerformanceResult:
                 "precision": m.precision,
                 "recall": m.recall,
                 "accuracy": m.accuracy,
+                "balanced_accuracy": m.balanced_accuracy,
+                "roc_auc": m.roc_auc,
                 "n": m.n,
                 "f1_interval": [m.intervals["f1"].low, m.intervals["f1"].high] if "f1" in m.intervals else None,
             }
+        out["metric"] = self.metric
         out["per_class"] = self.per_class
         out["beats_dummies"] = self.beats_dummies
         if self.unknown_labels:
@@ -72,6 +77,7 @@ def compare_with_dummies(
     classes: Sequence[str],
     *,
     positive: str | None,
+    metric: str = "balanced_accuracy",
     n_boot: int = 200,
     seed: int = 0,
 ) -> PerformanceResult:
@@ -90,4 +96,4 @@ def compare_with_dummies(
         list(y_reference), list(y_true), all_classes, positive=positive, n_boot=n_boot, seed=seed
     )
     metrics = {"model": model, **baselines}
-    return PerformanceResult(metrics, per_class(list(y_true), y_pred, all_classes), all_classes, unknown)
+    return PerformanceResult(metrics, per_class(list(y_true), y_pred, all_classes), all_classes, unknown, metric)

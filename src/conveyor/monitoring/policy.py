@@ -36,8 +36,8 @@ def decide_retrain(policy: RetrainPolicy, alerts: list[Alert], new_labelled: int
         reasons.append(
             f"{new_labelled} new labelled images since the champion's data (policy: {policy.min_new_labelled})"
         )
-    if policy.on_performance_drop and "f1_drop" in fired:
-        reasons.append(next(a.message for a in alerts if a.rule == "f1_drop"))
+    if policy.on_performance_drop and "metric_drop" in fired:
+        reasons.append(next(a.message for a in alerts if a.rule == "metric_drop"))
     if policy.on_drift and "drift_share" in fired:
         if new_labelled >= policy.min_labelled_for_drift:
             reasons.append(next(a.message for a in alerts if a.rule == "drift_share"))

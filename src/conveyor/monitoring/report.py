@@ -24,6 +24,7 @@ class Score(_Open):
     precision: float | None = None
     recall: float | None = None
     accuracy: float | None = None
+    balanced_accuracy: float | None = None
 
 
 class Performance(_Open):
@@ -61,6 +62,9 @@ class MonitorReport(_Open):
     drift_share: float | None
     drifted_columns: list[str]
     performance: Performance | None
+    metric: str = "balanced_accuracy"  # training.metric, what the metric_drop alert compares
+    score: float | None = None  # the champion's value of it on the labelled inputs
+    champion_test_score: float | None = None  # ... and on its test split
     champion_test_f1: float | None = None
     ood_share: float | None
     alerts: list[FiredAlert]

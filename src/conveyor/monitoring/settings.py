@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 
 __all__ = ["AlertRules", "MonitoringSettings", "RetrainPolicy"]
 
@@ -16,8 +16,13 @@ class AlertRules(BaseModel):
     drift_share: float | None = Field(
         0.5, ge=0.0, le=1.0, description="Share of drifted columns (features and image statistics) that fires."
     )
-    f1_drop: float | None = Field(
-        0.1, ge=0.0, le=1.0, description="Drop of F1 on the new labelled batch below the champion's test F1 that fires."
+    metric_drop: float | None = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        validation_alias=AliasChoices("metric_drop", "f1_drop"),
+        description="Drop of training.metric on the new labelled batch below the champion's test value that fires "
+        "(formerly f1_drop, still accepted).",
     )
     ood_share: float | None = Field(
         0.2, ge=0.0, le=1.0, description="Share of inputs out of the training distribution that fires."
@@ -31,7 +36,7 @@ class RetrainPolicy(BaseModel):
         200, ge=1, description="New labelled images since the champion's dataset version that are enough on their own."
     )
     on_drift: bool = Field(True, description="Retrain when the drift rule fires.")
-    on_performance_drop: bool = Field(True, description="Retrain when the F1 drop rule fires.")
+    on_performance_drop: bool = Field(True, description="Retrain when the metric drop rule fires.")
     min_labelled_for_drift: int = Field(
         10, ge=0, description="Retraining on drift needs at least this many new labelled images (else: alert only)."
     )

@@ -61,7 +61,7 @@ def rollout_status(as_json: JsonOption = False) -> None:
         state = rollout.active_rollout(engine) or rollout.latest_rollout(engine)
         decision = None
         if state is not None and state.status == "active":
-            decision = rollout.judge(*rollout.stage_stats(engine, state), settings.serving)
+            decision = rollout.policy_decision(settings, engine, state)
     payload = {"rollout": None if state is None else state.to_dict(), "decision": decision and decision.to_dict()}
     text = _describe(state) + ("" if decision is None else f"\npolicy: {decision.action}: {decision.reason}")
     _emit(payload, as_json, text)

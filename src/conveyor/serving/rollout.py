@@ -10,13 +10,19 @@ Routing is sticky per input: an input goes to the challenger when the first 8 he
 fraction of 2**32, fall under the share. The same image always meets the same model within a stage, and since the
 shares only grow, an input sent to the challenger at 1% is still sent there at 50%.
 
-The policy (:func:`judge`) looks at the predictions of the current stage that have a clinician's label:
+The policy (:func:`judge`) looks at the predictions of the current stage that have a clinician's label, and compares
+the arms on ``training.metric``, the metric that chose and gated the model:
 
 1. each arm needs ``min_feedback`` labelled predictions, else *wait*;
-2. *roll back* if the challenger's accuracy is significantly lower than the champion's: one-sided Fisher exact test
-   on the 2x2 table (arm x correct), ``alternative="less"``, p < ``alpha``. Fisher's test is exact, so it stays
-   valid for the small counts of an early canary stage where a z-test's normal approximation does not;
-3. *roll back* if the challenger's error rate (predictions that failed) is significantly higher, by the same test;
+2. *roll back* if the challenger's metric is significantly lower than the champion's (one-sided, p < ``alpha``). For
+   accuracy that is Fisher's exact test on the 2x2 table (arm x correct), ``alternative="less"``: exact, so valid for
+   the small counts of an early canary stage where a z-test's normal approximation is not. For the other metrics
+   (balanced accuracy, F1, ROC-AUC are not proportions) it is a permutation test: the arms' labelled cases are pooled
+   and dealt out again at random 2,000 times (seeded), and p is the share of deals whose challenger-minus-champion
+   difference is as low as the one observed (plus one, over 2,001). Balanced accuracy weighs a miss by its class's
+   size, so with few labels one miss in a class the challenger saw a few times can be significant where accuracy's
+   Fisher test would not be. A failed prediction with a label counts as wrong;
+3. *roll back* if the challenger's error rate (predictions that failed) is significantly higher, by Fisher's test;
 4. otherwise *advance*: to the next canary stage, or, from the last stage (and from shadow and A/B), promote the
    challenger, which moves the registry alias.
 
@@ -30,7 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine, func, select
 
 from conveyor.config import Settings
 from conveyor.errors import ConveyorError
@@ -41,6 +47,7 @@ from conveyor.store.models import utcnow
 __all__ = [
     "MODES",
     "ArmStats",
+    "Case",
     "Decision",
     "RolloutStatus",
     "active_rollout",
@@ -49,6 +56,7 @@ __all__ = [
     "choose_arm",
     "feedback_sources",
     "judge",
+    "policy_decision",
     "promote",
     "rollback",
     "stage_stats",
@@ -81,15 +89,31 @@ class RolloutStatus:
 
 
 @dataclass(frozen=True)
+class Case:
+    """One labelled prediction: the clinician's label, the model's answer (None: it failed) and its probabilities."""
+
+    truth: str
+    predicted: str | None
+    probabilities: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
 class ArmStats:
+    """One arm's predictions in a stage: counts, and the labelled ones as cases (what a metric is computed on)."""
+
     predictions: int
     errors: int
     labelled: int
     correct: int
+    cases: tuple[Case, ...] = field(default=(), repr=False)
 
     @property
     def accuracy(self) -> float | None:
         return self.correct / self.labelled if self.labelled else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"predictions": self.predictions, "errors": self.errors, "labelled": self.labelled,
+                "correct": self.correct, "accuracy": self.accuracy}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -98,18 +122,21 @@ class Decision:
     reason: str
     champion: ArmStats
     challenger: ArmStats
-    p_accuracy: float | None = None
+    metric: str = "accuracy"  # training.metric, what the arms were compared on
+    p_metric: float | None = None  # one-sided p that the challenger's metric is lower
     p_errors: float | None = None
     sources: dict[str, int] = field(default_factory=dict)  # feedback identity -> labels it gave in the stage
+    scores: tuple[float | None, float | None] = (None, None)  # (champion, challenger) value of the metric
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "action": self.action,
             "reason": self.reason,
+            "metric": self.metric,
             "sources": dict(self.sources),
-            "champion": {**asdict(self.champion), "accuracy": self.champion.accuracy},
-            "challenger": {**asdict(self.challenger), "accuracy": self.challenger.accuracy},
-            "p_accuracy": self.p_accuracy,
+            "champion": {**self.champion.to_dict(), "score": self.scores[0]},
+            "challenger": {**self.challenger.to_dict(), "score": self.scores[1]},
+            "p_metric": self.p_metric,
             "p_errors": self.p_errors,
         }
 
@@ -245,36 +272,38 @@ def _require_active(engine: Engine) -> RolloutStatus:
 
 
 def stage_stats(engine: Engine, state: RolloutStatus) -> tuple[ArmStats, ArmStats]:
-    """(champion, challenger) counts over the predictions of the rollout's current stage (at a 100% stage, the
-    champion's over the whole rollout)."""
+    """(champion, challenger) predictions of the rollout's current stage (at a 100% stage, the champion's over the
+    whole rollout): counts, and the labelled ones as cases."""
     from conveyor.store.models import Feedback, Prediction
 
-    correct = func.sum(case((Feedback.label == Prediction.label, 1), else_=0))
     query = (
-        select(
-            Prediction.arm,
-            func.count(Prediction.id),
-            func.sum(case((Prediction.error.is_not(None), 1), else_=0)),
-            func.count(Feedback.id),
-            correct,
-        )
+        select(Prediction.arm, Prediction.error, Prediction.label, Prediction.probabilities, Feedback.label)
         .outerjoin(Feedback, Feedback.request_id == Prediction.request_id)
         .where(Prediction.rollout_id == state.id)
-        .group_by(Prediction.arm)
     )
 
-    def counts(where: Any) -> dict[str, ArmStats]:
-        out: dict[str, ArmStats] = {}
+    def arms(where: Any) -> dict[str, ArmStats]:
+        rows: dict[str, list[Any]] = {}
         with session_scope(engine) as session:
-            for arm, n, errors, labelled, ok in session.execute(query.where(where)):
-                out[arm] = ArmStats(int(n), int(errors or 0), int(labelled or 0), int(ok or 0))
+            for row in session.execute(query.where(where)):
+                rows.setdefault(row[0], []).append(row)
+        out = {}
+        for arm, found in rows.items():
+            cases = tuple(
+                Case(truth, None if error is not None else predicted, probabilities)
+                for _, error, predicted, probabilities, truth in found
+                if truth is not None
+            )
+            errors = sum(1 for r in found if r[1] is not None)
+            correct = sum(1 for c in cases if c.predicted == c.truth)
+            out[arm] = ArmStats(len(found), errors, len(cases), correct, cases)
         return out
 
     empty = ArmStats(0, 0, 0, 0)
     challenger_arm = "shadow" if state.mode == "shadow" else "challenger"
-    stage = counts(Prediction.stage == state.stage)
+    stage = arms(Prediction.stage == state.stage)
     # At a 100% stage the champion answers nothing; it is judged on what it answered during the whole rollout.
-    champion_rows = counts(Prediction.stage <= state.stage) if state.share >= 1.0 else stage
+    champion_rows = arms(Prediction.stage <= state.stage) if state.share >= 1.0 else stage
     return champion_rows.get("champion", empty), stage.get(challenger_arm, empty)
 
 
@@ -303,8 +332,58 @@ def _p_less(good_a: int, n_a: int, good_b: int, n_b: int) -> float:
     return float(fisher_exact(table, alternative="less").pvalue)
 
 
-def judge(champion: ArmStats, challenger: ArmStats, cfg: ServingSettings) -> Decision:
-    """The policy's decision on one stage (see the module docstring)."""
+PERMUTATIONS = 2000
+
+
+def _metric_test(
+    metric: str, champion: tuple[Case, ...], challenger: tuple[Case, ...], positive: str | None
+) -> tuple[float | None, float | None, float]:
+    """(champion's value, challenger's value, one-sided permutation p that the challenger's is lower) of ``metric``
+    on the arms' cases. ROC-AUC leaves out the failed predictions (they have no probabilities)."""
+    import numpy as np
+
+    from conveyor.training.evaluate import Scorer, positive_class
+
+    if metric == "roc_auc":
+        champion = tuple(c for c in champion if c.probabilities)
+        challenger = tuple(c for c in challenger if c.probabilities)
+    cases = champion + challenger
+    names: set[str] = {c.truth for c in cases} | {c.predicted for c in cases if c.predicted is not None}
+    for case in cases:
+        names |= set(case.probabilities or {})
+    classes = sorted(names)
+    if len(classes) < 2 or not champion or not challenger:
+        return None, None, 1.0
+    code = {name: i for i, name in enumerate(classes)}
+    t = np.array([code[c.truth] for c in cases])
+    p = np.array([len(classes) if c.predicted is None else code[c.predicted] for c in cases])
+    scores = np.array([[(c.probabilities or {}).get(name, 0.0) for name in classes] for c in cases])
+    pos = positive_class(classes, positive if positive in code else None)
+    scorer = Scorer(metric, len(classes), None if pos is None else code[pos])
+    n, n_champion = len(cases), len(champion)
+    observed = np.zeros((n, 1), dtype=np.int64)
+    observed[n_champion:] = 1
+    a, b = scorer.values(t, p, scores, 1 - observed)[0], scorer.values(t, p, scores, observed)[0]
+    if np.isnan(a) or np.isnan(b):
+        return None, None, 1.0
+    # Canary and A/B routing hash the image, so which arm a case met is random: under "the arm makes no difference"
+    # every deal of the pooled cases is as likely as the observed one (class mixes included; a stratified deal could
+    # not compare arms whose labelled cases share no class, and would pass a challenger that is always wrong).
+    rng = np.random.default_rng(0)
+    dealt = np.argsort(rng.random((PERMUTATIONS, n)), axis=1) >= n_champion  # a deal: who is "challenger"
+    weights = dealt.T.astype(np.int64)
+    diffs = scorer.values(t, p, scores, weights) - scorer.values(t, p, scores, 1 - weights)
+    as_low = int(np.sum(np.nan_to_num(diffs, nan=np.inf) <= (b - a) + 1e-12))
+    return float(a), float(b), (1 + as_low) / (PERMUTATIONS + 1)
+
+
+def judge(
+    champion: ArmStats, challenger: ArmStats, cfg: ServingSettings, *, metric: str, positive: str | None = None
+) -> Decision:
+    """The policy's decision on one stage (see the module docstring); ``metric`` is ``training.metric``,
+    ``positive`` the configured positive class (``training.positive_class``) of a binary F1."""
+    from conveyor.training.evaluate import METRIC_LABELS
+
     need = cfg.rollout.min_feedback
     if champion.labelled < need or challenger.labelled < need:
         return Decision(
@@ -313,32 +392,50 @@ def judge(champion: ArmStats, challenger: ArmStats, cfg: ServingSettings) -> Dec
             f"challenger {challenger.labelled}",
             champion,
             challenger,
+            metric,
         )
-    p_acc = _p_less(challenger.correct, challenger.labelled, champion.correct, champion.labelled)
+    if metric == "accuracy":
+        scores: tuple[float | None, float | None] = (champion.accuracy, challenger.accuracy)
+        p_metric = _p_less(challenger.correct, challenger.labelled, champion.correct, champion.labelled)
+        test = "one-sided Fisher exact"
+    else:
+        low, high, p_metric = _metric_test(metric, champion.cases, challenger.cases, positive)
+        scores = (low, high)
+        test = f"one-sided permutation test, {PERMUTATIONS} deals"
     # Errors: compare the share of predictions that did *not* fail.
     p_err = _p_less(
         challenger.predictions - challenger.errors, challenger.predictions,
         champion.predictions - champion.errors, champion.predictions,
     )  # fmt: skip
     alpha = cfg.rollout.alpha
-    if p_acc < alpha:
+    label = METRIC_LABELS[metric]
+    shown = tuple("-" if v is None else f"{v:.3f}" for v in scores)
+    if p_metric < alpha:
         reason = (
-            f"challenger accuracy {challenger.accuracy:.3f} is significantly below the champion's "
-            f"{champion.accuracy:.3f} (one-sided Fisher exact p={p_acc:.4f} < {alpha})"
+            f"challenger {label} {shown[1]} is significantly below the champion's {shown[0]} "
+            f"({test} p={p_metric:.4f} < {alpha})"
         )
-        return Decision("rollback", reason, champion, challenger, p_acc, p_err)
+        return Decision("rollback", reason, champion, challenger, metric, p_metric, p_err, scores=scores)
     if p_err < alpha:
         reason = (
             f"challenger failed on {challenger.errors}/{challenger.predictions} requests against the champion's "
             f"{champion.errors}/{champion.predictions} (one-sided Fisher exact p={p_err:.4f} < {alpha})"
         )
-        return Decision("rollback", reason, champion, challenger, p_acc, p_err)
+        return Decision("rollback", reason, champion, challenger, metric, p_metric, p_err, scores=scores)
     reason = (
-        f"challenger accuracy {challenger.accuracy:.3f} vs champion {champion.accuracy:.3f} on "
-        f"{challenger.labelled}/{champion.labelled} labels: not significantly worse (p={p_acc:.4f}), "
+        f"challenger {label} {shown[1]} vs champion {shown[0]} on "
+        f"{challenger.labelled}/{champion.labelled} labels: not significantly worse (p={p_metric:.4f}), "
         f"errors {challenger.errors} vs {champion.errors}"
     )
-    return Decision("advance", reason, champion, challenger, p_acc, p_err)
+    return Decision("advance", reason, champion, challenger, metric, p_metric, p_err, scores=scores)
+
+
+def policy_decision(settings: Settings, engine: Engine, state: RolloutStatus) -> Decision:
+    """What the policy says of the rollout's current stage now, on ``training.metric``, with who labelled it."""
+    training = settings.training
+    arms = stage_stats(engine, state)
+    judged = judge(*arms, settings.serving, metric=training.metric, positive=training.positive_class)
+    return replace(judged, sources=feedback_sources(engine, state))
 
 
 # ----------------------------------------------------------------------------------------------------- actions
@@ -356,8 +453,8 @@ def advance(settings: Settings, engine: Engine, who: str, *, force: bool = False
 
     state = _require_active(engine)
     cfg = settings.serving
-    sources = feedback_sources(engine, state)
-    decision = replace(judge(*stage_stats(engine, state), cfg), sources=sources)
+    decision = policy_decision(settings, engine, state)
+    sources = decision.sources
     need = cfg.rollout.min_feedback_sources
     if decision.action != "wait" and len(sources) < need:
         decision = replace(
@@ -367,10 +464,9 @@ def advance(settings: Settings, engine: Engine, who: str, *, force: bool = False
             f"({', '.join(sorted(sources)) or 'none'}); the policy would say {decision.action}: {decision.reason}",
         )
     if force and decision.action != "advance":
-        decision = Decision(
-            "advance", f"forced by {who} (policy said {decision.action}: {decision.reason})",
-            decision.champion, decision.challenger, decision.p_accuracy, decision.p_errors,
-        )  # fmt: skip
+        decision = replace(
+            decision, action="advance", reason=f"forced by {who} (policy said {decision.action}: {decision.reason})"
+        )
     if decision.action == "wait":
         return decision, state
     if decision.action == "rollback":

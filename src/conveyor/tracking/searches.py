@@ -37,7 +37,8 @@ class PreviousSearch:
     n_train: int
     extractors: list[str]
     families: list[str]
-    ranking: list[dict[str, Any]]  # finalists, best first: extractor, family, params, cv_f1, cv_f1_std
+    ranking: list[dict[str, Any]]  # finalists, best first: extractor, family, params, cv_score, cv_score_std
+    metric: str = "f1"  # what it ranked by (searches before training.metric ranked by F1)
 
 
 def last_search(settings: Settings) -> PreviousSearch | None:
@@ -68,6 +69,7 @@ def last_search(settings: Settings) -> PreviousSearch | None:
         list(board["extractors"]),
         list(board["families"]),
         list(board["ranking"]),
+        str(board.get("metric", "f1")),
     )
 
 

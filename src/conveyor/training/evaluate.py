@@ -38,9 +38,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INTERVAL_LEVEL",
+    "METRICS",
+    "METRIC_LABELS",
     "Interval",
     "Labels",
     "Metrics",
+    "Scorer",
     "confusion_matrix_png",
     "evaluate",
     "expected_calibration_error",
@@ -53,6 +56,12 @@ Labels: TypeAlias = Sequence[str] | np.ndarray
 
 INTERVAL_LEVEL = 0.95
 """Coverage of the bootstrap percentile intervals (2.5th to 97.5th percentile)."""
+
+METRICS = ("balanced_accuracy", "f1", "accuracy", "roc_auc")
+"""What ``training.metric`` may name: the one meaning of "better" that selection, the gate, the monitor's alert and
+the rollout policy share."""
+
+METRIC_LABELS = {"balanced_accuracy": "balanced accuracy", "f1": "F1", "accuracy": "accuracy", "roc_auc": "ROC-AUC"}
 
 _DICT_ORDER = ("f1", "accuracy", "balanced_accuracy", "precision", "recall", "roc_auc", "ece")
 # Resamples are processed in chunks of at most this many (item x resample) cells, so memory stays ~tens of MB
@@ -256,10 +265,11 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def _label_metrics(counts: np.ndarray, positive: int | None) -> dict[str, np.ndarray]:
-    """The five label metrics, each (m,), from confusion counts (m, k, k)."""
+    """The five label metrics, each (m,), from confusion counts (m, k, k), or (m, k, k + 1) whose last column counts
+    answers that are no class (failed predictions: in the support, never a hit)."""
     tp = np.diagonal(counts, axis1=1, axis2=2)
     support = counts.sum(axis=2)
-    predicted = counts.sum(axis=1)
+    predicted = counts.sum(axis=1)[:, : counts.shape[1]]
     recall = _ratio(tp, support)
     precision = _ratio(tp, predicted)
     f1 = _ratio(2 * tp, support + predicted)
@@ -303,6 +313,44 @@ def _percentile_interval(values: np.ndarray) -> Interval | None:
 
 
 # ------------------------------------------------------------------------------------------------------ public API
+
+
+class Scorer:
+    """The task's primary metric on class codes: what the search ranks candidates by and what a rollout compares.
+
+    The same definitions as :func:`evaluate` (they share the code), on items weighted by multiplicity columns, so a
+    whole batch of resamples or permutations is one call. ``scores`` are any per-class scores whose order ranks the
+    items (probabilities or decision values): ROC-AUC needs them, the label metrics ignore them. A predicted code of
+    ``n_classes`` or more is an answer that matches no class (a failed prediction): always wrong.
+    """
+
+    def __init__(self, metric: str, n_classes: int, positive: int | None) -> None:
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; one of {METRICS}")
+        self.metric, self.n_classes, self.positive = metric, n_classes, positive
+
+    @property
+    def needs_scores(self) -> bool:
+        return self.metric == "roc_auc"
+
+    def values(self, t: np.ndarray, p: np.ndarray, scores: np.ndarray | None, weights: np.ndarray) -> np.ndarray:
+        """The metric under each column of ``weights`` (n, m): (m,) values, NaN where undefined."""
+        t, p = np.asarray(t, dtype=np.intp), np.asarray(p, dtype=np.intp)
+        if self.metric == "roc_auc":
+            if scores is None:
+                raise ValueError("roc_auc: needs the per-class scores of the items")
+            scores = np.asarray(scores, dtype=np.float64)
+            if self.positive is not None:
+                return _Auc(t == self.positive, scores[:, self.positive])(weights)
+            return _MacroAuc(t, scores)(weights)
+        k = self.n_classes + 1  # the extra code: a failed answer
+        counts = _Confusion(t, np.minimum(p, self.n_classes), k)(weights)[:, : self.n_classes, :]
+        return _label_metrics(counts, self.positive)[self.metric]
+
+    def __call__(self, t: np.ndarray, p: np.ndarray, scores: np.ndarray | None = None) -> float:
+        """The metric of every item once (0.0 where undefined, e.g. ROC-AUC of one class: ranks last)."""
+        value = float(self.values(t, p, scores, np.ones((len(t), 1), dtype=np.int64))[0])
+        return 0.0 if np.isnan(value) else value
 
 
 def expected_calibration_error_codes(proba: np.ndarray, codes: np.ndarray, n_bins: int = 10) -> float:

@@ -1,6 +1,6 @@
 """The registration gate, a pure decision: may the new best model be registered?
 
-* it must beat every naive baseline: the lower end of its test interval of ``training.gate_metric`` above the best
+* it must beat every naive baseline: the lower end of its test interval of ``training.metric`` above the best
   baseline's value;
 * if a champion exists, the champion's value on this same test split must not exceed the top of the challenger's
   interval (the challenger beats or ties it).

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 
 from conveyor.training.calibration import decision_scores
+from conveyor.training.evaluate import Scorer
 
 __all__ = [
     "SEARCH_MODES",
@@ -173,11 +174,11 @@ def _grid_points(grid: dict[str, list[Any]]) -> list[tuple[tuple[str, Any], ...]
 
 
 def _fit_fold(
-    estimator: Any, X: Any, y: np.ndarray, task: _Task, positive: int | None, keep_scores: bool, parent: int
+    estimator: Any, X: Any, y: np.ndarray, task: _Task, scorer: Scorer, keep_scores: bool, parent: int
 ) -> Any:
-    """Fit a clone on the task's training part; its F1 on the held-out part (and its scores there, when kept)."""
+    """Fit a clone on the task's training part; its score (``training.metric``) on the held-out part (and its
+    scores there, when kept)."""
     from sklearn.base import clone
-    from sklearn.metrics import f1_score
 
     from conveyor.workspace import exit_with_parent
 
@@ -187,12 +188,9 @@ def _fit_fold(
     model.fit(X[task.train], y[task.train])
     held_out = X[task.val]
     predicted = model.predict(held_out)
-    if positive is not None:
-        score = f1_score(y[task.val], predicted, pos_label=positive, zero_division=0)
-    else:
-        score = f1_score(y[task.val], predicted, average="macro", zero_division=0)
-    scores = decision_scores(model, held_out) if keep_scores else None
-    return float(score), scores, time.perf_counter() - start
+    scores = decision_scores(model, held_out) if keep_scores or scorer.needs_scores else None
+    score = scorer(y[task.val], predicted, scores)
+    return score, scores if keep_scores else None, time.perf_counter() - start
 
 
 def _indexed(index: int, *args: Any) -> tuple[int, Any]:
@@ -220,7 +218,7 @@ class _Pool:
         self.parallel.__exit__(*exc)
 
     def run(
-        self, tasks: list[_Task], positive: int | None, keep_scores: bool
+        self, tasks: list[_Task], scorer: Scorer, keep_scores: bool
     ) -> list[tuple[_Task, float, np.ndarray | None, float]]:
         from joblib import delayed
 
@@ -232,7 +230,7 @@ class _Pool:
                 self.tables[t.config.extractor],
                 self.y,
                 t,
-                positive,
+                scorer,
                 keep_scores,
                 os.getpid(),
             )
@@ -282,7 +280,7 @@ def search(
     y: np.ndarray,
     *,
     folds: int,
-    positive: int | None,
+    scorer: Scorer,
     seed: int,
     factor: int = 3,
     min_samples: int = 100,
@@ -300,7 +298,7 @@ def search(
         families: per family name, an unfitted estimator (its parameters set from the settings) and its grid.
         tables: the training split's feature matrix per input name, rows in ``y``'s order.
         y: class codes ``0 .. classes-1`` of the training split.
-        positive: the code of the positive class (F1 of that class), or None (macro F1).
+        scorer: the task's primary metric (``training.metric``), what every fold is scored by.
         finalists, within_se: ``race`` sends at most ``finalists`` candidates to the final, and only those whose
             last-round score is within ``within_se`` pooled standard errors of the leader's (0: the top ones, however
             far behind).
@@ -331,7 +329,7 @@ def search(
             final_configs = _race(
                 pool, candidate_points, y, seed=seed, factor=factor, min_samples=min_samples, race_folds=race_folds,
                 points_per_candidate=points_per_candidate, finalists=finalists, within_se=within_se, folds=folds,
-                positive=positive,
+                scorer=scorer,
                 rounds=rounds, eliminated=eliminated,
             )  # fmt: skip
         else:
@@ -340,7 +338,7 @@ def search(
         tasks = [_Task(c, tr, va, k) for c in final_configs for k, (tr, va) in enumerate(splits)]
         pool.total = pool.done + len(tasks)
         began = time.perf_counter()
-        scored = _scored(pool.run(tasks, positive, keep_scores=True))
+        scored = _scored(pool.run(tasks, scorer, keep_scores=True))
         n_classes = len(np.unique(y))
         best_of: dict[str, Config] = {}
         for config in _best_first(scored, final_configs):
@@ -397,7 +395,7 @@ def _race(
     finalists: int,
     within_se: float,
     folds: int,
-    positive: int | None,
+    scorer: Scorer,
     rounds: list[RoundSummary],
     eliminated: list[CandidateScore],
 ) -> list[Config]:
@@ -423,7 +421,7 @@ def _race(
         mean_grid = sum(len(p) for p in candidate_points.values()) / len(candidate_points)
         planned = sum(counts[index + 1 :]) * race_folds + round(finalists * mean_grid * folds)
         pool.total = pool.done + len(tasks) + planned
-        scored = _scored(pool.run(tasks, positive, keep_scores=False))
+        scored = _scored(pool.run(tasks, scorer, keep_scores=False))
         ranked = _best_first(scored, alive)
         top = ranked[0]
         pool.best = (top.candidate, scored[top]["mean"])
@@ -491,13 +489,14 @@ def choose_mode(
     drift: bool,
     new_search_share: float,
     new_search_on_drift: bool,
+    metric_changed: bool = False,
 ) -> tuple[SearchMode, str]:
     """The search a retrain runs, and why.
 
     ``requested`` is a mode, or ``auto``: ``refit`` unless there is no previous search to refit, the candidate table
     changed since it (``previous`` = its training-split size, extractors and families), the training split grew by
-    ``new_search_share`` or more of what it searched, or the monitor saw drift (with ``new_search_on_drift``); each of
-    those runs a ``race``.
+    ``new_search_share`` or more of what it searched, ``training.metric`` changed since it (its ranking answers another
+    question), or the monitor saw drift (with ``new_search_on_drift``); each of those runs a ``race``.
     """
     if requested in SEARCH_MODES:
         if requested == "refit" and previous is None:
@@ -510,6 +509,8 @@ def choose_mode(
     searched, old_extractors, old_families = previous
     if sorted(old_extractors) != sorted(extractors) or sorted(old_families) != sorted(families):
         return "race", "the candidate table changed since the last search"
+    if metric_changed:
+        return "race", "training.metric changed since the last search: its ranking was by another metric"
     share = (n_train - searched) / max(searched, 1)
     if share >= new_search_share:
         return "race", (

@@ -31,7 +31,14 @@ from conveyor.errors import ConveyorError
 from conveyor.features.store import compute_features, configured_extractors, load_matrix
 from conveyor.models.families import Family, family
 from conveyor.training.baselines import evaluate_baselines
-from conveyor.training.evaluate import Metrics, confusion_matrix_png, evaluate, positive_class, roc_curve_png
+from conveyor.training.evaluate import (
+    Metrics,
+    Scorer,
+    confusion_matrix_png,
+    evaluate,
+    positive_class,
+    roc_curve_png,
+)
 from conveyor.training.gate import GateDecision, judge_gate
 from conveyor.training.pixels import PixelStore
 from conveyor.training.search import SearchOutcome, choose_mode, search
@@ -57,8 +64,8 @@ class CandidateResult:
 
     extractor: str
     family: str
-    cv_f1: float
-    cv_f1_std: float
+    cv_score: float  # training.metric, mean over the folds
+    cv_score_std: float
     params: dict[str, Any]
     test: Metrics | None
     fit_seconds: float
@@ -78,8 +85,8 @@ class CandidateResult:
             "name": self.name,
             "extractor": self.extractor,
             "family": self.family,
-            "cv_f1": self.cv_f1,
-            "cv_f1_std": self.cv_f1_std,
+            "cv_score": self.cv_score,
+            "cv_score_std": self.cv_score_std,
             "params": {k: _jsonable(v) for k, v in self.params.items()},
             "stage": self.stage,
             "cv_n": self.n,
@@ -110,6 +117,7 @@ class TrainResult:
     """What one ``conveyor train`` did; ``to_dict`` is the ``--json`` summary."""
 
     dataset_version: str
+    metric: str  # training.metric: what cv_score, the gate and the ranking are about
     classes: list[str]
     positive: str | None
     candidates: list[CandidateResult]
@@ -126,6 +134,7 @@ class TrainResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "dataset_version": self.dataset_version,
+            "metric": self.metric,
             "classes": self.classes,
             "positive_class": self.positive,
             "search": self.search.to_dict(),
@@ -236,17 +245,19 @@ def train(
         drift=drift,
         new_search_share=cfg.search.new_search_share,
         new_search_on_drift=cfg.search.new_search_on_drift,
+        metric_changed=previous is not None and previous.metric != cfg.metric,
     )
     if tabular:
         compute_features(settings)  # nothing to do when the tables are complete
     inputs = {ex: _load_inputs(settings, ex, data.version, data.members) for ex in extractor_names if tabular}
     positive_code = None if data.positive is None else data.classes.index(data.positive)
+    scorer = Scorer(cfg.metric, len(data.classes), positive_code)
     outcome = search(
         chosen,
         {f.name: settings_of[f.name] for f in tabular},
         {ex: inputs[ex].X_train for ex in inputs},
         data.y_train,
-        folds=data.folds, positive=positive_code, seed=cfg.seed, factor=cfg.search.factor,
+        folds=data.folds, scorer=scorer, seed=cfg.seed, factor=cfg.search.factor,
         min_samples=cfg.search.min_samples, race_folds=min(cfg.search.folds, data.folds),
         points_per_candidate=cfg.search.points_per_candidate, finalists=cfg.search.finalists,
         within_se=cfg.search.within_se,
@@ -261,10 +272,10 @@ def train(
             if chosen == "refit" and (PIXELS, fam.name) not in fixed:
                 continue
             params = fixed.get((PIXELS, fam.name)) if chosen == "refit" else None
-            candidates.append(_fit_image_candidate(fam, inputs[PIXELS], data, settings, params))
+            candidates.append(_fit_image_candidate(fam, inputs[PIXELS], data, settings, params, scorer))
     if not candidates:
         raise ConveyorError("no candidate to train: training.families names no family for the configured inputs")
-    candidates.sort(key=lambda c: (c.stage != "final", -c.cv_f1, c.cv_f1_std))
+    candidates.sort(key=lambda c: (c.stage != "final", -c.cv_score, c.cv_score_std))
     best = candidates[0]
     summary = SearchSummary(chosen, reason, [r.to_dict() for r in outcome.rounds], outcome.fits, outcome.seconds)
     baselines = evaluate_baselines(
@@ -282,7 +293,7 @@ def train(
     champion = None
     if champion_version is not None:
         champion = (champion_version, _champion_metrics(settings, champion_version, data.members))
-    gate = judge_gate(cfg.gate_metric, calibrated, baselines, data.version, champion)
+    gate = judge_gate(cfg.metric, calibrated, baselines, data.version, champion)
     spec = _model_spec(settings, best, data.classes, data.positive, data.version)
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -316,8 +327,8 @@ def train(
 
             audit(settings, "refused", settings.model_name, "; ".join(gate.reasons), details)
         return TrainResult(
-            data.version, data.classes, data.positive, candidates, baselines, best, calibrated, gate, registered,
-            alias, parent.info.run_id, summary, time.perf_counter() - began,
+            data.version, cfg.metric, data.classes, data.positive, candidates, baselines, best, calibrated, gate,
+            registered, alias, parent.info.run_id, summary, time.perf_counter() - began,
         )  # fmt: skip
 
 
@@ -407,6 +418,7 @@ def _log_parent(
     inputs += [PIXELS] if any(c.extractor == PIXELS for c in candidates) else []
     board = {
         "mode": summary.mode,
+        "metric": cfg.metric,
         "reason": summary.reason,
         "dataset_version": data.version,
         "n_train": len(data.y_train),
@@ -415,7 +427,7 @@ def _log_parent(
         "rounds": summary.rounds,
         "ranking": [
             {"extractor": c.extractor, "family": c.family, "params": {k: _jsonable(v) for k, v in c.params.items()},
-             "cv_f1": c.cv_f1, "cv_f1_std": c.cv_f1_std}
+             "cv_score": c.cv_score, "cv_score_std": c.cv_score_std}
             for c in candidates if c.stage == "final"
         ],
     }  # fmt: skip
@@ -463,23 +475,22 @@ def _scores(estimator: Any, X: Any, n_classes: int) -> np.ndarray:
 
 
 def _fit_image_candidate(
-    fam: Family, data: _Inputs, d: _Data, settings: Settings, params: dict[str, Any] | None
+    fam: Family, data: _Inputs, d: _Data, settings: Settings, params: dict[str, Any] | None, scorer: Scorer
 ) -> CandidateResult:
     """An image family: its grid searched on one stratified validation split (k fits of a network per grid point
     would not fit any budget), or the given parameters (a refit); torch parallelises inside each fit."""
-    from sklearn.metrics import f1_score, make_scorer
     from sklearn.model_selection import GridSearchCV, StratifiedShuffleSplit
 
     cfg = settings.training
-    if d.positive is not None:
-        scorer: Any = make_scorer(f1_score, pos_label=d.classes.index(d.positive), zero_division=0)
-    else:
-        scorer = make_scorer(f1_score, average="macro", zero_division=0)
+
+    def score(estimator: Any, X: Any, y: np.ndarray) -> float:  # GridSearchCV's scorer protocol
+        return scorer(y, estimator.predict(X), _scores(estimator, X, len(d.classes)) if scorer.needs_scores else None)
+
     cv = StratifiedShuffleSplit(1, test_size=0.2, random_state=cfg.seed)
     estimator, grid = fam.estimator_and_grid(settings)
     if params is not None:
         grid = {name: [value] for name, value in params.items()}
-    found = GridSearchCV(estimator, grid, cv=cv, scoring=scorer, n_jobs=1, refit=True, error_score="raise")
+    found = GridSearchCV(estimator, grid, cv=cv, scoring=score, n_jobs=1, refit=True, error_score="raise")
     start = time.perf_counter()
     found.fit(data.X_train, d.y_train)
     seconds = time.perf_counter() - start
@@ -492,8 +503,8 @@ def _fit_image_candidate(
     return CandidateResult(
         extractor=PIXELS,
         family=fam.name,
-        cv_f1=float(found.cv_results_["mean_test_score"][index]),
-        cv_f1_std=float(found.cv_results_["std_test_score"][index]),
+        cv_score=float(found.cv_results_["mean_test_score"][index]),
+        cv_score_std=float(found.cv_results_["std_test_score"][index]),
         params=dict(found.best_params_),
         test=metrics,
         fit_seconds=seconds,
@@ -525,7 +536,9 @@ def _log_candidate(result: CandidateResult, data: _Data, X_test: Any, tmp: Path,
 
     params = {"family": result.family, "extractor": result.extractor, "stage": result.stage, "cv_n": result.n,
               "cv_folds": result.folds, **{f"param_{k}": _jsonable(v) for k, v in result.params.items()}}  # fmt: skip
-    metrics = {"cv_f1": result.cv_f1, "cv_f1_std": result.cv_f1_std, "fit_seconds": result.fit_seconds}
+    metric = settings.training.metric
+    metrics = {f"cv_{metric}": result.cv_score, f"cv_{metric}_std": result.cv_score_std,
+               "fit_seconds": result.fit_seconds}  # fmt: skip
     if result.test is not None:
         metrics.update(result.test.as_dict("test_"))
     now = int(time.time() * 1000)

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from conveyor.serving import rollout
-from conveyor.serving.deps import AdminDep, ServiceDep, ServingDep, SettingsDep
+from conveyor.serving.deps import AdminDep, ServiceDep, SettingsDep
 from conveyor.serving.schemas import (
     BODY_ERRORS,
     ErrorResponse,
@@ -29,12 +29,12 @@ async def reload(service: ServiceDep, _admin: AdminDep) -> ReloadResponse:
 
 
 @router.get("/rollout", response_model=RolloutResponse)
-async def rollout_status(service: ServiceDep, serving: ServingDep, _admin: AdminDep) -> RolloutResponse:
+async def rollout_status(service: ServiceDep, _admin: AdminDep) -> RolloutResponse:
     def status() -> RolloutResponse:
         state = rollout.active_rollout(service.engine) or rollout.latest_rollout(service.engine)
         decision = None
         if state is not None and state.status == "active":
-            decision = rollout.judge(*rollout.stage_stats(service.engine, state), serving).to_dict()
+            decision = rollout.policy_decision(service.settings, service.engine, state).to_dict()
         return RolloutResponse(
             rollout=None if state is None else state.to_dict(), decision=decision, serving=service.describe()
         )
