@@ -21,3 +21,22 @@ def test_bytes_and_stored_features_give_the_same_answer(registered: Settings) ->
     from_store = model.predict_features(features.to_numpy()[:5])
     np.testing.assert_allclose(from_bytes, from_store, atol=1e-9)
     assert from_bytes.shape == (5, len(model.classes))
+
+
+def test_the_model_ships_its_artifacts_and_a_pin_on_conveyor_not_a_copy_of_it(registered: Settings) -> None:  # noqa: F811
+    from importlib.metadata import version
+
+    [classifier] = (registered.home / "mlartifacts").rglob("classifier.joblib")
+    folder = classifier.parents[1]
+    assert not (folder / "code").exists()
+    assert sorted(p.name for p in (folder / "artifacts").iterdir()) == ["classifier.joblib", "spec.json"]
+    requirements = (folder / "requirements.txt").read_text().splitlines()
+    assert requirements[0] == f"conveyor=={version('conveyor')}"
+
+
+def test_loading_a_model_leaves_the_import_path_alone(registered: Settings) -> None:  # noqa: F811
+    import sys
+
+    before = list(sys.path)
+    load_version(registered, 1)
+    assert sys.path == before

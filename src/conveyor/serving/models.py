@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +40,5 @@ def load_version(settings: Settings, version: int) -> ServedModel:
     from conveyor.tracking.setup import configure_mlflow
 
     configure_mlflow(settings)
-    saved_path = list(sys.path)
-    try:
-        loaded = load_verified(settings, version)
-    finally:
-        sys.path[:] = saved_path  # the model's code_paths copy of conveyor must not shadow the installed package
-    inner = loaded.unwrap_python_model()
+    inner = load_verified(settings, version).unwrap_python_model()
     return ServedModel(settings.model_name, version, inner)

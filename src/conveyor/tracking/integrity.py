@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -108,4 +109,10 @@ def load_verified(settings: Settings, version: int) -> Any:
             message = f"model {settings.model_name!r} version {version}: {problem}; refusing to load it"
             audit(settings, "integrity_failed", settings.model_name, message, {"version": version})
             raise ModelIntegrityError(message)
-        return mlflow.pyfunc.load_model(str(local))
+        saved_path = list(sys.path)
+        try:
+            return mlflow.pyfunc.load_model(str(local))
+        finally:
+            # A version registered before models stopped shipping a copy of conveyor (``code_paths``) puts that copy
+            # on sys.path when loaded; the installed package must stay the one imported.
+            sys.path[:] = saved_path

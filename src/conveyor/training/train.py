@@ -14,7 +14,6 @@ A model that fails the gate is never registered; the refusal goes to the audit l
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -578,11 +577,7 @@ def _champion_metrics(settings: Settings, version: int, members: list[tuple[str,
     from conveyor.features.store import stored_features
     from conveyor.tracking.integrity import load_verified
 
-    saved_path = list(sys.path)
-    try:
-        model = load_verified(settings, version).unwrap_python_model()
-    finally:
-        sys.path[:] = saved_path  # the model's code_paths copy of conveyor must not shadow the installed package
+    model = load_verified(settings, version).unwrap_python_model()
     test = [(sha, label) for sha, label, split in members if split == "test"]
     shas = [sha for sha, _ in test]
     rows: dict[str, np.ndarray] = {}
