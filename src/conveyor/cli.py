@@ -542,6 +542,22 @@ def watch(
         raise typer.Exit(2)  # the batch stays pending; a scheduler retries the run
 
 
+@app.command()
+def schema(
+    name: Annotated[str, typer.Argument(help="ingest, features, train or monitor.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Print the JSON schema of a command's --json output: its fields, and which are always there (the Airflow DAGs
+    read it, so a renamed field fails their task instead of going missing)."""
+    from conveyor.pipelines.contracts import CONTRACTS
+    from conveyor.pipelines.contracts import schema as contract_schema
+
+    if name not in CONTRACTS:
+        err.print(f"[bold red]error:[/] no schema named {name!r}; one of {', '.join(CONTRACTS)}")
+        raise typer.Exit(2)
+    emit_json(contract_schema(name))
+
+
 def _register_stage_commands() -> None:
     """Commands that live beside their stage (monitoring, serving)."""
     from conveyor.monitoring.commands import monitor

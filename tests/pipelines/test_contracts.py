@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from conveyor.pipelines.contracts import MonitorOutcome, Retrain, TrainOutcome, dump
+from conveyor.pipelines.contracts import CONTRACTS, MonitorOutcome, Retrain, TrainOutcome, dump, schema
 
 MONITOR = {
     "id": 3,
@@ -52,3 +55,46 @@ def test_a_skipped_train_task_has_no_outcome() -> None:
         }
     )
     assert trained is not None and (trained.registered_version, trained.alias) == (2, "challenger")
+
+
+def test_the_exported_schema_names_the_fields_and_the_required_ones() -> None:
+    from typer.testing import CliRunner
+
+    from conveyor.cli import app
+
+    result = CliRunner().invoke(app, ["schema", "ingest", "--json"])
+    assert result.exit_code == 0, result.output
+    exported = json.loads(result.stdout)
+    fields = ["source", "seen", "stored", "duplicates", "conflicts", "quarantined", "by_reason", "dataset_version"]
+    assert list(exported["properties"]) == fields
+    assert exported["required"] == fields
+
+
+def test_an_unknown_schema_is_refused_with_the_names() -> None:
+    from typer.testing import CliRunner
+
+    from conveyor.cli import app
+
+    result = CliRunner().invoke(app, ["schema", "ingests"])
+    assert result.exit_code == 2
+    assert "no schema named 'ingests'; one of ingest, features, train, monitor" in result.output
+
+
+@pytest.mark.slow
+def test_what_the_commands_print_meets_their_exported_schemas(tmp_path: Path) -> None:
+    """What the Airflow DAGs rely on: each command's --json output has every field its schema requires, typed."""
+    from typer.testing import CliRunner
+
+    from conveyor.cli import app
+    from conveyor.data.synthetic import SyntheticSpec, generate_dataset
+
+    generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=20, size=64, seed=3))
+    runner = CliRunner()
+    env = {"CONVEYOR_TRAINING__FAMILIES": '["logreg"]', "CONVEYOR_FEATURES__EXTRACTORS": '["intensity"]'}
+    for command, args in (("ingest", [str(tmp_path / "src")]), ("features", []), ("train", [])):
+        result = runner.invoke(app, [command, *args, "--json"], env=env)
+        assert result.exit_code == 0, result.output
+        payload = json.loads(result.stdout)
+        exported = schema(command)
+        assert set(exported["required"]) <= set(payload)
+        CONTRACTS[command].model_validate(payload)

@@ -5,7 +5,9 @@ import conveyor: every task runs conveyor's CLI with ``--json`` (the executable 
 ``conveyor`` on the PATH), passes the worker's environment through (``CONVEYOR_HOME``, ``CONVEYOR_DB_URL``,
 ``MLFLOW_TRACKING_URI``, ...), reads the one JSON object it prints, and fails with the CLI's own error message when it
 exits non-zero. A ConveyorError (exit status 1: bad input, no champion, ...) fails the task without retries, since
-running it again gives the same answer; any other exit status (killed, out of memory) is retried.
+running it again gives the same answer; any other exit status (killed, out of memory) is retried. What a task keeps
+in XCom is what the command's exported JSON schema lists (``conveyor schema NAME``), and a task whose output lacks a
+field the schema requires fails.
 
 * ``conveyor_ingest``: manual, param ``path`` (a folder of ``<label>/`` folders, or a zip): ``ingest``, ``features``.
 * ``conveyor_train``: manual or triggered by the monitor -> ``train``; the registered version is in its XCom.
@@ -37,10 +39,6 @@ log = logging.getLogger(__name__)
 
 START = datetime(2025, 1, 1)
 TAGS = ["conveyor"]
-# Keys of each command's summary kept in XCom (the full JSON is in the task log); XCom lives in Airflow's DB.
-_INGEST_KEYS = ("source", "seen", "stored", "duplicates", "conflicts", "quarantined", "by_reason", "dataset_version")
-_FEATURE_KEYS = ("computed", "cached", "failed")
-_TRAIN_KEYS = ("dataset_version", "classes", "best", "gate", "registered_version", "alias", "parent_run_id")
 
 
 class ConveyorCommandError(AirflowFailException):
@@ -113,8 +111,28 @@ def _last_json_object(text: str) -> dict[str, Any] | None:
     return None
 
 
-def _pick(payload: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {k: payload[k] for k in keys if k in payload}
+def contract(command: str) -> dict[str, Any]:
+    """The JSON schema of ``conveyor COMMAND --json``'s output, as conveyor exports it (``conveyor schema COMMAND``):
+    these DAGs hold no list of conveyor's fields of their own."""
+    return run_conveyor("schema", command)
+
+
+def run_contracted(command: str, *args: str) -> dict[str, Any]:
+    """Run ``conveyor COMMAND ARGS --json`` and keep, for XCom, the fields its exported schema lists (the full JSON
+    is in the task log; XCom lives in Airflow's database).
+
+    Raises:
+        AirflowFailException: the output lacks a field the schema requires (conveyor and these DAGs disagree).
+    """
+    schema = contract(command)
+    payload = run_conveyor(command, *args)
+    missing = [key for key in schema.get("required", []) if key not in payload]
+    if missing:
+        raise AirflowFailException(
+            f"conveyor {command}'s output lacks {', '.join(missing)}, required by its schema "
+            f"(conveyor schema {command})"
+        )
+    return {key: payload[key] for key in schema["properties"] if key in payload}
 
 
 # ------------------------------------------------------------------------------------------------ drop folder
@@ -156,11 +174,11 @@ def conveyor_ingest() -> None:
         args = ["ingest", str(params["path"])]
         if params.get("labels"):
             args += ["--labels", str(params["labels"])]
-        return _pick(run_conveyor(*args), _INGEST_KEYS)
+        return run_contracted(*args)
 
     @task(execution_timeout=timedelta(hours=6))
     def features(ingested: dict[str, Any]) -> dict[str, Any]:
-        return _pick(run_conveyor("features"), _FEATURE_KEYS)
+        return run_contracted("features")
 
     features(ingest())
 
@@ -183,7 +201,7 @@ def conveyor_train() -> None:
         args = ["train"]
         if params and params.get("version"):
             args += ["--version", str(params["version"])]
-        result = _pick(run_conveyor(*args), _TRAIN_KEYS)
+        result = run_contracted(*args)
         log.info("registered version: %s (alias %s)", result.get("registered_version"), result.get("alias"))
         return result
 

@@ -57,7 +57,7 @@ def train_task(settings: Settings, params: Mapping[str, Any], up: Outputs) -> di
     else:
         drift = MonitorOutcome.model_validate(up["monitor"]).drifted
         result = train(settings, mode=settings.training.search.retrain_mode, drift=drift).to_dict()
-    return dump(TrainOutcome.model_validate({key: result[key] for key in TrainOutcome.model_fields}))
+    return dump(TrainOutcome.model_validate({key: result[key] for key in TrainOutcome.model_fields if key in result}))
 
 
 def monitor_task(settings: Settings, params: Mapping[str, Any], up: Outputs) -> dict[str, Any]:
