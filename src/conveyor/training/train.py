@@ -40,7 +40,7 @@ from conveyor.training.evaluate import (
 )
 from conveyor.training.gate import GateDecision, judge_gate
 from conveyor.training.pixels import PixelStore
-from conveyor.training.search import SearchOutcome, choose_mode, search
+from conveyor.training.search import SearchMode, SearchOutcome, choose_mode, search
 from conveyor.workspace import open_workspace
 
 if TYPE_CHECKING:
@@ -209,6 +209,10 @@ def train(
 ) -> TrainResult:
     """Search, calibrate, gate and register on a dataset version (default: the latest: all data so far).
 
+    Four steps: which search to run (:func:`_plan`), the candidates it yields (:func:`_candidates`), the winner and
+    whether it may be registered (:func:`_decide`), and the record of it all in MLflow, the registry and the audit log
+    (:func:`_record`), the only step with side effects beyond the feature and pixel caches.
+
     Args:
         mode: ``race``, ``grid``, ``refit`` or ``auto`` (default ``training.search.mode``); see
             :mod:`conveyor.training.search` and :func:`~conveyor.training.search.choose_mode`.
@@ -218,42 +222,77 @@ def train(
     Raises:
         ConveyorError: fewer than two classes, or too few images per class for the folds.
     """
-    import mlflow
-
-    from conveyor.tracking.searches import SEARCH_REASON_TAG, SEARCH_TAG, fail_dead_runs, last_search, process_tags
-    from conveyor.tracking.setup import configure_mlflow, run_tags
-
     began = time.perf_counter()
-    cfg = settings.training
     data = _dataset(settings, version)
+    plan = _plan(settings, data, mode, drift)
+    candidates, summary, inputs = _candidates(settings, data, plan, on_progress)
+    decision = _decide(settings, data, candidates, inputs)
+    return _record(settings, data, plan, summary, candidates, inputs, decision, began)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What this training crosses and which search it runs, and why."""
+
+    families: list[Family]
+    settings_of: dict[str, tuple[Any, dict[str, list[Any]]]]  # per family: its estimator and grid
+    extractors: list[str]
+    mode: SearchMode
+    reason: str
+    previous: Any  # the last search (conveyor.tracking.searches.PreviousSearch), or None
+
+    @property
+    def tabular(self) -> list[Family]:
+        return [f for f in self.families if f.input_kind == "features"]
+
+    @property
+    def imaging(self) -> list[Family]:
+        return [f for f in self.families if f.input_kind == "image"]
+
+
+def _plan(settings: Settings, data: _Data, mode: str | None, drift: bool) -> _Plan:
+    """The candidate table and the search mode (``auto`` decided against the last search)."""
+    from conveyor.tracking.searches import fail_dead_runs, last_search
+    from conveyor.tracking.setup import configure_mlflow
+
+    cfg = settings.training
     families = [family(name) for name in cfg.families]
     settings_of = {fam.name: fam.estimator_and_grid(settings) for fam in families}  # settings checked up front
-    extractor_names = cfg.extractors or [e.name for e in configured_extractors(settings)] + ["all"]
-    tabular = [f for f in families if f.input_kind == "features"]
-    imaging = [f for f in families if f.input_kind == "image"]
-    experiment = configure_mlflow(settings)
+    extractors = cfg.extractors or [e.name for e in configured_extractors(settings)] + ["all"]
+    configure_mlflow(settings)
     fail_dead_runs(settings)  # a train killed earlier left its runs RUNNING
     previous = last_search(settings)
-    inputs_now = (extractor_names if tabular else []) + ([PIXELS] if imaging else [])
+    tabular = any(f.input_kind == "features" for f in families)
+    imaging = any(f.input_kind == "image" for f in families)
     chosen, reason = choose_mode(
         mode or cfg.search.mode,
         previous=None if previous is None else (previous.n_train, previous.extractors, previous.families),
         n_train=len(data.y_train),
-        extractors=inputs_now,
+        extractors=(extractors if tabular else []) + ([PIXELS] if imaging else []),
         families=list(cfg.families),
         drift=drift,
         new_search_share=cfg.search.new_search_share,
         new_search_on_drift=cfg.search.new_search_on_drift,
         metric_changed=previous is not None and previous.metric != cfg.metric,
     )
-    if tabular:
+    return _Plan(families, settings_of, extractors, chosen, reason, previous)
+
+
+def _candidates(
+    settings: Settings, data: _Data, plan: _Plan, on_progress: Progress | None
+) -> tuple[list[CandidateResult], SearchSummary, dict[str, _Inputs]]:
+    """Every candidate ranked, best first: the search's finalists (refitted, scored on the test split) and raced-out,
+    then the image families; with the search's summary and the inputs they were scored on."""
+    cfg = settings.training
+    previous = plan.previous
+    if plan.tabular:
         compute_features(settings)  # nothing to do when the tables are complete
-    inputs = {ex: _load_inputs(settings, ex, data.version, data.members) for ex in extractor_names if tabular}
+    inputs = {ex: _load_inputs(settings, ex, data.version, data.members) for ex in plan.extractors if plan.tabular}
     positive_code = None if data.positive is None else data.classes.index(data.positive)
     scorer = Scorer(cfg.metric, len(data.classes), positive_code)
     outcome = search(
-        chosen,
-        {f.name: settings_of[f.name] for f in tabular},
+        plan.mode,
+        {f.name: plan.settings_of[f.name] for f in plan.tabular},
         {ex: inputs[ex].X_train for ex in inputs},
         data.y_train,
         folds=data.folds, scorer=scorer, seed=cfg.seed, factor=cfg.search.factor,
@@ -262,52 +301,91 @@ def train(
         within_se=cfg.search.within_se,
         previous=[] if previous is None else previous.ranking[: cfg.search.refit_candidates],
         jobs=cfg.search.jobs, on_progress=on_progress,
-    ) if tabular else SearchOutcome(chosen, [], [], 0, 0.0)  # fmt: skip
-    candidates = _finalists(outcome, settings_of, inputs, data, settings)
-    if imaging:
+    ) if plan.tabular else SearchOutcome(plan.mode, [], [], 0, 0.0)  # fmt: skip
+    candidates = _finalists(outcome, plan.settings_of, inputs, data, settings)
+    if plan.imaging:
         inputs[PIXELS] = _load_inputs(settings, PIXELS, data.version, data.members)
         fixed = {} if previous is None else {(e["extractor"], e["family"]): e["params"] for e in previous.ranking}
-        for fam in imaging:
-            if chosen == "refit" and (PIXELS, fam.name) not in fixed:
+        for fam in plan.imaging:
+            if plan.mode == "refit" and (PIXELS, fam.name) not in fixed:
                 continue
-            params = fixed.get((PIXELS, fam.name)) if chosen == "refit" else None
+            params = fixed.get((PIXELS, fam.name)) if plan.mode == "refit" else None
             candidates.append(_fit_image_candidate(fam, inputs[PIXELS], data, settings, params, scorer))
     if not candidates:
         raise ConveyorError("no candidate to train: training.families names no family for the configured inputs")
     candidates.sort(key=lambda c: (c.stage != "final", -c.cv_score, c.cv_score_std))
+    rounds = [r.to_dict() for r in outcome.rounds]
+    return candidates, SearchSummary(plan.mode, plan.reason, rounds, outcome.fits, outcome.seconds), inputs
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """The winner calibrated, its test metrics, the baselines, and the gate's verdict."""
+
+    best: CandidateResult
+    estimator: Any  # the calibrated winner, what would be registered
+    calibrated: Metrics
+    baselines: dict[str, Metrics]
+    gate: GateDecision
+
+
+def _decide(
+    settings: Settings, data: _Data, candidates: list[CandidateResult], inputs: dict[str, _Inputs]
+) -> _Decision:
+    """The best candidate (by CV, never by the test split) calibrated, scored on the test split beside the naive
+    baselines and the champion (through its own registered model), and judged by the gate."""
+    from conveyor.tracking.registry import CHAMPION, current_version
+
+    cfg = settings.training
     best = candidates[0]
-    summary = SearchSummary(chosen, reason, [r.to_dict() for r in outcome.rounds], outcome.fits, outcome.seconds)
     baselines = evaluate_baselines(
         data.train_labels, data.test_labels, data.classes, positive=data.positive, n_boot=cfg.bootstrap, seed=cfg.seed
     )
-    calibrated_estimator = _calibrate(best, data.y_train, settings)
-    proba = np.asarray(calibrated_estimator.predict_proba(inputs[best.extractor].X_test))
+    estimator = _calibrate(best, data.y_train, settings)
+    proba = np.asarray(estimator.predict_proba(inputs[best.extractor].X_test))
     calibrated = evaluate(
         data.test_labels, [data.classes[i] for i in proba.argmax(axis=1)], proba, data.classes,
         positive=data.positive, n_boot=cfg.bootstrap, seed=cfg.seed,
     )  # fmt: skip
-    from conveyor.tracking.registry import CHAMPION, current_version
-
     champion_version = current_version(settings, CHAMPION)
     champion = None
     if champion_version is not None:
         champion = (champion_version, _champion_metrics(settings, champion_version, data.members))
     gate = judge_gate(cfg.metric, calibrated, baselines, data.version, champion)
-    spec = _model_spec(settings, best, data.classes, data.positive, data.version)
+    return _Decision(best, estimator, calibrated, baselines, gate)
+
+
+def _record(
+    settings: Settings,
+    data: _Data,
+    plan: _Plan,
+    summary: SearchSummary,
+    candidates: list[CandidateResult],
+    inputs: dict[str, _Inputs],
+    decision: _Decision,
+    began: float,
+) -> TrainResult:
+    """The MLflow runs (the parent, a nested one per candidate), then the registration of a winner that passed the
+    gate, or the refusal in the audit log."""
+    import mlflow
+
+    from conveyor.tracking.register import PARAMS_TAG, params_key
+    from conveyor.tracking.searches import SEARCH_REASON_TAG, SEARCH_TAG, process_tags
+    from conveyor.tracking.setup import configure_mlflow, run_tags
+
+    best, gate = decision.best, decision.gate
+    experiment = configure_mlflow(settings)
+    best_params = {k: _jsonable(v) for k, v in best.params.items()}
     with (
         tempfile.TemporaryDirectory() as tmp,
         mlflow.start_run(
             experiment_id=experiment, run_name=f"train {data.version}", tags={**run_tags(), **process_tags()}
         ) as parent,
     ):
-        from conveyor.tracking.register import PARAMS_TAG, params_key
-
-        best_params = {k: _jsonable(v) for k, v in best.params.items()}
-        mlflow.set_tags({SEARCH_TAG: chosen, SEARCH_REASON_TAG: reason[:5000], "best_candidate": best.name,
+        mlflow.set_tags({SEARCH_TAG: plan.mode, SEARCH_REASON_TAG: plan.reason[:5000], "best_candidate": best.name,
                          PARAMS_TAG: params_key(best_params)})  # fmt: skip
-        _log_parent(settings, data, summary, calibrated, baselines, gate, candidates, extractor_names)
-        dataset = _mlflow_dataset(data.members, data.version, settings)
-        mlflow.log_input(dataset, context="training")
+        _log_parent(settings, data, summary, decision.calibrated, decision.baselines, gate, candidates, plan.extractors)
+        mlflow.log_input(_mlflow_dataset(data.members, data.version, settings), context="training")
         for result in candidates:
             tags = {**run_tags(), **process_tags()}
             with mlflow.start_run(experiment_id=experiment, run_name=result.name, nested=True, tags=tags) as run:
@@ -315,19 +393,22 @@ def train(
                 _log_candidate(result, data, x_test, Path(tmp), settings)
                 result.run_id = run.info.run_id
         registered, alias = None, None
-        details = {"candidate": best.name, "dataset_version": data.version, "search": chosen, "params": best_params,
-                   "metrics": calibrated.as_dict("test_"), "gate": gate.to_dict()}  # fmt: skip
+        details = {"candidate": best.name, "dataset_version": data.version, "search": plan.mode,
+                   "params": best_params, "metrics": decision.calibrated.as_dict("test_"),
+                   "gate": gate.to_dict()}  # fmt: skip
         if gate.passed:
             from conveyor.tracking.register import register_model
 
-            registered, alias = register_model(settings, calibrated_estimator, spec, details)
+            spec = _model_spec(settings, best, data.classes, data.positive, data.version)
+            registered, alias = register_model(settings, decision.estimator, spec, details)
         else:
             from conveyor.tracking.registry import audit
 
             audit(settings, "refused", settings.model_name, "; ".join(gate.reasons), details)
         return TrainResult(
-            data.version, cfg.metric, data.classes, data.positive, candidates, baselines, best, calibrated, gate,
-            registered, alias, parent.info.run_id, summary, time.perf_counter() - began,
+            data.version, settings.training.metric, data.classes, data.positive, candidates, decision.baselines,
+            best, decision.calibrated, gate, registered, alias, parent.info.run_id, summary,
+            time.perf_counter() - began,
         )  # fmt: skip
 
 
