@@ -4,7 +4,8 @@ For each real set (``../shared/data/brain_mri_yes_no`` and ``../shared/data/brai
 its files into a temporary workspace and compute the features (timed apart: every mode shares them), then train
 with ``--search grid`` (every candidate's whole grid, 5-fold CV: the reference) and with ``--search race``, ingest
 the other 20% (25% new images) and train with ``--search refit``. Prints, per run, wall seconds, fits, the chosen
-candidate with its CV F1 ± std and test F1, then the ratios: grid / race time, refit / grid time (wall seconds, and
+candidate with its CV score ± std (``training.metric``, balanced accuracy by default) and the calibrated winner's
+test value of it, then the ratios: grid / race time, refit / grid time (wall seconds, and
 CPU seconds of the process and its workers, which whatever else the machine ran meanwhile does not change), and
 whether the race's pick is within the noise (one CV standard deviation) of the grid's.
 
@@ -86,7 +87,7 @@ def row(name: str, seconds: float, result: TrainResult, cpu: float = float("nan"
         "pick": best.name,
         "cv": best.cv_score,
         "cv_std": best.cv_score_std,
-        "test": result.calibrated.f1,
+        "test": getattr(result.calibrated, result.metric),
     }
 
 
@@ -147,7 +148,7 @@ def report(set_name: str, rows: list[dict[str, Any]]) -> None:
         return
     print(f"\n{set_name}")
     print(
-        f"{'run':<22}{'seconds':>9}{'CPU s':>9}{'fits':>7}  {'chosen candidate':<34}{'CV F1 ± std':>16}{'test F1':>9}"
+        f"{'run':<22}{'seconds':>9}{'CPU s':>9}{'fits':>7}  {'chosen candidate':<34}{'CV score ± std':>16}{'test':>9}"
     )
     for r in rows:
         print(
