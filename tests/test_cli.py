@@ -73,6 +73,8 @@ def test_demo_runs_the_whole_story(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     same, lesion, large = filed["same distribution"], filed["unseen lesion type"], filed["large batch"]
     assert (same["drift_share"], same["retrain"]) == (0.0, False)
     assert same["model_f1"] > max(same["dummy_by_reference_f1"], same["dummy_by_current_f1"])
+    assert same["metric"] == "balanced_accuracy"
+    assert same["model_score"] > max(same["dummy_by_reference_score"], same["dummy_by_current_score"])
     assert lesion["drift_share"] > 0.2
     assert (large["files"], large["retrain"], large["alias"]) == (40, True, "challenger")
     # Every challenger a retrain registered is rolled out, and the clinicians' feedback right after decides it.

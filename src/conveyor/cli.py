@@ -439,9 +439,13 @@ def demo(
 
 
 def _print_batches(rows: list[dict[str, Any]]) -> None:
+    from conveyor.training.evaluate import METRIC_LABELS
+
+    label = METRIC_LABELS[rows[0]["metric"]] if rows else "score"
     table = Table(title="new batches filed into incoming/, then clinicians' feedback on a rollout")
-    for column in ("batch", "files", "model F1", "dummy F1 ref / cur", "drift", "alerts", "retrain", "rollout"):
-        table.add_column(column, no_wrap=column in ("files", "model F1", "dummy F1 ref / cur", "drift"))
+    model, dummy = f"model {label}", "dummies ref / cur"
+    for column in ("batch", "files", model, dummy, "drift", "alerts", "retrain", "rollout"):
+        table.add_column(column, no_wrap=column in ("files", dummy, "drift"))
     table.add_column("champion", no_wrap=True)
 
     def f(value: Any) -> str:
@@ -458,11 +462,11 @@ def _print_batches(rows: list[dict[str, Any]]) -> None:
             retrain += f" ({r['search']})"
         if r["registered"]:
             retrain += f" -> v{r['registered']} {r['alias']}"
-        dummies = "-" if r["dummy_by_reference_f1"] is None else (
-            f"{f(r['dummy_by_reference_f1'])} / {f(r['dummy_by_current_f1'])}"
+        dummies = "-" if r["dummy_by_reference_score"] is None else (
+            f"{f(r['dummy_by_reference_score'])} / {f(r['dummy_by_current_score'])}"
         )  # fmt: skip
         table.add_row(
-            r["batch"], str(r["files"]), f(r["model_f1"]), dummies, drift, ", ".join(r["alerts"]) or "-", retrain,
+            r["batch"], str(r["files"]), f(r["model_score"]), dummies, drift, ", ".join(r["alerts"]) or "-", retrain,
             r.get("rollout") or "-", f"v{r['champion_version']}",
         )  # fmt: skip
     out.print(table)

@@ -25,6 +25,7 @@ class Score(_Open):
     recall: float | None = None
     accuracy: float | None = None
     balanced_accuracy: float | None = None
+    roc_auc: float | None = None
 
 
 class Performance(_Open):

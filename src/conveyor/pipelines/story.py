@@ -69,7 +69,7 @@ def _file(settings: Settings, batch: StoryBatch, index: int) -> int:
     return len(paths)
 
 
-def _row(batch: StoryBatch, filed: int, result: BatchResult, champion: int | None) -> dict[str, Any]:
+def _row(batch: StoryBatch, filed: int, result: BatchResult, champion: int | None, metric: str) -> dict[str, Any]:
     monitor = MonitorOutcome.model_validate(result.outputs["monitor"]) if "monitor" in result.outputs else None
     performance = monitor.performance if monitor is not None else None
     train = TrainOutcome.of(result.outputs.get("train", {"status": "absent"}))
@@ -78,6 +78,10 @@ def _row(batch: StoryBatch, filed: int, result: BatchResult, champion: int | Non
         "files": filed,
         "status": result.status,
         "error": result.error,
+        "metric": metric,
+        "model_score": getattr(performance.model, metric) if performance else None,
+        "dummy_by_reference_score": getattr(performance.dummy_by_reference, metric) if performance else None,
+        "dummy_by_current_score": getattr(performance.dummy_by_current, metric) if performance else None,
         "model_f1": performance.model.f1 if performance else None,
         "dummy_by_reference_f1": performance.dummy_by_reference.f1 if performance else None,
         "dummy_by_current_f1": performance.dummy_by_current.f1 if performance else None,
@@ -112,7 +116,7 @@ def run_story(settings: Settings, on_batch: Callable[[dict[str, Any]], None] | N
         filed = _file(settings, batch, index)
         results = watch(settings, once=True, quiet_seconds=1)
         result = results[-1] if results else BatchResult(batch.name, filed, "failed", {}, "no batch was collected")
-        row = _row(batch, filed, result, current_version(settings, CHAMPION))
+        row = _row(batch, filed, result, current_version(settings, CHAMPION), settings.training.metric)
         rows.append(row)
         if on_batch is not None:
             on_batch(row)
@@ -187,6 +191,10 @@ def clinician_feedback(settings: Settings, *, seed: int, max_requests: int = 200
         "files": sent,
         "status": "success" if ended is None else "undecided",
         "error": None if ended is None else f"the rollout was still undecided after {sent} requests",
+        "metric": settings.training.metric,
+        "model_score": None,
+        "dummy_by_reference_score": None,
+        "dummy_by_current_score": None,
         "model_f1": None,
         "dummy_by_reference_f1": None,
         "dummy_by_current_f1": None,
