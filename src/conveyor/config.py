@@ -59,14 +59,24 @@ class IngestSettings(BaseModel):
         "removed (pixels and the image elements kept); a DICOM file that cannot be de-identified is not copied.",
     )
 
-    @field_validator("label_pattern")
+    group_pattern: str | None = Field(
+        None,
+        description="A regular expression searched in each file's path within its source; its first capture group "
+        "(else the whole match) names the patient, clip or slide the image belongs to, whose images stay on one side "
+        "of the split and of every CV fold (for example ^(P\\d+)/ or _(sub-\\d+)_). A labels CSV's 'group' column wins "
+        "over it, and it over a DICOM file's PatientID (else StudyInstanceUID). Stored as salted hashes only.",
+    )
+
+    @field_validator("label_pattern", "group_pattern")
     @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
+    def _compiles(cls, value: str | None, info: Any) -> str | None:
         if value is not None:
             try:
-                re.compile(value)
+                compiled = re.compile(value)
             except re.error as exc:
-                raise ValueError(f"ingest.label_pattern {value!r} is not a regular expression: {exc}") from exc
+                raise ValueError(f"ingest.{info.field_name} {value!r} is not a regular expression: {exc}") from exc
+            if info.field_name == "group_pattern" and compiled.groups > 1:
+                raise ValueError(f"ingest.group_pattern {value!r} has {compiled.groups} capture groups; use 0 or 1")
         return value
 
     keep_paths: bool = Field(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 
-from conveyor.data.split import Assigned, Candidate, assign_splits
+from conveyor.data.split import Assigned, Candidate, assign_splits, fold_groups
 
 
 def sha(i: int) -> str:
@@ -67,3 +67,33 @@ def test_given_test_wins_over_given_train_for_near_duplicates() -> None:
 
 def test_no_candidates_gives_nothing() -> None:
     assert assign_splits([], [Assigned(sha(1), "a", "00" * 32, "train")], 0.2, 4) == {}
+
+
+def test_a_patients_new_images_stay_together() -> None:
+    """Ten patients of five slices each, no two slices alike: each patient is on one side, whole."""
+    candidates = [
+        Candidate(sha(p * 10 + k), "a", distinct_hash(p * 10 + k), group=f"g{p}") for p in range(10) for k in range(5)
+    ]
+    splits = assign_splits(candidates, [], test_fraction=0.2, near_bits=0)
+    sides = {p: {splits[sha(p * 10 + k)] for k in range(5)} for p in range(10)}
+    assert all(len(side) == 1 for side in sides.values())
+    assert Counter(next(iter(side)) for side in sides.values()) == {"train": 8, "test": 2}
+
+
+def test_a_new_image_of_a_known_patient_goes_to_the_patients_side() -> None:
+    assigned = [Assigned(sha(i), "a", distinct_hash(i), "test" if i == 0 else "train", group=f"g{i}") for i in range(5)]
+    candidates = [Candidate(sha(100), "a", distinct_hash(100), group="g0")]
+    assert assign_splits(candidates, assigned, 0.2, near_bits=0) == {sha(100): "test"}
+
+
+def test_fold_groups_join_a_patients_images_and_near_duplicates_transitively() -> None:
+    base = distinct_hash(1)
+    near = base[:-1] + ("0" if base[-1] != "0" else "1")  # one hex digit off: a few bits
+    images = [
+        Candidate(sha(1), "a", base),
+        Candidate(sha(2), "a", near),  # near-duplicate of 1
+        Candidate(sha(3), "a", distinct_hash(3), group="p"),
+        Candidate(sha(4), "b", distinct_hash(4), group="p"),  # same patient as 3
+        Candidate(sha(5), "b", distinct_hash(5)),
+    ]
+    assert fold_groups(images, near_bits=4).tolist() == [0, 0, 2, 2, 4]

@@ -185,3 +185,20 @@ def test_a_search_run_in_this_process_leaves_it_running(data: Any) -> None:
 
     run("refit", data, previous=[{"extractor": "good", "family": "logreg", "params": {"clf__C": 1.0}}], jobs=1)
     assert workspace._WATCHING_PARENT is False
+
+
+def test_grouped_folds_never_split_a_group() -> None:
+    from conveyor.training.search import _splits
+
+    y = np.array([0, 1] * 60)
+    groups = np.arange(120) // 4  # 30 patients of 4 images
+    for train, val in _splits(y, np.arange(120), 3, seed=0, groups=groups):
+        assert not set(groups[train]) & set(groups[val])
+        assert sorted(np.concatenate([train, val]).tolist()) == list(range(120))
+
+
+def test_a_grouped_search_scores_every_candidate(data: Any) -> None:
+    tables, y = data
+    outcome = run("grid", ({"good": tables["good"]}, y), groups=np.arange(len(y)) // 3)
+    assert sorted(c.name for c in outcome.ranking) == ["logreg@good", "svm@good"]
+    assert all(0.0 <= c.cv_mean <= 1.0 for c in outcome.ranking)

@@ -374,3 +374,23 @@ def test_the_gate_scores_the_champion_from_the_feature_store(tmp_path: Path, mon
     from_bytes = train_module._champion_metrics(settings, 1, members)
     assert from_store.n == from_bytes.n == sum(split == "test" for _, _, split in members)
     assert (from_store.f1, from_store.accuracy) == pytest.approx((from_bytes.f1, from_bytes.accuracy))
+
+
+def test_cv_folds_keep_each_patient_whole(tmp_path: Path) -> None:
+    """80 generated images filed as 20 patients of 4: the folds run over the 16 training patients, not 64 images."""
+    settings = small_settings(tmp_path / "ws")
+    paths = generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=40, size=96, seed=3))
+    rows = [
+        f"{p.relative_to(tmp_path / 'src').as_posix()},{p.parent.name},P{i // 4}" for i, p in enumerate(sorted(paths))
+    ]
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label,group\n" + "\n".join(rows) + "\n")
+    ingest(tmp_path / "src", settings, labels_csv=csv)
+    result = train(settings)
+    assert result.search.cv_groups == 16
+    assert result.to_dict()["search"]["cv_groups"] == 16
+
+
+def test_without_groups_or_near_duplicates_the_folds_are_plain(trained: tuple[Settings, TrainResult]) -> None:
+    _, result = trained
+    assert result.search.cv_groups is None

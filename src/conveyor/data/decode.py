@@ -82,6 +82,9 @@ class DecodedImage:
     mode: str
     bit_depth: int
     n_frames: int
+    #: Whose image it is, as the file says (DICOM PatientID, else StudyInstanceUID), raw: ingest stores only a salted
+    #: hash of it (:func:`conveyor.data.privacy.group_key`), to keep a patient's images on one side of the split.
+    subject: str | None = None
 
     @property
     def height(self) -> int:
@@ -302,4 +305,17 @@ def _dicom_pixels(ds: Any, frames: int) -> DecodedImage:
         mode=photometric,
         bit_depth=int(ds.get("BitsStored", 8) or 8),
         n_frames=frames,
+        subject=_subject(ds),
     )
+
+
+def _subject(ds: Any) -> str | None:
+    """The patient the file belongs to: PatientID, else StudyInstanceUID (a study is one patient's), else None."""
+    for keyword in ("PatientID", "StudyInstanceUID"):
+        try:
+            value = str(ds.get(keyword, "") or "").strip()
+        except Exception:  # a hostile element that cannot be converted names nobody
+            continue
+        if value:
+            return value
+    return None

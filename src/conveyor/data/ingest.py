@@ -34,9 +34,9 @@ from sqlalchemy import Connection, Engine, Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.config import Settings
-from conveyor.data.decode import FORMATS, DecodeLimits, sniff_format
-from conveyor.data.facts import Inspection, inspect_image
-from conveyor.data.privacy import PathNames, deidentify_dicom, path_names, workspace_salt
+from conveyor.data.decode import FORMATS, DecodeLimits, decode_image, sniff_format
+from conveyor.data.facts import Inspection, inspect_decoded
+from conveyor.data.privacy import PathNames, deidentify_dicom, group_key, path_names, workspace_salt
 from conveyor.data.sources import Source, SourceFile, open_source
 from conveyor.data.split import Assigned, Candidate, assign_splits
 from conveyor.data.versions import record_dataset_version
@@ -183,7 +183,7 @@ def _ingest_source(
 
     if on_start is not None:
         on_start(len(source.files))
-    run = _Run(engine, settings, source_key, ingest_id, names, known, conflicts)
+    run = _Run(engine, settings, source_key, ingest_id, names, workspace_salt(settings.home), known, conflicts)
     context = _PrepareContext(
         str(settings.home),
         limits,
@@ -324,6 +324,20 @@ class _Prepared:
     size: int = 0
     inspection: Inspection | None = None
     error: InvalidImageError | None = None
+    subject: str | None = None  # whose image the file says it is (DICOM), raw: hashed before it is stored
+
+
+def _group_key(item: SourceFile, prepared: _Prepared, run: _Run) -> str | None:
+    """The salted key of the patient, clip or slide the file belongs to: the labels CSV's ``group``, else
+    ``ingest.group_pattern`` on its path, else the DICOM header's patient; None when nothing says."""
+    raw = item.group
+    pattern = run.settings.ingest.group_pattern
+    if raw is None and pattern is not None:
+        found = re.search(pattern, item.relpath)
+        if found is not None:
+            raw = found.group(1) if found.re.groups else found.group(0)
+    raw = raw or prepared.subject
+    return group_key(raw, run.group_salt) if raw else None
 
 
 def _raw_path(sha: str, fmt: str) -> str:
@@ -362,13 +376,14 @@ def _prepare(task: _Task, context: _PrepareContext) -> _Prepared:
     if task.skip_pixels or already or sha in context.stored_before:
         return _Prepared(task.index, sha, len(data))  # the decision needs no pixels
     try:
-        inspection = inspect_image(data, context.limits)
+        decoded = decode_image(data, context.limits)
+        inspection = inspect_decoded(decoded)
         if inspection.format == "dicom" and context.deidentify_salt is not None:
             data = _deidentified(data, context.deidentify_salt)
     except InvalidImageError as exc:
         return _Prepared(task.index, sha, len(data), error=exc)
     _write_raw(Path(context.home) / _raw_path(sha, inspection.format), data)
-    return _Prepared(task.index, sha, len(data), inspection=inspection)
+    return _Prepared(task.index, sha, len(data), inspection=inspection, subject=decoded.subject)
 
 
 def _deidentified(data: bytes, salt: bytes) -> bytes:
@@ -428,6 +443,7 @@ class _Run:
     source_key: str  # as stored
     ingest_id: int
     names: PathNames
+    group_salt: bytes  # the workspace's salt, for group keys
     known: dict[str, str]  # sha256 -> label of every stored image
     conflicts: set[tuple[str, str]]  # (sha256, label) with a conflict row, resolved or not
     pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (kind, row), written by _flush
@@ -478,6 +494,7 @@ def _decide(item: SourceFile, stored_path: str, prepared: _Prepared, previous: O
                         "label": label,
                         "split": None,
                         "given_split": item.given_split,
+                        "group_key": _group_key(item, prepared, run),
                         "file_size": prepared.size,
                         "raw_path": _raw_path(sha, inspection.format),
                         "conflict": False,
@@ -680,11 +697,13 @@ def _unquarantine(home: Path, relative: str) -> None:
 
 def _assign_pending_splits(session: Session, settings: Settings) -> None:
     """Give every image still without a split its split (this run's images, and any a killed run left)."""
-    rows = session.execute(select(Image.sha256, Image.label, Image.phash, Image.given_split, Image.split)).all()
-    candidates = [Candidate(r.sha256, r.label, r.phash, r.given_split) for r in rows if r.split is None]
+    rows = session.execute(
+        select(Image.sha256, Image.label, Image.phash, Image.given_split, Image.split, Image.group_key)
+    ).all()
+    candidates = [Candidate(r.sha256, r.label, r.phash, r.given_split, r.group_key) for r in rows if r.split is None]
     if not candidates:
         return
-    assigned = [Assigned(r.sha256, r.label, r.phash, r.split) for r in rows if r.split is not None]
+    assigned = [Assigned(r.sha256, r.label, r.phash, r.split, r.group_key) for r in rows if r.split is not None]
     splits = assign_splits(candidates, assigned, settings.ingest.test_fraction, settings.ingest.near_duplicate_bits)
     by_split: dict[str, list[str]] = defaultdict(list)
     for sha, split in splits.items():

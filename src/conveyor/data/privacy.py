@@ -26,7 +26,7 @@ from conveyor.workspace import PRIVATE
 if TYPE_CHECKING:
     from conveyor.config import Settings
 
-__all__ = ["BASIC_PROFILE", "PathNames", "deidentify_dicom", "path_names", "workspace_salt"]
+__all__ = ["BASIC_PROFILE", "PathNames", "deidentify_dicom", "group_key", "path_names", "workspace_salt"]
 
 SALT_FILE = "salt"
 
@@ -123,6 +123,13 @@ class PathNames:
         extension = posixpath.splitext(relpath)[1].lower()
         safe = extension if len(extension) <= 8 and extension[1:].isalnum() else ""
         return f"path-{digest}{safe}"
+
+
+def group_key(raw: str, salt: bytes) -> str:
+    """How a patient, clip or slide ID is stored: ``group-<HMAC-SHA256 of the ID>``. The same ID always gives the same
+    key in one workspace (so a new slice of a known patient finds its patient's split), and names nobody."""
+    digest = hmac.new(salt, raw.strip().encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
+    return f"group-{digest}"
 
 
 def path_names(settings: Settings) -> PathNames:

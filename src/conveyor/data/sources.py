@@ -46,6 +46,8 @@ class SourceFile:
     stand_in_id: Callable[[], str] | None = field(default=None, repr=False, compare=False)
     #: The file on disk, when it is one (not a zip member): worker processes read it themselves.
     local_path: Path | None = field(default=None, repr=False, compare=False)
+    #: The patient, clip or slide it belongs to, from the labels CSV's ``group`` column (raw; stored hashed).
+    group: str | None = None
 
 
 @dataclass
@@ -67,8 +69,8 @@ class Source:
 def open_source(path: Path, labels_csv: Path | None = None) -> Source:
     """Open ``path`` (a folder or a .zip) and list its files with labels.
 
-    Labels come from ``labels_csv`` (columns ``path,label``, optional ``split``; paths relative to the source) when
-    given, else from a ``labels.csv`` at the source's top, else from the folder structure.
+    Labels come from ``labels_csv`` (columns ``path,label``, optional ``split`` and ``group``; paths relative to the
+    source) when given, else from a ``labels.csv`` at the source's top, else from the folder structure.
 
     Raises:
         SourceError: the path does not exist, is not a folder or zip, or the CSV is malformed.
@@ -313,12 +315,12 @@ def _decode_csv(data: bytes, name: str) -> str:
         ) from exc
 
 
-def _parse_labels_csv(text: str, name: str) -> dict[str, tuple[str, str | None]]:
+def _parse_labels_csv(text: str, name: str) -> dict[str, tuple[str, str | None, str | None]]:
     reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may hold line breaks
     fields = [f.strip().lower() for f in (reader.fieldnames or [])]
     if "path" not in fields or "label" not in fields:
         raise SourceError(f"{name}: the header must name the columns 'path' and 'label', found {reader.fieldnames}")
-    labels: dict[str, tuple[str, str | None]] = {}
+    labels: dict[str, tuple[str, str | None, str | None]] = {}
     for row in reader:
         line_no = reader.line_num
         if None in row:  # csv.DictReader files the fields past the header's under None
@@ -327,6 +329,7 @@ def _parse_labels_csv(text: str, name: str) -> dict[str, tuple[str, str | None]]
             )
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
         path, label, split = row.get("path", ""), row.get("label", ""), row.get("split", "") or None
+        group = row.get("group", "") or None
         if not path or not label:
             raise SourceError(f"{name}, line {line_no}: both 'path' and 'label' must be filled, got {row}")
         if split is not None:
@@ -336,13 +339,13 @@ def _parse_labels_csv(text: str, name: str) -> dict[str, tuple[str, str | None]]
         path = posixpath.normpath(path.replace("\\", "/"))
         if path in labels and labels[path][0] != label:
             raise SourceError(f"{name}, line {line_no}: {path} is listed twice, as {labels[path][0]!r} and {label!r}")
-        labels[path] = (label, split)
+        labels[path] = (label, split, group)
     return labels
 
 
-def _label_from_csv(entry: _Entry, labels: dict[str, tuple[str, str | None]]) -> SourceFile:
+def _label_from_csv(entry: _Entry, labels: dict[str, tuple[str, str | None, str | None]]) -> SourceFile:
     relpath, size, read, stand_in, problem, local = entry
-    label, split = labels.get(relpath, (None, None))
+    label, split, group = labels.get(relpath, (None, None, None))
     if problem is None and label is None:
         problem = ("no_label", f"{relpath} is not listed in the labels CSV")
-    return SourceFile(relpath, label, split, size, read, problem, stand_in, local)
+    return SourceFile(relpath, label, split, size, read, problem, stand_in, local, group)

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Engine, insert, select
 
 from conveyor.config import Settings
@@ -22,6 +23,7 @@ from conveyor.store.models import DatasetMember, DatasetVersion, Image
 
 __all__ = [
     "DatasetRecord",
+    "cv_groups",
     "dataset_members",
     "latest_version",
     "list_versions",
@@ -120,6 +122,21 @@ def dataset_members(engine: Engine, version: str | None = None) -> list[tuple[st
             .order_by(DatasetMember.sha256)
         ).all()
         return [(r.sha256, r.label, r.split) for r in rows]
+
+
+def cv_groups(engine: Engine, shas: list[str], near_bits: int) -> np.ndarray:
+    """The cross-validation group of each image of ``shas`` (in that order): images of one patient, clip or slide, and
+    near-duplicates, share one (:func:`conveyor.data.split.fold_groups`), so no fold trains on what it scores."""
+    from conveyor.data.split import Assigned, fold_groups
+
+    facts: dict[str, tuple[str, str | None]] = {}
+    with session_scope(engine) as session:
+        for start in range(0, len(shas), 5000):  # keep IN lists short for every database
+            chunk = shas[start : start + 5000]
+            query = select(Image.sha256, Image.phash, Image.group_key).where(Image.sha256.in_(chunk))
+            facts.update({r.sha256: (r.phash, r.group_key) for r in session.execute(query)})
+    images = [Assigned(sha, "", facts[sha][0], "", facts[sha][1]) for sha in shas]
+    return fold_groups(images, near_bits)
 
 
 def raw_paths(settings: Settings, shas: list[str]) -> dict[str, Path]:

@@ -43,8 +43,36 @@ def get_engine(url: str) -> Engine:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create the tables that do not exist yet (idempotent): every stage's, all in :mod:`conveyor.store.models`."""
+    """Create the tables that do not exist yet (idempotent): every stage's, all in :mod:`conveyor.store.models`; and
+    add to an existing table the nullable columns a newer conveyor declares (a workspace made before them)."""
     Base.metadata.create_all(engine)
+    _add_new_columns(engine)
+
+
+def _add_new_columns(engine: Engine) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` for every declared nullable column an existing table lacks (with its index).
+
+    Only additions that old rows can take as they are (NULL) are made here; anything else would need a migration.
+    """
+    from sqlalchemy import inspect
+    from sqlalchemy.schema import CreateIndex
+
+    inspector = inspect(engine)
+    columns = inspector.get_multi_columns()  # one query for every table, not one per table
+    present_of = {name: {column["name"] for column in found} for (_, name), found in columns.items()}
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            if table.name not in present_of:
+                continue
+            present = present_of[table.name]
+            for column in table.columns:
+                if column.name in present or not column.nullable:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                connection.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                for index in table.indexes:
+                    if [c.name for c in index.columns] == [column.name]:
+                        connection.execute(CreateIndex(index, if_not_exists=True))
 
 
 @contextmanager

@@ -66,6 +66,8 @@ class Image(Base):
     n_frames: Mapped[int] = mapped_column(Integer, default=1)
     file_size: Mapped[int] = mapped_column(BigInteger)
     phash: Mapped[str] = mapped_column(String(64))  # 256-bit difference hash, hex (near-duplicate detection)
+    # The patient, clip or slide it belongs to, as a salted hash (never the raw ID): its split follows its group's.
+    group_key: Mapped[str | None] = mapped_column(String(64), index=True, default=None)
     brightness: Mapped[float] = mapped_column(Float)  # mean intensity in [0, 1]
     contrast: Mapped[float] = mapped_column(Float)  # std of intensity in [0, 1]
     raw_path: Mapped[str] = mapped_column(String(255))  # relative to the workspace

@@ -245,11 +245,17 @@ class _Pool:
         return results
 
 
-def _splits(y: np.ndarray, subset: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from sklearn.model_selection import StratifiedKFold
+def _splits(
+    y: np.ndarray, subset: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds of ``subset``; with ``groups``, no group on both sides of a fold (``StratifiedGroupKFold``)."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    return [(subset[tr], subset[va]) for tr, va in cv.split(np.zeros(len(subset)), y[subset])]
+    if groups is None:
+        cv: Any = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        return [(subset[tr], subset[va]) for tr, va in cv.split(np.zeros(len(subset)), y[subset])]
+    cv = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    return [(subset[tr], subset[va]) for tr, va in cv.split(np.zeros(len(subset)), y[subset], groups[subset])]
 
 
 def _scored(results: list[tuple[_Task, float, np.ndarray | None, float]]) -> dict[Config, dict[str, Any]]:
@@ -291,6 +297,7 @@ def search(
     previous: Sequence[dict[str, Any]] = (),
     jobs: int = -1,
     on_progress: Progress | None = None,
+    groups: np.ndarray | None = None,
 ) -> SearchOutcome:
     """Search the candidate table (every table in ``tables`` x every family) in ``mode``.
 
@@ -299,6 +306,8 @@ def search(
         tables: the training split's feature matrix per input name, rows in ``y``'s order.
         y: class codes ``0 .. classes-1`` of the training split.
         scorer: the task's primary metric (``training.metric``), what every fold is scored by.
+        groups: per training image, its CV group (:func:`conveyor.data.versions.cv_groups`): every fold keeps a group
+            on one side. None: plain stratified folds.
         finalists, within_se: ``race`` sends at most ``finalists`` candidates to the final, and only those whose
             last-round score is within ``within_se`` pooled standard errors of the leader's (0: the top ones, however
             far behind).
@@ -329,12 +338,12 @@ def search(
             final_configs = _race(
                 pool, candidate_points, y, seed=seed, factor=factor, min_samples=min_samples, race_folds=race_folds,
                 points_per_candidate=points_per_candidate, finalists=finalists, within_se=within_se, folds=folds,
-                scorer=scorer,
+                scorer=scorer, groups=groups,
                 rounds=rounds, eliminated=eliminated,
             )  # fmt: skip
         else:
             raise ValueError(f"unknown search mode {mode!r}; one of {SEARCH_MODES}")
-        splits = _splits(y, full, folds, seed)
+        splits = _splits(y, full, folds, seed, groups)
         tasks = [_Task(c, tr, va, k) for c in final_configs for k, (tr, va) in enumerate(splits)]
         pool.total = pool.done + len(tasks)
         began = time.perf_counter()
@@ -398,6 +407,7 @@ def _race(
     scorer: Scorer,
     rounds: list[RoundSummary],
     eliminated: list[CandidateScore],
+    groups: np.ndarray | None,
 ) -> list[Config]:
     """Successive halving over configurations on growing subsets; the finalists' whole grids, to score in full."""
     rng = np.random.default_rng(seed)
@@ -416,7 +426,7 @@ def _race(
     for index, size in enumerate(sizes):
         began = time.perf_counter()
         subset = stratified_subset(y, size, seed, min_per_class=race_folds)
-        splits = _splits(y, subset, race_folds, seed)
+        splits = _splits(y, subset, race_folds, seed, groups)
         tasks = [_Task(c, tr, va, k) for c in alive for k, (tr, va) in enumerate(splits)]
         mean_grid = sum(len(p) for p in candidate_points.values()) / len(candidate_points)
         planned = sum(counts[index + 1 :]) * race_folds + round(finalists * mean_grid * folds)

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from conveyor.config import Settings
-from conveyor.data.versions import dataset_members, latest_version, raw_paths
+from conveyor.data.versions import cv_groups, dataset_members, latest_version, raw_paths
 from conveyor.errors import ConveyorError
 from conveyor.features.store import compute_features, configured_extractors, load_matrix
 from conveyor.models.families import Family, family
@@ -105,10 +105,11 @@ class SearchSummary:
     rounds: list[dict[str, Any]]
     fits: int
     seconds: float
+    cv_groups: int | None = None  # groups the CV folds kept whole (patients, near-duplicates); None: plain folds
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "reason": self.reason, "rounds": self.rounds, "fits": self.fits,
-                "seconds": round(self.seconds, 3)}  # fmt: skip
+                "seconds": round(self.seconds, 3), "cv_groups": self.cv_groups}  # fmt: skip
 
 
 @dataclass
@@ -174,6 +175,8 @@ class _Data:
     test_labels: list[str]
     y_train: np.ndarray
     folds: int
+    # Per training image, its CV group (a patient's images, near-duplicates); None when every image is its own.
+    groups: np.ndarray | None = None
 
 
 def _dataset(settings: Settings, version: str | None) -> _Data:
@@ -196,7 +199,16 @@ def _dataset(settings: Settings, version: str | None) -> _Data:
     positive = positive_class(classes, settings.training.positive_class)
     index = {label: i for i, label in enumerate(classes)}
     y_train = np.array([index[label] for label in train_labels])
-    return _Data(vid, members, classes, positive, train_labels, test_labels, y_train, folds)
+    train_shas = [sha for sha, _, split in members if split == "train"]
+    components = cv_groups(engine, train_shas, settings.ingest.near_duplicate_bits)
+    n_groups = len(np.unique(components))
+    groups = None if n_groups == len(train_shas) else components  # None: nothing to keep together, plain folds
+    if n_groups < folds:
+        raise ConveyorError(
+            f"dataset {vid}: the train split holds {n_groups} patient/near-duplicate group(s); {folds}-fold CV needs "
+            f"at least {folds}"
+        )
+    return _Data(vid, members, classes, positive, train_labels, test_labels, y_train, folds, groups)
 
 
 def train(
@@ -300,7 +312,7 @@ def _candidates(
         points_per_candidate=cfg.search.points_per_candidate, finalists=cfg.search.finalists,
         within_se=cfg.search.within_se,
         previous=[] if previous is None else previous.ranking[: cfg.search.refit_candidates],
-        jobs=cfg.search.jobs, on_progress=on_progress,
+        jobs=cfg.search.jobs, on_progress=on_progress, groups=data.groups,
     ) if plan.tabular else SearchOutcome(plan.mode, [], [], 0, 0.0)  # fmt: skip
     candidates = _finalists(outcome, plan.settings_of, inputs, data, settings)
     if plan.imaging:
@@ -315,7 +327,8 @@ def _candidates(
         raise ConveyorError("no candidate to train: training.families names no family for the configured inputs")
     candidates.sort(key=lambda c: (c.stage != "final", -c.cv_score, c.cv_score_std))
     rounds = [r.to_dict() for r in outcome.rounds]
-    return candidates, SearchSummary(plan.mode, plan.reason, rounds, outcome.fits, outcome.seconds), inputs
+    n_groups = None if data.groups is None else len(np.unique(data.groups))
+    return candidates, SearchSummary(plan.mode, plan.reason, rounds, outcome.fits, outcome.seconds, n_groups), inputs
 
 
 @dataclass(frozen=True)
@@ -484,6 +497,7 @@ def _log_parent(
     mlflow.log_params({
         "dataset_version": data.version, "classes": ",".join(data.classes), "cv_folds": data.folds, "seed": cfg.seed,
         "search": summary.mode, "n_train": len(data.y_train), "n_test": len(data.test_labels),
+        "cv_groups": summary.cv_groups,
     })  # fmt: skip
     metrics = {**calibrated.as_dict("best_test_"), "search_seconds": summary.seconds, "search_fits": summary.fits}
     for name, m in baselines.items():
@@ -557,16 +571,20 @@ def _scores(estimator: Any, X: Any, n_classes: int) -> np.ndarray:
 def _fit_image_candidate(
     fam: Family, data: _Inputs, d: _Data, settings: Settings, params: dict[str, Any] | None, scorer: Scorer
 ) -> CandidateResult:
-    """An image family: its grid searched on one stratified validation split (k fits of a network per grid point
-    would not fit any budget), or the given parameters (a refit); torch parallelises inside each fit."""
-    from sklearn.model_selection import GridSearchCV, StratifiedShuffleSplit
+    """An image family: its grid searched on one stratified validation split (grouped like the search's folds; k fits
+    of a network per grid point would not fit any budget), or the given parameters (a refit); torch parallelises
+    inside each fit."""
+    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedShuffleSplit
 
     cfg = settings.training
 
     def score(estimator: Any, X: Any, y: np.ndarray) -> float:  # GridSearchCV's scorer protocol
         return scorer(y, estimator.predict(X), _scores(estimator, X, len(d.classes)) if scorer.needs_scores else None)
 
-    cv = StratifiedShuffleSplit(1, test_size=0.2, random_state=cfg.seed)
+    cv: Any = StratifiedShuffleSplit(1, test_size=0.2, random_state=cfg.seed)
+    if d.groups is not None:  # a fifth of the groups, none of them also in training
+        grouped = StratifiedGroupKFold(5, shuffle=True, random_state=cfg.seed)
+        cv = [next(grouped.split(np.zeros(len(d.y_train)), d.y_train, d.groups))]
     estimator, grid = fam.estimator_and_grid(settings)
     if params is not None:
         grid = {name: [value] for name, value in params.items()}
