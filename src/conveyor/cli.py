@@ -110,6 +110,9 @@ def _print_ingest(summary: Any) -> None:
         out.print(f"[yellow]{len(summary.missing_from_csv)} files listed in the labels CSV do not exist[/]")
     for warning in summary.warnings:
         out.print(f"[yellow]warning: {escape(warning)}[/]")
+    if summary.quality_flagged:
+        flagged = ", ".join(f"{measure} {n}" for measure, n in summary.quality_flagged.items())
+        out.print(f"[yellow]stored, flagged by ingest.quality:[/] {flagged}")
     out.print(f"dataset version [bold]{summary.dataset_version}[/]")
 
 

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,6 +29,36 @@ from conveyor.serving.settings import ServingSettings
 __all__ = ["FeatureSettings", "IngestSettings", "PreprocessSettings", "Settings", "TrainingSettings", "get_settings"]
 
 CONFIG_FILE_NAME = "conveyor.yaml"
+
+
+class QualityRule(BaseModel):
+    """Bounds on one image-quality measure and what a breach does: ``warn`` stores the image and flags it (counted in
+    the ingest summary), ``quarantine`` refuses it with the reason ``low_quality``. No bound: the rule is off."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min: float | None = None
+    max: float | None = None
+    action: Literal["warn", "quarantine"] = "warn"
+
+
+class QualitySettings(BaseModel):
+    """``ingest.quality``: a rule per measure (all off by default; typical values depend on the modality)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    blur: QualityRule = Field(
+        QualityRule(), description="Variance of the Laplacian of the gray image in [0, 1] at ~256 px: a min catches "
+        "blurred images (sharp MRI slices score ~0.002-0.02)."
+    )  # fmt: skip
+    contrast: QualityRule = Field(QualityRule(), description="Standard deviation of the gray intensity in [0, 1].")
+    dark_clipped: QualityRule = Field(
+        QualityRule(), description="Share of pixels at black: a max catches underexposure."
+    )
+    bright_clipped: QualityRule = Field(
+        QualityRule(), description="Share of pixels at white: a max catches overexposure."
+    )
+    resolution: QualityRule = Field(QualityRule(), description="The short side in pixels (above ingest.min_side).")
 
 
 class IngestSettings(BaseModel):
@@ -84,6 +114,7 @@ class IngestSettings(BaseModel):
         description="Store source paths as they are; otherwise as salted hashes (clinical exports name patients in "
         "their folder and file names).",
     )
+    quality: QualitySettings = QualitySettings()
 
 
 class PreprocessSettings(BaseModel):
@@ -95,6 +126,10 @@ class PreprocessSettings(BaseModel):
     size: tuple[int, int] = Field((128, 128), description="Output (height, width).")
     normalise: Literal["minmax", "percentile"] = "minmax"
     percentiles: tuple[float, float] = (1.0, 99.0)
+    contrast: Literal["none", "clahe"] = Field(
+        "none", description="clahe: contrast-limited adaptive histogram equalisation (scikit-image) after normalising."
+    )
+    clahe_clip: float = Field(0.01, gt=0.0, le=1.0, description="CLAHE's clip limit.")
 
     @field_validator("size")
     @classmethod
@@ -113,7 +148,10 @@ class PreprocessSettings(BaseModel):
 
     def config_hash(self) -> str:
         """A short stable id of this configuration, used to key cached results."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        data = self.model_dump(mode="json")
+        if data["contrast"] == "none":  # added later: configurations without it keep their ids (and their caches)
+            del data["contrast"], data["clahe_clip"]
+        blob = json.dumps(data, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 

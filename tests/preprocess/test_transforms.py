@@ -94,3 +94,21 @@ def test_preprocess_settings_reject_a_tiny_size() -> None:
 def test_preprocess_config_hash_changes_with_the_config() -> None:
     assert PreprocessSettings().config_hash() == PreprocessSettings().config_hash()
     assert PreprocessSettings().config_hash() != PreprocessSettings(size=(64, 64)).config_hash()
+
+
+def test_clahe_raises_local_contrast_and_stays_in_the_unit_range() -> None:
+    from conveyor.preprocess.transforms import Preprocessor
+
+    rng = np.random.default_rng(0)
+    flat = (100 + rng.normal(0, 3, (96, 96))).clip(0, 255).astype(np.uint8)  # a low-contrast image
+    flat[:, :48] += 40
+    plain = Preprocessor(PreprocessSettings(trim=False, size=(64, 64)))(flat)
+    equalised = Preprocessor(PreprocessSettings(trim=False, size=(64, 64), contrast="clahe"))(flat)
+    assert equalised.shape == plain.shape and equalised.dtype == np.float32
+    assert equalised.min() >= 0.0 and equalised.max() <= 1.0
+    assert float(equalised[:, :32].std()) > float(plain[:, :32].std())
+
+
+def test_the_configuration_id_is_unchanged_without_clahe_and_changes_with_it() -> None:
+    assert PreprocessSettings().config_hash() == "4868db3815dd"  # as before the contrast setting existed
+    assert PreprocessSettings(contrast="clahe").config_hash() != "4868db3815dd"

@@ -45,6 +45,7 @@ REASONS = {
     "unreadable": "the file or folder cannot be read (permissions, a path too long)",
     "suspicious_archive": "a zip member that would inflate far more than any image does (a zip bomb)",
     "cannot_deidentify": "a DICOM file that decodes but cannot be de-identified (ingest.deidentify is on)",
+    "low_quality": "a quality measure breaches an ingest.quality rule set to quarantine (the detail says which)",
 }
 
 _UNSUPPORTED_MAGIC = {

@@ -7,16 +7,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from conveyor.config import QualitySettings
 from conveyor.data.decode import DecodedImage, DecodeLimits, decode_image
 from conveyor.data.fingerprint import dhash
 from conveyor.preprocess.transforms import to_gray_unit
 
-__all__ = ["Inspection", "brightness_contrast", "gray_statistics", "inspect_decoded", "inspect_image", "reduced_gray"]
+__all__ = [
+    "QUALITY_MEASURES",
+    "Inspection",
+    "brightness_contrast",
+    "gray_statistics",
+    "inspect_decoded",
+    "inspect_image",
+    "judge_quality",
+    "quality_measures",
+    "reduced_gray",
+]
+
+QUALITY_MEASURES = ("blur", "contrast", "dark_clipped", "bright_clipped", "resolution")
+"""What ``ingest.quality`` can set thresholds on (see :func:`quality_measures`)."""
 
 
 @dataclass(frozen=True)
 class Inspection:
-    """What conveyor records about a valid image: format, geometry, depth, perceptual hash, brightness, contrast."""
+    """What conveyor records about a valid image: format, geometry, depth, perceptual hash, brightness, contrast, and
+    the quality measures: sharpness (``blur``, the variance of the Laplacian: low is blurred) and the shares of
+    pixels clipped to black (``dark_clipped``) and to white (``bright_clipped``)."""
 
     format: str
     width: int
@@ -28,6 +44,9 @@ class Inspection:
     phash: str
     brightness: float
     contrast: float
+    blur: float
+    dark_clipped: float
+    bright_clipped: float
 
 
 def inspect_image(data: bytes, limits: DecodeLimits) -> Inspection:
@@ -41,6 +60,7 @@ def inspect_decoded(decoded: DecodedImage) -> Inspection:
     decoding, and a served request too."""
     gray = reduced_gray(decoded.pixels)
     brightness, contrast = gray_statistics(gray)
+    blur, dark, bright = _sharpness_and_clipping(reduced_gray(decoded.pixels, short_side=256))
     return Inspection(
         format=decoded.format,
         width=decoded.width,
@@ -52,7 +72,32 @@ def inspect_decoded(decoded: DecodedImage) -> Inspection:
         phash=dhash(gray),
         brightness=brightness,
         contrast=contrast,
+        blur=blur,
+        dark_clipped=dark,
+        bright_clipped=bright,
     )
+
+
+def _sharpness_and_clipping(gray: np.ndarray) -> tuple[float, float, float]:
+    """Variance of the 4-neighbour Laplacian of a gray image in [0, 1] (about 256 pixels on its short side, so the
+    measure does not depend on the file's resolution), and the shares of pixels at black and at white."""
+    if min(gray.shape) < 3:
+        laplacian = np.zeros(1, dtype=np.float32)
+    else:
+        laplacian = gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:] - 4.0 * gray[1:-1, 1:-1]
+    return float(laplacian.var()), float((gray <= 0.5 / 255).mean()), float((gray >= 254.5 / 255).mean())
+
+
+def quality_measures(inspection: Inspection) -> dict[str, float]:
+    """The measures ``ingest.quality`` judges, by name: blur, contrast, dark_clipped, bright_clipped and resolution
+    (the short side, pixels)."""
+    return {
+        "blur": inspection.blur,
+        "contrast": inspection.contrast,
+        "dark_clipped": inspection.dark_clipped,
+        "bright_clipped": inspection.bright_clipped,
+        "resolution": float(min(inspection.width, inspection.height)),
+    }
 
 
 def gray_statistics(gray: np.ndarray) -> tuple[float, float]:
@@ -74,3 +119,22 @@ def reduced_gray(pixels: np.ndarray, short_side: int = 64) -> np.ndarray:
     """
     step = max(1, min(pixels.shape[:2]) // short_side)
     return to_gray_unit(pixels[::step, ::step])
+
+
+def judge_quality(inspection: Inspection, rules: QualitySettings) -> tuple[list[str], str | None]:
+    """The measures whose ``warn`` rule the image breaches, and why it is refused (the first ``quarantine`` rule it
+    breaches: the measure, its value and the bound), else None."""
+    warned: list[str] = []
+    for name, value in quality_measures(inspection).items():
+        rule = getattr(rules, name)
+        breach = None
+        if rule.min is not None and value < rule.min:
+            breach = f"{name} {value:.4g} is below ingest.quality.{name}.min {rule.min:g}"
+        elif rule.max is not None and value > rule.max:
+            breach = f"{name} {value:.4g} is above ingest.quality.{name}.max {rule.max:g}"
+        if breach is None:
+            continue
+        if rule.action == "quarantine":
+            return warned, breach
+        warned.append(name)
+    return warned, None

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.config import Settings
 from conveyor.data.decode import FORMATS, DecodeLimits, decode_image, sniff_format
-from conveyor.data.facts import Inspection, inspect_decoded
+from conveyor.data.facts import Inspection, inspect_decoded, judge_quality
 from conveyor.data.privacy import PathNames, deidentify_dicom, group_key, path_names, workspace_salt
 from conveyor.data.sources import Source, SourceFile, open_source
 from conveyor.data.split import Assigned, Candidate, assign_splits
@@ -81,6 +81,7 @@ class IngestSummary:
     rejected: list[dict[str, str]] = field(default_factory=list)
     ingest_id: int | None = None
     warnings: list[str] = field(default_factory=list)
+    quality_flagged: dict[str, int] = field(default_factory=dict)  # measure -> images of the source stored flagged
 
     @property
     def nothing_new(self) -> bool:
@@ -215,6 +216,7 @@ def _ingest_source(
             on_file(item)
     _flush(engine, run.pending)
     summary.warnings = label_warnings(set(summary.by_class) - {NO_LABEL}, set(known.values()))
+    summary.quality_flagged = _quality_flagged(engine, source_key)
 
     with session_scope(engine) as session:
         _assign_pending_splits(session, settings)
@@ -226,6 +228,22 @@ def _ingest_source(
             .values(finished_at=utcnow(), summary=_at_rest(summary, names), dataset_version=summary.dataset_version)
         )
     return summary
+
+
+def _quality_flagged(engine: Engine, source_key: str) -> dict[str, int]:
+    """Per quality measure, the images this source stored with a warning on it (``ingest.quality``), earlier runs'
+    included, like every count of the summary."""
+    counts: dict[str, int] = {}
+    query = (
+        select(Image.quality_flags)
+        .join(IngestFile, IngestFile.sha256 == Image.sha256)
+        .where(IngestFile.source_key == source_key, IngestFile.outcome == "stored", Image.quality_flags.is_not(None))
+    )
+    with session_scope(engine) as session:
+        for (flags,) in session.execute(query):
+            for measure in str(flags).split(","):
+                counts[measure] = counts.get(measure, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 _MARKUP_OR_PATH = re.compile(r"[<>&\"'`/\\]|[\x00-\x1f\x7f]")
@@ -485,6 +503,9 @@ def _decide(item: SourceFile, stored_path: str, prepared: _Prepared, previous: O
                 raise prepared.error
             inspection = prepared.inspection
             assert inspection is not None, "a new, readable file is always inspected by _prepare"
+            flags, refusal = judge_quality(inspection, settings.ingest.quality)
+            if refusal is not None:
+                raise InvalidImageError("low_quality", refusal)
             known[sha] = label
             run.pending.append(
                 (
@@ -495,6 +516,7 @@ def _decide(item: SourceFile, stored_path: str, prepared: _Prepared, previous: O
                         "split": None,
                         "given_split": item.given_split,
                         "group_key": _group_key(item, prepared, run),
+                        "quality_flags": ",".join(flags) or None,
                         "file_size": prepared.size,
                         "raw_path": _raw_path(sha, inspection.format),
                         "conflict": False,

@@ -47,8 +47,12 @@ IMAGE_STAT_KINDS: dict[str, str] = {
     "channels": "numerical",
     "format": "categorical",
     "mode": "categorical",
+    "blur": "numerical",
+    "dark_clipped": "numerical",
+    "bright_clipped": "numerical",
 }
-"""Image-level statistics compared for drift, and how each is tested."""
+"""Image-level statistics compared for drift, and how each is tested. The quality measures (blur, clipped shares)
+are unknown for images stored before conveyor measured them: a column the reference lacks is left out."""
 
 
 @dataclass
@@ -181,11 +185,13 @@ def image_stats_from_db(engine: Engine, shas: Sequence[str]) -> pd.DataFrame:
                 Image.channels,
                 Image.format,
                 Image.mode,
+                Image.blur,
+                Image.dark_clipped,
+                Image.bright_clipped,
             ).where(Image.sha256.in_(chunk))
             rows.extend(r._asdict() for r in session.execute(query))
-    frame = pd.DataFrame(
-        rows, columns=["sha256", "width", "height", "brightness", "contrast", "bit_depth", "channels", "format", "mode"]
-    ).set_index("sha256")
+    columns = ["sha256", "width", "height", "brightness", "contrast", "bit_depth", "channels", "format", "mode"]
+    frame = pd.DataFrame(rows, columns=[*columns, "blur", "dark_clipped", "bright_clipped"]).set_index("sha256")
     frame = frame.reindex(list(shas))
     frame.insert(2, "aspect", frame["width"] / frame["height"])
     return frame
@@ -204,6 +210,9 @@ def image_stats_of(inspections: Sequence[Any]) -> pd.DataFrame:
             "channels": i.channels,
             "format": i.format,
             "mode": i.mode,
+            "blur": i.blur,
+            "dark_clipped": i.dark_clipped,
+            "bright_clipped": i.bright_clipped,
         }
         for i in inspections
     ]

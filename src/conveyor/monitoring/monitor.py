@@ -201,11 +201,13 @@ def _analyse(settings: Settings, champion: Champion, reference: Reference, curre
         for column in reference.features.columns:
             kinds[column], groups[column] = "numerical", "features"
     if current.image_stats is not None:
-        ref_stats = reference.image_stats.reset_index(drop=True).add_prefix("image.")
+        # A measure unknown for some reference image (stored before conveyor measured it) is not compared.
+        known = [c for c in IMAGE_STAT_KINDS if reference.image_stats[c].notna().all() and len(reference.image_stats)]
+        ref_stats = reference.image_stats[known].reset_index(drop=True).add_prefix("image.")
         ref_parts.append(ref_stats)
-        cur_parts.append(current.image_stats.reset_index(drop=True).add_prefix("image."))
-        for column, kind in IMAGE_STAT_KINDS.items():
-            kinds[f"image.{column}"], groups[f"image.{column}"] = kind, "image"
+        cur_parts.append(current.image_stats[known].reset_index(drop=True).add_prefix("image."))
+        for column in known:
+            kinds[f"image.{column}"], groups[f"image.{column}"] = IMAGE_STAT_KINDS[column], "image"
     # No feature or image column (a prediction log without the input files): prediction drift only.
     ref_frame = pd.concat(ref_parts, axis=1) if ref_parts else pd.DataFrame(index=range(len(reference.shas)))
     cur_frame = pd.concat(cur_parts, axis=1) if cur_parts else pd.DataFrame(index=range(len(current.names)))

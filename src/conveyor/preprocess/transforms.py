@@ -15,6 +15,7 @@ from conveyor.config import PreprocessSettings
 
 __all__ = [
     "Preprocessor",
+    "clahe",
     "foreground_box",
     "normalise_minmax",
     "normalise_percentile",
@@ -147,5 +148,17 @@ class Preprocessor:
     def _normalise(self, image: np.ndarray) -> np.ndarray:
         if self.settings.normalise == "percentile":
             low, high = self.settings.percentiles
-            return normalise_percentile(image, low, high)
-        return normalise_minmax(image)
+            image = normalise_percentile(image, low, high)
+        else:
+            image = normalise_minmax(image)
+        if self.settings.contrast == "clahe":
+            image = clahe(image, self.settings.clahe_clip)
+        return image
+
+
+def clahe(image: np.ndarray, clip: float = 0.01) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation (scikit-image's ``equalize_adapthist``) of an image in
+    [0, 1]: local contrast raised, noise amplification bounded by ``clip``."""
+    from skimage.exposure import equalize_adapthist
+
+    return np.asarray(equalize_adapthist(image, clip_limit=clip), dtype=np.float32)

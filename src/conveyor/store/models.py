@@ -70,6 +70,11 @@ class Image(Base):
     group_key: Mapped[str | None] = mapped_column(String(64), index=True, default=None)
     brightness: Mapped[float] = mapped_column(Float)  # mean intensity in [0, 1]
     contrast: Mapped[float] = mapped_column(Float)  # std of intensity in [0, 1]
+    # Quality (None for images stored before conveyor measured it): variance of the Laplacian, clipped shares.
+    blur: Mapped[float | None] = mapped_column(Float, default=None)
+    dark_clipped: Mapped[float | None] = mapped_column(Float, default=None)
+    bright_clipped: Mapped[float | None] = mapped_column(Float, default=None)
+    quality_flags: Mapped[str | None] = mapped_column(String(255), default=None)  # measures ingest.quality warned of
     raw_path: Mapped[str] = mapped_column(String(255))  # relative to the workspace
     conflict: Mapped[bool] = mapped_column(Boolean, default=False)  # same bytes seen under another label
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
