@@ -158,3 +158,9 @@ def test_train_refuses_an_unknown_search_mode(tmp_path: Path) -> None:
     result = runner.invoke(app, ["train", "--search", "fast"])
     assert result.exit_code == 2
     assert "--search must be race, grid, refit or auto, got 'fast'" in result.output
+
+
+def test_explaining_a_missing_version_fails_with_a_message(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["models", "--explain", "3", "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == {"error": "model 'conveyor' has no version 3", "type": "NotFoundError"}

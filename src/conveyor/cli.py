@@ -319,12 +319,22 @@ def models(
             "differ from its record."
         ),
     ] = None,
+    explain: Annotated[
+        int | None,
+        typer.Option(
+            help="Show this version's permutation importance on its test split: the extractor groups and the top "
+            "features by how much the metric drops when they are shuffled, and the plot."
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """List registered model versions, their aliases, and the audit history."""
+    """List registered model versions, their aliases, and the audit history (or explain one version)."""
     from conveyor.tracking.registry import audit, history, list_versions
 
     settings = _settings()
+    if explain is not None:
+        _explain(settings, explain, as_json)
+        return
     with errors(as_json):
         if rehash is not None:
             from conveyor.tracking.integrity import record_artifacts
@@ -355,6 +365,35 @@ def models(
     for r in records:
         log.add_row(r.at.strftime("%Y-%m-%d %H:%M:%S"), r.actor, r.action, str(r.details.get("version", "")), r.reason)
     out.print(log)
+
+
+def _explain(settings: Settings, version: int, as_json: bool) -> None:
+    from conveyor.tracking.explain import importance_of
+
+    with errors(as_json):
+        found = importance_of(settings, version)
+    if as_json:
+        emit_json(found)
+        return
+    metric = found["metric"]
+    out.print(
+        f"model {settings.model_name} v{version} ({found['candidate']}): test {metric} {found['baseline']:.3f}; "
+        f"the drop when shuffled, mean ± std over {found['repeats']} shuffles"
+    )
+    for title, rows, name in (
+        ("extractor groups", found["groups"], "group"),
+        (f"top {len(found['features'])} features", found["features"], "feature"),
+    ):
+        table = Table(title=title)
+        for column in (name, "drop", ""):
+            table.add_column(column, justify="left" if column == name else "right")
+        for row in rows:
+            table.add_row(escape(str(row[name])), f"{row['drop']:.4f}", f"± {row['drop_std']:.4f}")
+        out.print(table)
+    if found["not_computed"]:
+        out.print(f"{found['not_computed']} features of the less important groups were not scored one by one "
+                  "(training.importance.max_features)")  # fmt: skip
+    out.print(f"plot: {found['plot']}")
 
 
 @app.command()

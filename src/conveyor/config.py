@@ -217,6 +217,31 @@ class SearchSettings(BaseModel):
     jobs: int = Field(-1, description="Parallel fits of the search (joblib n_jobs; -1: every core).")
 
 
+class FeatureSelectionSettings(BaseModel):
+    """``training.feature_selection``: besides each tabular family, a variant (``<family>+select``) that keeps only the
+    most important features, chosen inside each CV fold (no leakage) by an extra-trees model's impurity importance."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep: Literal["off", "top_k", "above"] = Field(
+        "off", description="off; top_k: the k most important features; above: those above threshold."
+    )
+    k: int = Field(20, ge=1, description="top_k: how many features to keep.")
+    threshold: str | float = Field(
+        "mean", description="above: an importance, or scikit-learn's 'mean', 'median', '0.5*mean' ..."
+    )
+
+
+class ImportanceSettings(BaseModel):
+    """Permutation importance of a registered feature model on the test split (``conveyor models --explain``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    repeats: int = Field(5, ge=1, description="Shuffles per group and per feature.")
+    max_features: int = Field(200, ge=0, description="Features scored one by one (the most important groups first).")
+
+
 class TrainingSettings(BaseModel):
     """What ``conveyor train`` crosses and how it judges."""
 
@@ -234,6 +259,8 @@ class TrainingSettings(BaseModel):
     calibration: Literal["sigmoid", "isotonic"] = "sigmoid"
     cnn: CNNSettings = CNNSettings()
     search: SearchSettings = SearchSettings()
+    feature_selection: FeatureSelectionSettings = FeatureSelectionSettings()
+    importance: ImportanceSettings = ImportanceSettings()
     metric: Literal["balanced_accuracy", "f1", "accuracy", "roc_auc"] = Field(
         "balanced_accuracy",
         validation_alias=AliasChoices("metric", "gate_metric"),

@@ -394,3 +394,34 @@ def test_cv_folds_keep_each_patient_whole(tmp_path: Path) -> None:
 def test_without_groups_or_near_duplicates_the_folds_are_plain(trained: tuple[Settings, TrainResult]) -> None:
     _, result = trained
     assert result.search.cv_groups is None
+
+
+def test_the_registered_feature_model_has_its_importance_on_record(trained: tuple[Settings, TrainResult]) -> None:
+    from conveyor.tracking.explain import importance_of
+
+    settings, result = trained
+    found = importance_of(settings, 1)
+    assert (found["metric"], found["candidate"]) == ("balanced_accuracy", result.best.name)
+    assert found["baseline"] == pytest.approx(result.calibrated.balanced_accuracy)
+    expected_groups = {"intensity"} if result.best.extractor == "intensity" else {"intensity", "stats"}
+    assert {g["group"] for g in found["groups"]} == expected_groups
+    assert Path(found["plot"]).is_file()
+
+
+def test_explaining_a_version_that_does_not_exist_says_so(trained: tuple[Settings, TrainResult]) -> None:
+    from conveyor.errors import NotFoundError
+    from conveyor.tracking.explain import importance_of
+
+    settings, _ = trained
+    with pytest.raises(NotFoundError, match="has no version 9"):
+        importance_of(settings, 9)
+
+
+def test_feature_selection_adds_a_selecting_variant_of_each_family(tmp_path: Path) -> None:
+    settings = small_settings(tmp_path / "ws", feature_selection={"keep": "top_k", "k": 5}, search={"mode": "grid"})
+    generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=30, size=96, seed=4))
+    ingest(tmp_path / "src", settings)
+    result = train(settings)
+    assert sorted(c.name for c in result.candidates) == ["logreg+select@intensity", "logreg@intensity"]
+    selected = next(c for c in result.candidates if c.family == "logreg+select")
+    assert selected.test is not None and set(selected.params) == {"model__clf__C"}

@@ -20,7 +20,7 @@ from sklearn.preprocessing import StandardScaler
 if TYPE_CHECKING:
     from conveyor.config import Settings
 
-__all__ = ["FAMILIES", "Family", "family", "register_family"]
+__all__ = ["FAMILIES", "SELECTED", "Family", "family", "register_family", "with_selection"]
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,45 @@ for _family in (
     Family("cnn", _cnn, input_kind="image", search="holdout", configure=_configure_cnn),
 ):
     register_family(_family)
+
+
+SELECTED = "+select"
+"""The suffix of a family's feature-selecting variant (``logreg+select``)."""
+
+
+def _at_most(k: int, X: Any) -> int:
+    return min(k, X.shape[1])
+
+
+def with_selection(base: Family, keep: str, k: int, threshold: str | float) -> Family:
+    """``base`` behind a feature selector fitted with it on each training fold: an extra-trees model's impurity
+    importance keeps the ``k`` most important features (``top_k``) or those above ``threshold`` (``above``). The
+    selector is part of the estimator, so cross-validation scores it without leakage and the registered model carries
+    it. Its grid is ``base``'s, under ``model__``.
+
+    Raises:
+        ValueError: ``base`` does not take feature tables, or ``keep`` is not top_k or above.
+    """
+    from functools import partial
+
+    if base.input_kind != "features":
+        raise ValueError(f"feature selection needs a feature-table family; {base.name!r} takes {base.input_kind}")
+    if keep not in ("top_k", "above"):
+        raise ValueError(f"feature selection keeps top_k or above, got {keep!r}")
+
+    def build(family_seed: int) -> BaseEstimator:
+        from sklearn.ensemble import ExtraTreesClassifier
+        from sklearn.feature_selection import SelectFromModel
+
+        ranker = ExtraTreesClassifier(n_estimators=200, class_weight="balanced", random_state=family_seed, n_jobs=1)
+        if keep == "top_k":
+            selector = SelectFromModel(ranker, threshold=-float("inf"), max_features=partial(_at_most, k))
+        else:
+            selector = SelectFromModel(ranker, threshold=threshold)
+        return Pipeline([("select", selector), ("model", base.build(family_seed))])
+
+    grid = {f"model__{name}": values for name, values in base.grid.items()}
+    return Family(f"{base.name}{SELECTED}", build, grid, "features", base.search)
 
 
 def family(name: str) -> Family:

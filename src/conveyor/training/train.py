@@ -13,6 +13,7 @@ A model that fails the gate is never registered; the refusal goes to the audit l
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -28,7 +29,7 @@ from conveyor.config import Settings
 from conveyor.data.versions import cv_groups, dataset_members, latest_version, raw_paths
 from conveyor.errors import ConveyorError
 from conveyor.features.store import compute_features, configured_extractors, load_matrix
-from conveyor.models.families import Family, family
+from conveyor.models.families import Family, family, with_selection
 from conveyor.training.baselines import evaluate_baselines
 from conveyor.training.evaluate import (
     Metrics,
@@ -161,6 +162,7 @@ def _jsonable(value: Any) -> Any:
 class _Inputs:
     X_train: Any
     X_test: Any
+    columns: list[str] = field(default_factory=list)  # a feature table's column names (none for pixels)
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,13 @@ def _plan(settings: Settings, data: _Data, mode: str | None, drift: bool) -> _Pl
 
     cfg = settings.training
     families = [family(name) for name in cfg.families]
+    selection = cfg.feature_selection
+    if selection.keep != "off":  # each tabular family also with its features selected inside the folds
+        families += [
+            with_selection(f, selection.keep, selection.k, selection.threshold)
+            for f in families
+            if f.input_kind == "features"
+        ]
     settings_of = {fam.name: fam.estimator_and_grid(settings) for fam in families}  # settings checked up front
     extractors = cfg.extractors or [e.name for e in configured_extractors(settings)] + ["all"]
     configure_mlflow(settings)
@@ -281,7 +290,7 @@ def _plan(settings: Settings, data: _Data, mode: str | None, drift: bool) -> _Pl
         previous=None if previous is None else (previous.n_train, previous.extractors, previous.families),
         n_train=len(data.y_train),
         extractors=(extractors if tabular else []) + ([PIXELS] if imaging else []),
-        families=list(cfg.families),
+        families=[f.name for f in families],
         drift=drift,
         new_search_share=cfg.search.new_search_share,
         new_search_on_drift=cfg.search.new_search_on_drift,
@@ -397,7 +406,7 @@ def _record(
     ):
         mlflow.set_tags({SEARCH_TAG: plan.mode, SEARCH_REASON_TAG: plan.reason[:5000], "best_candidate": best.name,
                          PARAMS_TAG: params_key(best_params)})  # fmt: skip
-        _log_parent(settings, data, summary, decision.calibrated, decision.baselines, gate, candidates, plan.extractors)
+        _log_parent(settings, data, summary, decision, candidates, plan)
         mlflow.log_input(_mlflow_dataset(data.members, data.version, settings), context="training")
         for result in candidates:
             tags = {**run_tags(), **process_tags()}
@@ -414,6 +423,8 @@ def _record(
 
             spec = _model_spec(settings, best, data.classes, data.positive, data.version)
             registered, alias = register_model(settings, decision.estimator, spec, details)
+            if best.extractor != PIXELS and settings.training.importance.enabled:
+                _log_importance(settings, data, best, decision.estimator, inputs[best.extractor], Path(tmp))
         else:
             from conveyor.tracking.registry import audit
 
@@ -482,11 +493,9 @@ def _log_parent(
     settings: Settings,
     data: _Data,
     summary: SearchSummary,
-    calibrated: Metrics,
-    baselines: dict[str, Metrics],
-    gate: GateDecision,
+    decision: _Decision,
     candidates: list[CandidateResult],
-    extractor_names: list[str],
+    plan: _Plan,
 ) -> None:
     """The parent run: data, settings, search, the winner's calibrated metrics, the gate and the leaderboard."""
     import mlflow
@@ -499,16 +508,18 @@ def _log_parent(
         "search": summary.mode, "n_train": len(data.y_train), "n_test": len(data.test_labels),
         "cv_groups": summary.cv_groups,
     })  # fmt: skip
-    metrics = {**calibrated.as_dict("best_test_"), "search_seconds": summary.seconds, "search_fits": summary.fits}
-    for name, m in baselines.items():
+    metrics = {**decision.calibrated.as_dict("best_test_"), "search_seconds": summary.seconds,
+               "search_fits": summary.fits}  # fmt: skip
+    for name, m in decision.baselines.items():
         metrics.update(m.as_dict(f"{name}_test_"))
     mlflow.log_metrics(metrics)
     mlflow.log_dict(settings.preprocess.model_dump(mode="json"), "config/preprocess.json")
     mlflow.log_dict({e.name: e.config() for e in configured_extractors(settings)}, "config/extractors.json")
     mlflow.log_dict(cfg.search.model_dump(mode="json"), "config/search.json")
     mlflow.log_text(_environment(), "environment/packages.txt")
-    mlflow.log_dict(gate.to_dict(), "gate.json")
-    inputs = list(extractor_names) if any(c.extractor != PIXELS for c in candidates) else []
+    mlflow.log_dict(cfg.feature_selection.model_dump(mode="json"), "config/feature_selection.json")
+    mlflow.log_dict(decision.gate.to_dict(), "gate.json")
+    inputs = list(plan.extractors) if any(c.extractor != PIXELS for c in candidates) else []
     inputs += [PIXELS] if any(c.extractor == PIXELS for c in candidates) else []
     board = {
         "mode": summary.mode,
@@ -517,7 +528,7 @@ def _log_parent(
         "dataset_version": data.version,
         "n_train": len(data.y_train),
         "extractors": inputs,
-        "families": list(cfg.families),
+        "families": [f.name for f in plan.families],
         "rounds": summary.rounds,
         "ranking": [
             {"extractor": c.extractor, "family": c.family, "params": {k: _jsonable(v) for k, v in c.params.items()},
@@ -532,6 +543,35 @@ def _log_parent(
         mlflow.log_dict(board, "search/refit.json")
 
 
+def _log_importance(
+    settings: Settings, data: _Data, best: CandidateResult, estimator: Any, inputs: _Inputs, tmp: Path
+) -> None:
+    """The registered model's permutation importance on the test split (per extractor group and per feature), as
+    ``importance/`` artifacts of the run that registered it: what ``conveyor models --explain`` shows."""
+    import mlflow
+
+    from conveyor.training.importance import importance_png, permutation_importance
+
+    cfg = settings.training
+    positive = None if data.positive is None else data.classes.index(data.positive)
+    index = {label: i for i, label in enumerate(data.classes)}
+    y_test = np.array([index[label] for label in data.test_labels])
+    found = permutation_importance(
+        estimator.predict_proba, inputs.X_test, y_test, inputs.columns, Scorer(cfg.metric, len(data.classes), positive),
+        default_group=best.extractor, repeats=cfg.importance.repeats, max_features=cfg.importance.max_features,
+        seed=cfg.seed,
+    )  # fmt: skip
+    folder = tmp / "importance"
+    folder.mkdir(parents=True, exist_ok=True)
+    found.groups.to_csv(folder / "groups.csv", index=False)
+    found.features.to_csv(folder / "features.csv", index=False)
+    summary = {"metric": found.metric, "baseline": found.baseline, "repeats": cfg.importance.repeats,
+               "not_computed": found.not_computed, "candidate": best.name}  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    importance_png(found, folder / "importance.png")
+    mlflow.log_artifacts(str(folder), artifact_path="importance")
+
+
 def _environment() -> str:
     """Every installed distribution and its version, one per line: the environment a run happened in."""
     from importlib.metadata import distributions
@@ -543,7 +583,7 @@ def _load_inputs(settings: Settings, extractor: str, vid: str, members: list[tup
     if extractor != PIXELS:
         X_train, _ = load_matrix(settings, extractor, version=vid, split="train")
         X_test, _ = load_matrix(settings, extractor, version=vid, split="test")
-        return _Inputs(X_train.to_numpy(), X_test.to_numpy())
+        return _Inputs(X_train.to_numpy(), X_test.to_numpy(), [str(c) for c in X_train.columns])
     # Preprocessed once into the workspace's pixel store and read batch by batch: never the whole split in memory.
     store = PixelStore.of(settings)
     train_shas = [sha for sha, _, split in members if split == "train"]
