@@ -240,6 +240,7 @@ class ImportanceSettings(BaseModel):
     enabled: bool = True
     repeats: int = Field(5, ge=1, description="Shuffles per group and per feature.")
     max_features: int = Field(200, ge=0, description="Features scored one by one (the most important groups first).")
+    budget_s: float = Field(60.0, gt=0.0, description="Seconds the one-by-one pass may take (the groups always run).")
 
 
 class TrainingSettings(BaseModel):

@@ -59,3 +59,11 @@ def test_names_must_match_the_width(fitted) -> None:  # type: ignore[no-untyped-
     model, X, y, _ = fitted
     with pytest.raises(ValueError, match="3 names for 4 features"):
         permutation_importance(model.predict_proba, X, y, ["a", "b", "c"], Scorer("f1", 2, 1), default_group="x")
+
+
+def test_a_spent_budget_stops_the_per_feature_pass_but_not_the_groups(fitted) -> None:  # type: ignore[no-untyped-def]
+    model, X, y, columns = fitted
+    result = permutation_importance(
+        model.predict_proba, X, y, columns, Scorer("f1", 2, 1), default_group="all", budget_s=1e-9
+    )
+    assert (len(result.groups), len(result.features), result.not_computed) == (2, 0, 4)

@@ -559,7 +559,7 @@ def _log_importance(
     found = permutation_importance(
         estimator.predict_proba, inputs.X_test, y_test, inputs.columns, Scorer(cfg.metric, len(data.classes), positive),
         default_group=best.extractor, repeats=cfg.importance.repeats, max_features=cfg.importance.max_features,
-        seed=cfg.seed,
+        budget_s=cfg.importance.budget_s, seed=cfg.seed,
     )  # fmt: skip
     folder = tmp / "importance"
     folder.mkdir(parents=True, exist_ok=True)
