@@ -74,3 +74,45 @@ def dicom_without_bits_allocated() -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer)
     return buffer.getvalue()
+
+
+def encode_clip(frames: list[np.ndarray], fps: int = 10, container: str = "mp4", codec: str = "mpeg4") -> bytes:
+    """A video clip of ``frames`` ((H, W, 3) uint8, even sides), encoded with PyAV in memory."""
+    import io
+
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+        stream.pix_fmt = {"mjpeg": "yuvj420p", "ffv1": "bgr0"}.get(codec, "yuv420p")
+        for pixels in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+def blob_clip(falls: bool, seconds: float = 2.0, fps: int = 10, size: int = 64, seed: int = 0) -> bytes:
+    """A bright upright blob in a room of its own (a textured background per clip) that either falls over (lies down
+    near the floor) or stays upright."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    room = gaussian_filter(rng.normal(size=(size, size)), 3)
+    room = 30 + 60 * (room - room.min()) / (np.ptp(room) + 1e-9)
+    frames = []
+    n = int(seconds * fps)
+    yy, xx = np.mgrid[0:size, 0:size]
+    cx = size / 2 + rng.uniform(-10, 10)
+    for i in range(n):
+        progress = min(1.0, i / (n * 0.6)) if falls else 0.0
+        height = size * (0.35 - 0.25 * progress)  # half-height shrinks as it lies down
+        width = size * (0.08 + 0.25 * progress)
+        cy = size * (0.5 + 0.3 * progress)
+        inside = ((yy - cy) / height) ** 2 + ((xx - cx) / width) ** 2 < 1
+        gray = np.where(inside, 220, room) + rng.normal(0, 3, (size, size))
+        frames.append(np.stack([gray.clip(0, 255).astype(np.uint8)] * 3, axis=-1))
+    return encode_clip(frames, fps=fps)

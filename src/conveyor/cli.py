@@ -303,6 +303,9 @@ def _print_training(result: Any, compact: bool = False) -> None:
         f"best: [bold]{result.best.name}[/], calibrated test {label} {getattr(cal, metric):.3f} (F1 {cal.f1:.3f}), "
         f"calibration error (ECE) {'-' if cal.ece is None else f'{cal.ece:.3f}'}"
     )
+    if result.clip_test is not None:
+        clip = result.clip_test
+        out.print(f"per video clip (mean of its frames): test {label} {getattr(clip, metric):.3f} on {clip.n} clips")
     if result.registered_version is not None:
         out.print(f"registered as version {result.registered_version}, alias [bold]{result.alias}[/]")
     else:

@@ -61,6 +61,16 @@ class QualitySettings(BaseModel):
     resolution: QualityRule = Field(QualityRule(), description="The short side in pixels (above ingest.min_side).")
 
 
+class VideoSettings(BaseModel):
+    """``ingest.video``: how a clip (MP4, MOV, AVI, MKV) becomes frames."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fps: float = Field(2.0, gt=0.0, le=120.0, description="Frames taken per second of the clip.")
+    frames: int | None = Field(None, ge=1, description="Instead: this many frames, evenly spaced over the clip.")
+    max_frames: int = Field(600, ge=1, description="A clip that samples into more frames is quarantined (too_long).")
+
+
 class IngestSettings(BaseModel):
     """Limits and rules applied to every file an ingest sees."""
 
@@ -115,6 +125,7 @@ class IngestSettings(BaseModel):
         "their folder and file names).",
     )
     quality: QualitySettings = QualitySettings()
+    video: VideoSettings = VideoSettings()
 
 
 class PreprocessSettings(BaseModel):

@@ -385,3 +385,26 @@ def test_feedback_tokens_must_be_set_and_distinct(tokens: dict[str, str], messag
 
     with pytest.raises(ValidationError, match=message):
         ServingSettings(feedback_tokens=tokens)
+
+
+def test_a_clip_is_answered_with_the_mean_of_its_frames(client: TestClient) -> None:
+    from tests.helpers import blob_clip
+
+    response = client.post("/v1/predict", files={"file": ("fall.mp4", blob_clip(True, seed=3), "video/mp4")})
+    assert response.status_code == 200
+    body = response.json()
+    frames = body["frames"]
+    assert [round(f["time"], 3) for f in frames] == [0.0, 0.5, 1.0, 1.5]
+    for name, value in body["probabilities"].items():
+        assert value == pytest.approx(sum(f["probabilities"][name] for f in frames) / len(frames))
+    assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
+    assert (body["input"]["format"], body["request_id"]) == ("mp4", frames[0]["request_id"])
+    assert len({f["request_id"] for f in frames}) == 4  # each frame logged as its own request
+
+
+def test_a_damaged_clip_is_422_with_its_reason(client: TestClient) -> None:
+    from tests.helpers import blob_clip
+
+    response = client.post("/v1/predict", content=blob_clip(True)[:400])
+    assert response.status_code == 422
+    assert response.json()["reason"] == "corrupt_video"

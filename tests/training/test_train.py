@@ -18,6 +18,7 @@ from conveyor.store.db import get_engine
 from conveyor.tracking.registry import history
 from conveyor.tracking.setup import configure_mlflow
 from conveyor.training.train import TrainResult, train
+from conveyor.workspace import open_workspace
 
 
 def small_settings(home: Path, **training: object) -> Settings:
@@ -425,3 +426,23 @@ def test_feature_selection_adds_a_selecting_variant_of_each_family(tmp_path: Pat
     assert sorted(c.name for c in result.candidates) == ["logreg+select@intensity", "logreg@intensity"]
     selected = next(c for c in result.candidates if c.family == "logreg+select")
     assert selected.test is not None and set(selected.params) == {"model__clf__C"}
+
+
+def test_clips_are_scored_per_clip_as_well_as_per_frame(tmp_path: Path) -> None:
+    from tests.helpers import blob_clip, write
+
+    settings = small_settings(tmp_path / "ws")
+    for i in range(8):
+        write(tmp_path / "src" / "fall" / f"c{i}.mp4", blob_clip(True, seed=i))
+        write(tmp_path / "src" / "upright" / f"c{i}.mp4", blob_clip(False, seed=100 + i))
+    ingest(tmp_path / "src", settings)
+    result = train(settings)
+    assert result.clip_test is not None
+    assert result.clip_test.n == 4  # a fifth of each class's 8 clips, whole
+    assert result.calibrated.n == sum(1 for _, _, split in dataset_members(open_workspace(settings)) if split == "test")
+    assert result.to_dict()["clip_test"]["n"] == 4.0
+
+
+def test_still_images_have_no_clip_score(trained: tuple[Settings, TrainResult]) -> None:
+    _, result = trained
+    assert result.clip_test is None and result.to_dict()["clip_test"] is None

@@ -46,6 +46,9 @@ REASONS = {
     "suspicious_archive": "a zip member that would inflate far more than any image does (a zip bomb)",
     "cannot_deidentify": "a DICOM file that decodes but cannot be de-identified (ingest.deidentify is on)",
     "low_quality": "a quality measure breaches an ingest.quality rule set to quarantine (the detail says which)",
+    "corrupt_video": "a video clip PyAV cannot open or decode",
+    "empty_video": "a video clip without a video stream or any usable frame",
+    "too_long": "a video clip that samples into more frames than ingest.video.max_frames",
 }
 
 _UNSUPPORTED_MAGIC = {

@@ -33,13 +33,14 @@ from typing import Any, NamedTuple, cast
 from sqlalchemy import Connection, Engine, Table, insert, select, update
 from sqlalchemy.orm import Session
 
-from conveyor.config import Settings
+from conveyor.config import Settings, VideoSettings
 from conveyor.data.decode import FORMATS, DecodeLimits, decode_image, sniff_format
 from conveyor.data.facts import Inspection, inspect_decoded, judge_quality
 from conveyor.data.privacy import PathNames, deidentify_dicom, group_key, path_names, workspace_salt
 from conveyor.data.sources import Source, SourceFile, open_source
 from conveyor.data.split import Assigned, Candidate, assign_splits
 from conveyor.data.versions import record_dataset_version
+from conveyor.data.video import encode_png, sample_frames, sniff_video
 from conveyor.errors import InvalidImageError
 from conveyor.store.db import session_scope
 from conveyor.store.models import AuditEntry, Image, Ingest, IngestFile, LabelConflict, utcnow
@@ -82,6 +83,8 @@ class IngestSummary:
     ingest_id: int | None = None
     warnings: list[str] = field(default_factory=list)
     quality_flagged: dict[str, int] = field(default_factory=dict)  # measure -> images of the source stored flagged
+    clips: int = 0  # video clips of the source stored (as frames)
+    frames: int = 0  # the frames stored of them
 
     @property
     def nothing_new(self) -> bool:
@@ -193,6 +196,7 @@ def _ingest_source(
         frozenset(known),
         names,
         workspace_salt(settings.home) if settings.ingest.deidentify else None,
+        settings.ingest.video,
     )
     for item, prepared in _prepare_in_order(source.files, context):
         sha = prepared.sha
@@ -217,6 +221,7 @@ def _ingest_source(
     _flush(engine, run.pending)
     summary.warnings = label_warnings(set(summary.by_class) - {NO_LABEL}, set(known.values()))
     summary.quality_flagged = _quality_flagged(engine, source_key)
+    summary.clips, summary.frames = _clip_counts(engine, source_key)
 
     with session_scope(engine) as session:
         _assign_pending_splits(session, settings)
@@ -228,6 +233,20 @@ def _ingest_source(
             .values(finished_at=utcnow(), summary=_at_rest(summary, names), dataset_version=summary.dataset_version)
         )
     return summary
+
+
+def _clip_counts(engine: Engine, source_key: str) -> tuple[int, int]:
+    """The clips this source stored and their frames (earlier runs included, like every count of the summary)."""
+    from sqlalchemy import distinct, func
+
+    query = (
+        select(func.count(distinct(Image.clip_sha256)), func.count(Image.sha256))
+        .join(IngestFile, IngestFile.sha256 == Image.clip_sha256)
+        .where(IngestFile.source_key == source_key, IngestFile.outcome == "stored")
+    )
+    with session_scope(engine) as session:
+        clips, frames = session.execute(query).one()
+    return int(clips), int(frames)
 
 
 def _quality_flagged(engine: Engine, source_key: str) -> dict[str, int]:
@@ -317,6 +336,7 @@ class _PrepareContext:
     stored_before: frozenset[str]  # sha256 already in the raw store when this run began
     names: PathNames
     deidentify_salt: bytes | None  # set when DICOM files are de-identified before they are stored
+    video: VideoSettings
 
 
 @dataclass(frozen=True)
@@ -343,6 +363,17 @@ class _Prepared:
     inspection: Inspection | None = None
     error: InvalidImageError | None = None
     subject: str | None = None  # whose image the file says it is (DICOM), raw: hashed before it is stored
+    frames: tuple[_PreparedFrame, ...] | None = None  # a video clip's sampled frames, stored as images
+
+
+@dataclass(frozen=True)
+class _PreparedFrame:
+    """One sampled frame of a clip, encoded as PNG, hashed, inspected and copied into the raw store."""
+
+    sha: str
+    time: float
+    size: int
+    inspection: Inspection
 
 
 def _group_key(item: SourceFile, prepared: _Prepared, run: _Run) -> str | None:
@@ -356,6 +387,52 @@ def _group_key(item: SourceFile, prepared: _Prepared, run: _Run) -> str | None:
             raw = found.group(1) if found.re.groups else found.group(0)
     raw = raw or prepared.subject
     return group_key(raw, run.group_salt) if raw else None
+
+
+def _decide_clip(
+    item: SourceFile, stored_path: str, prepared: _Prepared, label: str, run: _Run
+) -> tuple[str, str | None]:
+    """A clip is stored when some of its frames are new, a duplicate when all are stored under its label, and a
+    conflict (nothing of it stored) when any is stored under another label. Its frames are grouped by the clip
+    (unless the labels CSV or ``ingest.group_pattern`` names a group), so a clip never straddles the split."""
+    assert prepared.frames is not None
+    known = run.known
+    clashing = [f for f in prepared.frames if f.sha in known and known[f.sha] != label]
+    if clashing:
+        for frame in clashing:
+            if (frame.sha, label) not in run.conflicts:
+                run.conflicts.add((frame.sha, label))
+                run.pending.append(("conflict", {"sha256": frame.sha, "label": label, "relpath": stored_path}))
+        others = sorted({known[f.sha] for f in clashing})
+        return "conflict", f"{len(clashing)} of its {len(prepared.frames)} frames are stored as {', '.join(others)}"
+    new = [f for f in prepared.frames if f.sha not in known]
+    if not new:
+        return "duplicate", None
+    group = _group_key(item, prepared, run) or group_key(f"clip:{prepared.sha}", run.group_salt)
+    for frame in new:
+        known[frame.sha] = label
+        run.pending.append(
+            (
+                "image",
+                {
+                    "sha256": frame.sha,
+                    "label": label,
+                    "split": None,
+                    "given_split": item.given_split,
+                    "group_key": group,
+                    "quality_flags": None,
+                    "clip_sha256": prepared.sha,
+                    "clip_time": frame.time,
+                    "file_size": frame.size,
+                    "raw_path": _raw_path(frame.sha, "png"),
+                    "conflict": False,
+                    "created_at": utcnow(),
+                    "ingest_id": run.ingest_id,
+                    **vars(frame.inspection),
+                },
+            )
+        )
+    return "stored", f"{len(new)} frames"
 
 
 def _raw_path(sha: str, fmt: str) -> str:
@@ -393,6 +470,8 @@ def _prepare(task: _Task, context: _PrepareContext) -> _Prepared:
     already = (context.names.stored(task.relpath), sha, task.label) in context.already
     if task.skip_pixels or already or sha in context.stored_before:
         return _Prepared(task.index, sha, len(data))  # the decision needs no pixels
+    if sniff_video(data) is not None:
+        return _prepare_clip(task.index, sha, data, context)
     try:
         decoded = decode_image(data, context.limits)
         inspection = inspect_decoded(decoded)
@@ -402,6 +481,36 @@ def _prepare(task: _Task, context: _PrepareContext) -> _Prepared:
         return _Prepared(task.index, sha, len(data), error=exc)
     _write_raw(Path(context.home) / _raw_path(sha, inspection.format), data)
     return _Prepared(task.index, sha, len(data), inspection=inspection, subject=decoded.subject)
+
+
+def _prepare_clip(index: int, sha: str, data: bytes, context: _PrepareContext) -> _Prepared:
+    """A clip's frames (``ingest.video``), each encoded as PNG, inspected and copied into the raw store; a frame that
+    repeats one before it, or is no usable image (blank, too small), is left out."""
+    video = context.video
+    try:
+        frames = sample_frames(
+            data, fps=video.fps, count=video.frames, max_frames=video.max_frames, max_pixels=context.limits.max_pixels
+        )
+    except InvalidImageError as exc:
+        return _Prepared(index, sha, len(data), error=exc)
+    kept: list[_PreparedFrame] = []
+    seen: set[str] = set()
+    for frame in frames:
+        png = encode_png(frame.pixels)
+        frame_sha = hashlib.sha256(png).hexdigest()
+        if frame_sha in seen:
+            continue
+        seen.add(frame_sha)
+        try:
+            inspection = inspect_decoded(decode_image(png, context.limits))
+        except InvalidImageError:
+            continue
+        _write_raw(Path(context.home) / _raw_path(frame_sha, "png"), png)
+        kept.append(_PreparedFrame(frame_sha, frame.time, len(png), inspection))
+    if not kept:
+        empty = InvalidImageError("empty_video", f"none of its {len(frames)} sampled frames is a usable image")
+        return _Prepared(index, sha, len(data), error=empty)
+    return _Prepared(index, sha, len(data), frames=tuple(kept))
 
 
 def _deidentified(data: bytes, salt: bytes) -> bytes:
@@ -486,7 +595,9 @@ def _decide(item: SourceFile, stored_path: str, prepared: _Prepared, previous: O
         pattern = settings.ingest.label_pattern
         if pattern is not None and re.fullmatch(pattern, label) is None:
             raise InvalidImageError("bad_label", f"label {label!r} does not match ingest.label_pattern {pattern!r}")
-        if sha in known:
+        if prepared.frames is not None:
+            outcome, detail = _decide_clip(item, stored_path, prepared, label, run)
+        elif sha in known:
             if known[sha] == label:
                 outcome = "duplicate"
             elif _label_came_from_this_file_alone(previous, known[sha], sha, stored_path, run):
@@ -517,6 +628,8 @@ def _decide(item: SourceFile, stored_path: str, prepared: _Prepared, previous: O
                         "given_split": item.given_split,
                         "group_key": _group_key(item, prepared, run),
                         "quality_flags": ",".join(flags) or None,
+                        "clip_sha256": None,
+                        "clip_time": None,
                         "file_size": prepared.size,
                         "raw_path": _raw_path(sha, inspection.format),
                         "conflict": False,

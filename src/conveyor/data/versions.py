@@ -23,6 +23,7 @@ from conveyor.store.models import DatasetMember, DatasetVersion, Image
 
 __all__ = [
     "DatasetRecord",
+    "clips_of",
     "cv_groups",
     "dataset_members",
     "latest_version",
@@ -137,6 +138,19 @@ def cv_groups(engine: Engine, shas: list[str], near_bits: int) -> np.ndarray:
             facts.update({r.sha256: (r.phash, r.group_key) for r in session.execute(query)})
     images = [Assigned(sha, "", facts[sha][0], "", facts[sha][1]) for sha in shas]
     return fold_groups(images, near_bits)
+
+
+def clips_of(engine: Engine, shas: list[str]) -> dict[str, str]:
+    """The clip each frame among ``shas`` comes from (sha256 -> clip sha256); still images are left out."""
+    out: dict[str, str] = {}
+    with session_scope(engine) as session:
+        for start in range(0, len(shas), 5000):  # keep IN lists short for every database
+            chunk = shas[start : start + 5000]
+            query = select(Image.sha256, Image.clip_sha256).where(
+                Image.sha256.in_(chunk), Image.clip_sha256.is_not(None)
+            )
+            out.update({r.sha256: str(r.clip_sha256) for r in session.execute(query)})
+    return out
 
 
 def raw_paths(settings: Settings, shas: list[str]) -> dict[str, Path]:

@@ -35,8 +35,17 @@ class InputInfo(BaseModel):
     height: int
 
 
+class FramePrediction(BaseModel):
+    """One sampled frame of a clip: its time, its own request (for feedback on it) and its answer."""
+
+    time: float = Field(description="Seconds into the clip.")
+    request_id: str
+    label: str
+    probabilities: dict[str, float]
+
+
 class PredictionResponse(BaseModel):
-    request_id: str = Field(description="Quote it in POST /v1/feedback.")
+    request_id: str = Field(description="Quote it in POST /v1/feedback (for a clip: its first frame's).")
     label: str
     confidence: float = Field(description="Probability of the label (the classifier is calibrated in training).")
     probabilities: dict[str, float] = Field(description="Per class, in the model's class order.")
@@ -45,6 +54,9 @@ class PredictionResponse(BaseModel):
     arm: Literal["champion", "challenger"]
     latency_ms: float
     input: InputInfo
+    frames: list[FramePrediction] | None = Field(
+        None, description="A video clip: its sampled frames; the answer is the mean of their probabilities."
+    )
 
 
 class ErrorResponse(BaseModel):

@@ -75,6 +75,9 @@ class Image(Base):
     dark_clipped: Mapped[float | None] = mapped_column(Float, default=None)
     bright_clipped: Mapped[float | None] = mapped_column(Float, default=None)
     quality_flags: Mapped[str | None] = mapped_column(String(255), default=None)  # measures ingest.quality warned of
+    # A frame of a video clip: the clip's sha256 and the frame's time in it (seconds); None for a still image.
+    clip_sha256: Mapped[str | None] = mapped_column(String(64), index=True, default=None)
+    clip_time: Mapped[float | None] = mapped_column(Float, default=None)
     raw_path: Mapped[str] = mapped_column(String(255))  # relative to the workspace
     conflict: Mapped[bool] = mapped_column(Boolean, default=False)  # same bytes seen under another label
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

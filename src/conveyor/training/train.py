@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from conveyor.config import Settings
-from conveyor.data.versions import cv_groups, dataset_members, latest_version, raw_paths
+from conveyor.data.versions import clips_of, cv_groups, dataset_members, latest_version, raw_paths
 from conveyor.errors import ConveyorError
 from conveyor.features.store import compute_features, configured_extractors, load_matrix
 from conveyor.models.families import Family, family, with_selection
@@ -131,6 +131,7 @@ class TrainResult:
     parent_run_id: str | None
     search: SearchSummary
     seconds: float = 0.0
+    clip_test: Metrics | None = None  # the calibrated winner per video clip, when the test split holds frames
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -146,6 +147,7 @@ class TrainResult:
             "registered_version": self.registered_version,
             "alias": self.alias,
             "parent_run_id": self.parent_run_id,
+            "clip_test": None if self.clip_test is None else self.clip_test.as_dict(),
             "seconds": round(self.seconds, 3),
         }
 
@@ -349,6 +351,7 @@ class _Decision:
     calibrated: Metrics
     baselines: dict[str, Metrics]
     gate: GateDecision
+    clip_test: Metrics | None = None  # the winner per clip (mean of its frames' probabilities), when frames are tested
 
 
 def _decide(
@@ -374,7 +377,27 @@ def _decide(
     if champion_version is not None:
         champion = (champion_version, _champion_metrics(settings, champion_version, data.members))
     gate = judge_gate(cfg.metric, calibrated, baselines, data.version, champion)
-    return _Decision(best, estimator, calibrated, baselines, gate)
+    return _Decision(best, estimator, calibrated, baselines, gate, _clip_metrics(settings, data, proba))
+
+
+def _clip_metrics(settings: Settings, data: _Data, proba: np.ndarray) -> Metrics | None:
+    """The test split scored per video clip: a clip's probabilities are the mean of its frames', its label theirs.
+    None when no test image is a frame."""
+    test_shas = [sha for sha, _, split in data.members if split == "test"]
+    clip_of = clips_of(open_workspace(settings), test_shas)
+    if not clip_of:
+        return None
+    rows: dict[str, list[int]] = {}
+    for index, sha in enumerate(test_shas):
+        if sha in clip_of:
+            rows.setdefault(clip_of[sha], []).append(index)
+    labels = [data.test_labels[members[0]] for members in rows.values()]
+    clip_proba = np.stack([proba[members].mean(axis=0) for members in rows.values()])
+    cfg = settings.training
+    return evaluate(
+        labels, [data.classes[i] for i in clip_proba.argmax(axis=1)], clip_proba, data.classes,
+        positive=data.positive, n_boot=cfg.bootstrap, seed=cfg.seed,
+    )  # fmt: skip
 
 
 def _record(
@@ -432,7 +455,7 @@ def _record(
         return TrainResult(
             data.version, settings.training.metric, data.classes, data.positive, candidates, decision.baselines,
             best, decision.calibrated, gate, registered, alias, parent.info.run_id, summary,
-            time.perf_counter() - began,
+            time.perf_counter() - began, decision.clip_test,
         )  # fmt: skip
 
 
@@ -512,6 +535,8 @@ def _log_parent(
                "search_fits": summary.fits}  # fmt: skip
     for name, m in decision.baselines.items():
         metrics.update(m.as_dict(f"{name}_test_"))
+    if decision.clip_test is not None:
+        metrics.update(decision.clip_test.as_dict("best_clip_test_"))
     mlflow.log_metrics(metrics)
     mlflow.log_dict(settings.preprocess.model_dump(mode="json"), "config/preprocess.json")
     mlflow.log_dict({e.name: e.config() for e in configured_extractors(settings)}, "config/extractors.json")

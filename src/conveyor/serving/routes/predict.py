@@ -14,6 +14,7 @@ from conveyor.serving.schemas import (
     BatchItem,
     BatchResponse,
     ErrorResponse,
+    FramePrediction,
     InputInfo,
     ModelRef,
     PredictionResponse,
@@ -171,14 +172,68 @@ async def predict_one(
     return to_response(outcome, serving)
 
 
+async def predict_clip(
+    service: PredictionService, serving: ServingSettings, data: bytes, background: BackgroundTasks
+) -> PredictionResponse:
+    """A video clip: its frames sampled as ingest samples them (``ingest.video``), each scored (and logged) as an
+    image, and the clip answered with the mean of their probabilities.
+
+    Raises:
+        InvalidImageError: the clip cannot be decoded, has no usable frame, or samples into too many.
+    """
+    import hashlib
+
+    import numpy as np
+    from starlette.concurrency import run_in_threadpool
+
+    from conveyor.data.video import encode_png, sample_frames, sniff_video
+
+    video = service.settings.ingest.video
+    frames = await run_in_threadpool(
+        sample_frames, data, fps=video.fps, count=video.frames, max_frames=video.max_frames,
+        max_pixels=service.settings.ingest.max_pixels,
+    )  # fmt: skip
+    answers = []
+    for frame in frames:
+        answers.append((frame.time, await predict_one(service, serving, encode_png(frame.pixels), background)))
+    classes = list(answers[0][1].probabilities)
+    mean = np.mean([[a.probabilities[c] for c in classes] for _, a in answers], axis=0)
+    best = int(mean.argmax())
+    first = answers[0][1]
+    return PredictionResponse(
+        request_id=first.request_id,
+        label=classes[best],
+        confidence=float(mean[best]),
+        probabilities={c: float(v) for c, v in zip(classes, mean, strict=True)},
+        unsure=float(mean[best]) < serving.unsure_below,
+        model=first.model,
+        arm=first.arm,
+        latency_ms=sum(a.latency_ms for _, a in answers),
+        input=InputInfo(
+            sha256=hashlib.sha256(data).hexdigest(),
+            format=str(sniff_video(data)),
+            width=first.input.width,
+            height=first.input.height,
+        ),
+        frames=[
+            FramePrediction(time=t, request_id=a.request_id, label=a.label, probabilities=a.probabilities)
+            for t, a in answers
+        ],
+    )
+
+
 @router.post(
     "/predict", response_model=PredictionResponse, responses=ERRORS, openapi_extra=_BODY,
-    summary="Classify one image (multipart field 'file', or the raw body)",
+    summary="Classify one image or video clip (multipart field 'file', or the raw body)",
 )  # fmt: skip
 async def predict(
     request: Request, service: ServiceDep, serving: ServingDep, background: BackgroundTasks
 ) -> PredictionResponse:
+    from conveyor.data.video import sniff_video
+
     [(_, data)] = await uploads(request, serving, max_files=1)
+    if sniff_video(data) is not None:
+        return await predict_clip(service, serving, data, background)
     return await predict_one(service, serving, data, background)
 
 
