@@ -124,3 +124,34 @@ def test_a_still_clip_gives_one_frame(tmp_path: Path, settings: Settings) -> Non
     write(tmp_path / "src" / "upright" / "still.mkv", encode_clip(still, fps=10, container="matroska", codec="ffv1"))
     summary = ingest(tmp_path / "src", settings)
     assert (summary.stored, summary.clips, summary.frames) == (1, 1, 1)
+
+
+def _audio_only_mp4() -> bytes:
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+def test_hostile_clips_each_end_quarantined_with_their_reason(tmp_path: Path, settings: Settings) -> None:
+    """Audio only, frames over the pixel limit (checked before decoding), cut short, random bytes behind a header."""
+    clip = blob_clip(True, seed=11)
+    write(tmp_path / "src" / "fall" / "sound.mp4", _audio_only_mp4())
+    write(tmp_path / "src" / "fall" / "huge.mp4", encode_clip([np.zeros((1024, 1280, 3), np.uint8)] * 2))
+    write(tmp_path / "src" / "fall" / "cut.mp4", clip[: len(clip) * 4 // 5])
+    write(tmp_path / "src" / "fall" / "noise.mp4", clip[:32] + np.random.default_rng(0).bytes(4000))
+    summary = ingest(tmp_path / "src", settings)  # settings: at most 1,000,000 pixels
+    assert summary.seen == summary.quarantined == 4
+    reasons = {r["path"]: r["reason"] for r in summary.rejected}
+    assert reasons == {
+        "fall/sound.mp4": "empty_video",
+        "fall/huge.mp4": "too_many_pixels",
+        "fall/cut.mp4": "empty_video",
+        "fall/noise.mp4": "corrupt_video",
+    }

@@ -60,7 +60,9 @@ def sample_frames(
         raise InvalidImageError("corrupt_video", f"the clip cannot be opened: {_short(exc)}") from exc
     try:
         if not container.streams.video:
-            raise InvalidImageError("empty_video", "the file holds no video stream")
+            raise InvalidImageError(
+                "empty_video", "the file holds no readable video stream (a cut-off MP4 loses the index at its end)"
+            )
         stream = container.streams.video[0]
         if stream.width * stream.height > max_pixels:
             raise InvalidImageError(
