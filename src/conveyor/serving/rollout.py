@@ -333,6 +333,7 @@ def _p_less(good_a: int, n_a: int, good_b: int, n_b: int) -> float:
 
 
 PERMUTATIONS = 2000
+_DEAL_CELLS = 1_000_000  # (case x deal) cells per step of the permutation test
 
 
 def _metric_test(
@@ -370,10 +371,14 @@ def _metric_test(
     # every deal of the pooled cases is as likely as the observed one (class mixes included; a stratified deal could
     # not compare arms whose labelled cases share no class, and would pass a challenger that is always wrong).
     rng = np.random.default_rng(0)
-    dealt = np.argsort(rng.random((PERMUTATIONS, n)), axis=1) >= n_champion  # a deal: who is "challenger"
-    weights = dealt.T.astype(np.int64)
-    diffs = scorer.values(t, p, scores, weights) - scorer.values(t, p, scores, 1 - weights)
-    as_low = int(np.sum(np.nan_to_num(diffs, nan=np.inf) <= (b - a) + 1e-12))
+    as_low = 0
+    chunk = max(1, _DEAL_CELLS // n)  # deals per step: memory stays ~tens of MB however long the rollout ran
+    for start in range(0, PERMUTATIONS, chunk):
+        count = min(chunk, PERMUTATIONS - start)
+        dealt = np.argsort(rng.random((count, n)), axis=1) >= n_champion  # a deal: who is "challenger"
+        weights = dealt.T.astype(np.int64)
+        diffs = scorer.values(t, p, scores, weights) - scorer.values(t, p, scores, 1 - weights)
+        as_low += int(np.sum(np.nan_to_num(diffs, nan=np.inf) <= (b - a) + 1e-12))
     return float(a), float(b), (1 + as_low) / (PERMUTATIONS + 1)
 
 
