@@ -60,7 +60,7 @@ def inspect_decoded(decoded: DecodedImage) -> Inspection:
     decoding, and a served request too."""
     gray = reduced_gray(decoded.pixels)
     brightness, contrast = gray_statistics(gray)
-    blur, dark, bright = _sharpness_and_clipping(reduced_gray(decoded.pixels, short_side=256))
+    blur, dark, bright = _sharpness_and_clipping(reduced_gray(decoded.pixels, short_side=128))
     return Inspection(
         format=decoded.format,
         width=decoded.width,
@@ -79,13 +79,20 @@ def inspect_decoded(decoded: DecodedImage) -> Inspection:
 
 
 def _sharpness_and_clipping(gray: np.ndarray) -> tuple[float, float, float]:
-    """Variance of the 4-neighbour Laplacian of a gray image in [0, 1] (about 256 pixels on its short side, so the
-    measure does not depend on the file's resolution), and the shares of pixels at black and at white."""
+    """Variance of the 4-neighbour Laplacian of a gray image in [0, 1] (about 128 pixels on its short side, so the
+    measure does not depend on the file's resolution), and the shares of pixels at black and at white. In place on
+    one array, and small enough (64 KB) to stay off the allocator's page-mapped path: ~25 us."""
     if min(gray.shape) < 3:
-        laplacian = np.zeros(1, dtype=np.float32)
+        blur = 0.0
     else:
-        laplacian = gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:] - 4.0 * gray[1:-1, 1:-1]
-    return float(laplacian.var()), float((gray <= 0.5 / 255).mean()), float((gray >= 254.5 / 255).mean())
+        laplacian = gray[:-2, 1:-1] + gray[2:, 1:-1]
+        laplacian += gray[1:-1, :-2]
+        laplacian += gray[1:-1, 2:]
+        laplacian -= 4.0 * gray[1:-1, 1:-1]
+        blur = float(laplacian.var())
+    dark = np.count_nonzero(gray <= 0.5 / 255) / gray.size
+    bright = np.count_nonzero(gray >= 254.5 / 255) / gray.size
+    return blur, float(dark), float(bright)
 
 
 def quality_measures(inspection: Inspection) -> dict[str, float]:
