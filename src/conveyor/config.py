@@ -71,6 +71,19 @@ class VideoSettings(BaseModel):
     max_frames: int = Field(600, ge=1, description="A clip that samples into more frames is quarantined (too_long).")
 
 
+class MaskSettings(BaseModel):
+    """``ingest.masks``: what a segmentation mask's pixel values mean."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    classes: list[str] = Field(
+        default_factory=lambda: ["background", "lesion"],
+        min_length=2,
+        description="Mask value i is class i (two classes: 0/255 masks are read as 0/1). Any other value quarantines "
+        "the image as bad_mask.",
+    )
+
+
 class IngestSettings(BaseModel):
     """Limits and rules applied to every file an ingest sees."""
 
@@ -126,6 +139,7 @@ class IngestSettings(BaseModel):
     )
     quality: QualitySettings = QualitySettings()
     video: VideoSettings = VideoSettings()
+    masks: MaskSettings = MaskSettings()
 
 
 class PreprocessSettings(BaseModel):

@@ -49,6 +49,9 @@ REASONS = {
     "corrupt_video": "a video clip PyAV cannot open or decode",
     "empty_video": "a video clip without a video stream or any usable frame",
     "too_long": "a video clip that samples into more frames than ingest.video.max_frames",
+    "no_mask": "an image of a segmentation layout (images/ beside masks/, or _mask files) without its mask",
+    "orphan_mask": "a mask without its image",
+    "bad_mask": "a mask that cannot be read, differs in size from its image, or holds values outside ingest.masks",
 }
 
 _UNSUPPORTED_MAGIC = {

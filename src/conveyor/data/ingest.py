@@ -25,7 +25,7 @@ import re
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, NamedTuple, cast
@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from conveyor.config import Settings, VideoSettings
 from conveyor.data.decode import FORMATS, DecodeLimits, decode_image, sniff_format
 from conveyor.data.facts import Inspection, inspect_decoded, judge_quality
+from conveyor.data.masks import check_mask
 from conveyor.data.privacy import PathNames, deidentify_dicom, group_key, path_names, workspace_salt
 from conveyor.data.sources import Source, SourceFile, open_source
 from conveyor.data.split import Assigned, Candidate, assign_splits
@@ -43,7 +44,7 @@ from conveyor.data.versions import record_dataset_version
 from conveyor.data.video import encode_png, sample_frames, sniff_video
 from conveyor.errors import InvalidImageError
 from conveyor.store.db import session_scope
-from conveyor.store.models import AuditEntry, Image, Ingest, IngestFile, LabelConflict, utcnow
+from conveyor.store.models import AuditEntry, Image, Ingest, IngestFile, LabelConflict, Mask, utcnow
 from conveyor.workspace import PRIVATE, atomic_write, available_cores, die_with_parent, open_workspace, workspace_lock
 
 __all__ = ["IngestSummary", "ingest", "label_warnings"]
@@ -85,6 +86,7 @@ class IngestSummary:
     quality_flagged: dict[str, int] = field(default_factory=dict)  # measure -> images of the source stored flagged
     clips: int = 0  # video clips of the source stored (as frames)
     frames: int = 0  # the frames stored of them
+    masks: int = 0  # segmentation masks stored with the source's images
 
     @property
     def nothing_new(self) -> bool:
@@ -197,6 +199,7 @@ def _ingest_source(
         names,
         workspace_salt(settings.home) if settings.ingest.deidentify else None,
         settings.ingest.video,
+        list(settings.ingest.masks.classes),
     )
     for item, prepared in _prepare_in_order(source.files, context):
         sha = prepared.sha
@@ -222,6 +225,7 @@ def _ingest_source(
     summary.warnings = label_warnings(set(summary.by_class) - {NO_LABEL}, set(known.values()))
     summary.quality_flagged = _quality_flagged(engine, source_key)
     summary.clips, summary.frames = _clip_counts(engine, source_key)
+    summary.masks = _mask_count(engine, source_key)
 
     with session_scope(engine) as session:
         _assign_pending_splits(session, settings)
@@ -233,6 +237,19 @@ def _ingest_source(
             .values(finished_at=utcnow(), summary=_at_rest(summary, names), dataset_version=summary.dataset_version)
         )
     return summary
+
+
+def _mask_count(engine: Engine, source_key: str) -> int:
+    """The masks stored with this source's images (earlier runs included)."""
+    from sqlalchemy import func
+
+    query = (
+        select(func.count(Mask.image_sha256))
+        .join(IngestFile, IngestFile.sha256 == Mask.image_sha256)
+        .where(IngestFile.source_key == source_key, IngestFile.outcome == "stored")
+    )
+    with session_scope(engine) as session:
+        return int(session.execute(query).scalar_one())
 
 
 def _clip_counts(engine: Engine, source_key: str) -> tuple[int, int]:
@@ -337,6 +354,7 @@ class _PrepareContext:
     names: PathNames
     deidentify_salt: bytes | None  # set when DICOM files are de-identified before they are stored
     video: VideoSettings
+    mask_classes: list[str]
 
 
 @dataclass(frozen=True)
@@ -351,6 +369,8 @@ class _Task:
     path: Path | None
     data: bytes | None
     error: InvalidImageError | None = None  # reading it failed (a corrupt zip member): its reason
+    mask_path: Path | None = None  # its segmentation mask on disk, or
+    mask_data: bytes | None = None  # ... the mask's bytes (a zip member)
 
 
 @dataclass(frozen=True)
@@ -364,6 +384,14 @@ class _Prepared:
     error: InvalidImageError | None = None
     subject: str | None = None  # whose image the file says it is (DICOM), raw: hashed before it is stored
     frames: tuple[_PreparedFrame, ...] | None = None  # a video clip's sampled frames, stored as images
+    mask: _PreparedMask | None = None  # its segmentation mask, checked and copied into the raw store
+
+
+@dataclass(frozen=True)
+class _PreparedMask:
+    sha: str
+    raw_path: str
+    areas: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -440,6 +468,19 @@ def _raw_path(sha: str, fmt: str) -> str:
 
 
 def _task(index: int, item: SourceFile, context: _PrepareContext) -> _Task:
+    task = _file_task(index, item, context)
+    mask = item.mask
+    if mask is None or task.skip_pixels:
+        return task
+    if mask.local_path is not None:
+        return replace(task, mask_path=mask.local_path)
+    try:
+        return replace(task, mask_data=mask.read())
+    except InvalidImageError as exc:
+        return replace(task, error=InvalidImageError("bad_mask", f"the mask cannot be read: {exc.detail}"))
+
+
+def _file_task(index: int, item: SourceFile, context: _PrepareContext) -> _Task:
     if item.size > context.max_file_bytes and item.stand_in_id is not None:
         return _Task(index, item.relpath, item.label, True, item.stand_in_id(), None, None)
     if item.local_path is not None:
@@ -479,8 +520,33 @@ def _prepare(task: _Task, context: _PrepareContext) -> _Prepared:
             data = _deidentified(data, context.deidentify_salt)
     except InvalidImageError as exc:
         return _Prepared(task.index, sha, len(data), error=exc)
+    mask = None
+    if task.mask_path is not None or task.mask_data is not None:
+        try:
+            mask = _prepare_mask(task, inspection, context)
+        except InvalidImageError as exc:
+            return _Prepared(task.index, sha, len(data), error=exc)
     _write_raw(Path(context.home) / _raw_path(sha, inspection.format), data)
-    return _Prepared(task.index, sha, len(data), inspection=inspection, subject=decoded.subject)
+    return _Prepared(task.index, sha, len(data), inspection=inspection, subject=decoded.subject, mask=mask)
+
+
+def _prepare_mask(task: _Task, inspection: Inspection, context: _PrepareContext) -> _PreparedMask:
+    """The file's mask, checked against it and ``ingest.masks`` and copied into ``raw/masks/``.
+
+    Raises:
+        InvalidImageError: ``bad_mask``.
+    """
+    try:
+        data = task.mask_data if task.mask_data is not None else Path(str(task.mask_path)).read_bytes()
+    except OSError as exc:
+        raise InvalidImageError("bad_mask", f"the mask cannot be read: {exc.strerror or exc}") from exc
+    if len(data) > context.max_file_bytes:
+        raise InvalidImageError("bad_mask", f"the mask's {len(data):,} bytes exceed {context.max_file_bytes:,}")
+    checked = check_mask(data, inspection.width, inspection.height, context.mask_classes)
+    sha = hashlib.sha256(checked.png).hexdigest()
+    raw = f"raw/masks/{sha[:2]}/{sha}.png"
+    _write_raw(Path(context.home) / raw, checked.png)
+    return _PreparedMask(sha, raw, checked.areas)
 
 
 def _prepare_clip(index: int, sha: str, data: bytes, context: _PrepareContext) -> _Prepared:
@@ -639,6 +705,11 @@ def _decide(item: SourceFile, stored_path: str, prepared: _Prepared, previous: O
                     },
                 )
             )
+            if prepared.mask is not None:
+                m = prepared.mask
+                run.pending.append(
+                    ("mask", {"image_sha256": sha, "sha256": m.sha, "raw_path": m.raw_path, "areas": m.areas})
+                )
     except InvalidImageError as exc:
         outcome, reason, detail = "quarantined", exc.reason, exc.detail
         # Read again (refusals are rare, bytes are not kept around); never what cannot or must not be read.
@@ -722,12 +793,14 @@ def _flush(engine: Engine, pending: list[tuple[str, dict[str, Any]]]) -> None:
     by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for kind, row in pending:
         by_kind[kind].append(row)
-    images_table, conflicts_table, files_table, audit_table = (
-        cast(Table, model.__table__) for model in (Image, LabelConflict, IngestFile, AuditEntry)
+    images_table, conflicts_table, files_table, audit_table, masks_table = (
+        cast(Table, model.__table__) for model in (Image, LabelConflict, IngestFile, AuditEntry, Mask)
     )
     with engine.begin() as connection:  # Core executemany: the ORM's bulk path cost a third of ingest's own time
         if by_kind["image"]:
             connection.execute(insert(images_table), by_kind["image"])
+        if by_kind["mask"]:
+            connection.execute(insert(masks_table), by_kind["mask"])
         for relabel in by_kind["relabel"]:
             connection.execute(
                 update(images_table).where(images_table.c.sha256 == relabel["sha256"]).values(label=relabel["label"])

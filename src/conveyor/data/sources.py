@@ -14,7 +14,7 @@ import posixpath
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -48,6 +48,8 @@ class SourceFile:
     local_path: Path | None = field(default=None, repr=False, compare=False)
     #: The patient, clip or slide it belongs to, from the labels CSV's ``group`` column (raw; stored hashed).
     group: str | None = None
+    #: Its segmentation mask (``images/<name>`` beside ``masks/<name>``, or ``<name>_mask.<ext>`` beside it).
+    mask: SourceFile | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -115,6 +117,7 @@ def open_source(path: Path, labels_csv: Path | None = None) -> Source:
     else:
         files = [_label_from_folders(entry) for entry in entries]
         missing = []
+    files = _pair_masks(files)
     files.sort(key=lambda f: f.relpath)
     source = Source(key=key, files=files, missing=missing)
     source._closer = closer
@@ -275,6 +278,52 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
         raise InvalidImageError("corrupt", f"zip member {info.filename!r} cannot be read: {exc}") from exc
 
 
+MASK_FOLDERS = ("images", "masks")
+"""Folder names of a segmentation layout (``images/<name>`` beside ``masks/<name>``): never a class."""
+
+MASK_SUFFIX = "_mask"
+
+
+def _mask_key(relpath: str) -> str | None:
+    """The image a mask file belongs to (its path without extension), or None when the file is no mask."""
+    parts = relpath.split("/")
+    stem, _ = posixpath.splitext(parts[-1])
+    if stem.lower().endswith(MASK_SUFFIX) and len(stem) > len(MASK_SUFFIX):
+        return "/".join([*parts[:-1], stem[: -len(MASK_SUFFIX)]])
+    for i, part in enumerate(parts[:-1]):
+        if part.lower() == "masks":
+            return "/".join([*parts[:i], "images", *parts[i + 1 : -1], stem])
+    return None
+
+
+def _pair_masks(files: list[SourceFile]) -> list[SourceFile]:
+    """Each image with its mask; in a segmentation layout, an image without one gets the problem ``no_mask`` and a
+    mask without an image ``orphan_mask``. A paired mask is part of its image's input, not an input of its own."""
+    masks = {key: f for f in files if (key := _mask_key(f.relpath)) is not None}
+    if not masks:
+        return files
+    layout_folders = {posixpath.dirname(key) for key in masks}
+    out: list[SourceFile] = []
+    paired: set[str] = set()
+    for f in files:
+        if _mask_key(f.relpath) is not None:
+            continue
+        key = posixpath.splitext(f.relpath)[0]
+        mask = masks.get(key)
+        if mask is not None:
+            paired.add(mask.relpath)
+            out.append(replace(f, mask=mask))
+        elif f.problem is None and posixpath.dirname(key) in layout_folders:
+            out.append(replace(f, problem=("no_mask", f"{f.relpath} has no mask beside it (masks/ or _mask)")))
+        else:
+            out.append(f)
+    for mask in masks.values():
+        if mask.relpath not in paired:
+            detail = f"{mask.relpath} is a mask without its image"
+            out.append(replace(mask, problem=mask.problem or ("orphan_mask", detail)))
+    return out
+
+
 def _label_from_folders(entry: _Entry) -> SourceFile:
     relpath, size, read, stand_in, problem, local = entry
     parts = relpath.split("/")
@@ -282,7 +331,7 @@ def _label_from_folders(entry: _Entry) -> SourceFile:
     if len(parts) > 1 and parts[0].lower() in SPLIT_FOLDERS:
         given_split = SPLIT_FOLDERS[parts[0].lower()]
         parts = parts[1:]
-    label = parts[0].strip() if len(parts) > 1 else None
+    label = parts[0].strip() if len(parts) > 1 and parts[0].lower() not in MASK_FOLDERS else None
     if problem is None and not label:
         problem = (
             "no_label",

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-__all__ = ["CLASSES", "Drift", "SyntheticSpec", "generate_dataset", "render_slice"]
+__all__ = ["CLASSES", "Drift", "SyntheticSpec", "generate_dataset", "render_slice", "render_slice_and_mask"]
 
 CLASSES = ("no_tumour", "tumour")
 Drift = Literal["none", "scanner", "lesion"]
@@ -36,10 +36,20 @@ class SyntheticSpec:
     seed: int = 0
     drift: Drift = "none"
     fmt: Literal["png", "jpeg"] = "png"
+    masks: bool = False  # also write each slice's lesion mask: <class>/images/<name> beside <class>/masks/<name>.png
 
 
 def render_slice(rng: np.random.Generator, size: int, tumour: bool, drift: Drift = "none") -> np.ndarray:
     """One (size, size) uint8 slice drawn from ``rng``."""
+    return render_slice_and_mask(rng, size, tumour, drift)[0]
+
+
+def render_slice_and_mask(
+    rng: np.random.Generator, size: int, tumour: bool, drift: Drift = "none"
+) -> tuple[np.ndarray, np.ndarray]:
+    """One (size, size) uint8 slice drawn from ``rng`` and its lesion mask (bool: inside the lesion's radius; all
+    False without a tumour): the exact ground truth of a segmentation."""
+    lesion = np.zeros((size, size), dtype=bool)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     cy, cx = 0.5 + rng.normal(0, 0.03, 2)
     ry, rx = rng.uniform(0.34, 0.42), rng.uniform(0.27, 0.35)
@@ -59,6 +69,7 @@ def render_slice(rng: np.random.Generator, size: int, tumour: bool, drift: Drift
         ly, lx = cy + dist * ry * np.sin(angle), cx + dist * rx * np.cos(angle)
         radius = rng.uniform(0.04, 0.09)
         d = np.sqrt((yy - ly) ** 2 + (xx - lx) ** 2) / radius
+        lesion = d < 1
         if drift == "lesion":  # dark necrotic core with a thin enhancing rim
             image = image * np.where(d < 1, 0.25, 1.0) + 0.35 * np.exp(-(((d - 1.0) / 0.15) ** 2))
         else:  # a bright, solid lesion
@@ -68,7 +79,7 @@ def render_slice(rng: np.random.Generator, size: int, tumour: bool, drift: Drift
         image = 0.25 + 0.7 * image
         noise = 0.05
     image = image + rng.normal(0, noise, image.shape) * (r < 1.05)
-    return (np.clip(image, 0, 1) * 255).astype(np.uint8)
+    return (np.clip(image, 0, 1) * 255).astype(np.uint8), lesion
 
 
 def _encode(pixels: np.ndarray, fmt: str) -> bytes:
@@ -91,9 +102,15 @@ def generate_dataset(root: Path, spec: SyntheticSpec = SyntheticSpec(), prefix: 
     paths: list[Path] = []
     for index in range(spec.n_per_class):
         for label in CLASSES:
-            pixels = render_slice(rng, size, tumour=label == "tumour", drift=spec.drift)
-            path = root / label / f"{prefix}_{spec.seed}_{index:04d}.{ext}"
+            pixels, lesion = render_slice_and_mask(rng, size, tumour=label == "tumour", drift=spec.drift)
+            name = f"{prefix}_{spec.seed}_{index:04d}"
+            folder = root / label / "images" if spec.masks else root / label
+            path = folder / f"{name}.{ext}"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(_encode(pixels, spec.fmt))
             paths.append(path)
+            if spec.masks:
+                mask = root / label / "masks" / f"{name}.png"
+                mask.parent.mkdir(parents=True, exist_ok=True)
+                mask.write_bytes(_encode(lesion.astype(np.uint8) * 255, "png"))
     return paths

@@ -84,6 +84,18 @@ class Image(Base):
     ingest_id: Mapped[int] = mapped_column(ForeignKey("ingests.id"))
 
 
+class Mask(Base):
+    """An image's segmentation mask: one class index per pixel (``ingest.masks.classes``), stored once by sha256 as a
+    PNG in ``raw/masks/``."""
+
+    __tablename__ = "masks"
+
+    image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    raw_path: Mapped[str] = mapped_column(String(255))  # relative to the workspace
+    areas: Mapped[dict[str, Any]] = mapped_column()  # class -> pixels
+
+
 class Ingest(Base):
     """One run of ``conveyor ingest`` over one source."""
 
