@@ -313,6 +313,42 @@ def _print_training(result: Any, compact: bool = False) -> None:
 
 
 @app.command()
+def segment(
+    version: Annotated[str | None, typer.Option(help="Dataset version to train on; default the latest.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Train the U-Net on the images that have masks, score it against the trivial baselines, register it if it
+    passes (as <model>-segmentation)."""
+    from conveyor.training.segmentation import train_segmentation
+
+    settings = _settings()
+
+    def epoch(n: int, row: dict[str, float]) -> None:
+        if not as_json:
+            err.print(f"epoch {n}: loss {row['loss']:.4f}, validation Dice {row['val_dice']:.3f}")
+
+    with errors(as_json):
+        result = train_segmentation(settings, version=version, on_epoch=epoch)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    table = Table(title=f"segmentation on dataset {result.dataset_version}: {result.n_test} test images")
+    for column in ("", *[f"Dice {c} [95%]" for c in result.classes], "HD95"):
+        table.add_column(column, justify="left" if column == "" else "right")
+    for name, scored in {"U-Net": result.model, **result.baselines}.items():
+        cells = [f"{m:.3f} [{lo:.2f}, {hi:.2f}]" for m, lo, hi in scored.dice.values()]
+        hd = "-" if scored.hausdorff95 is None else f"{scored.hausdorff95:.1f}"
+        table.add_row(name, *cells, hd)
+    out.print(table)
+    out.print(f"{result.epochs} epochs on {result.n_train} images ({result.n_validation} to stop on)")
+    if result.registered_version is not None:
+        out.print(f"registered as {settings.model_name}-segmentation version {result.registered_version}, "
+                  f"alias [bold]{result.alias}[/]")  # fmt: skip
+    else:
+        out.print("[yellow]not registered:[/] " + "; ".join(result.reasons))
+
+
+@app.command()
 def models(
     rehash: Annotated[
         int | None,

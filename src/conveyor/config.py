@@ -212,6 +212,22 @@ class CNNSettings(BaseModel):
     progress: bool = Field(True, description="A progress bar per epoch on stderr.")
 
 
+class SegmentationSettings(BaseModel):
+    """``conveyor segment``: the U-Net trained on the images that have masks (``ingest.masks``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: tuple[int, int] = Field((64, 64), description="Images and masks are resized to this (height, width).")
+    channels: list[int] = Field(default_factory=lambda: [8, 16, 32], min_length=2, description="U-Net levels' widths.")
+    learning_rate: float = Field(1e-2, gt=0.0)
+    max_epochs: int = Field(60, ge=1)
+    patience: int = Field(15, ge=1, description="Epochs without a better validation Dice before stopping.")
+    batch_size: int = Field(8, ge=1)
+    validation_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Of the train split, to stop early on.")
+    bootstrap: int = Field(1000, ge=100, description="Resamples of the test images for the 95% intervals.")
+    threads: int | None = Field(None, ge=1, description="Torch threads (default: every core this process may use).")
+
+
 class SearchSettings(BaseModel):
     """How ``conveyor train`` searches the candidate table (see :mod:`conveyor.training.search`)."""
 
@@ -316,6 +332,7 @@ class Settings(BaseSettings):
     preprocess: PreprocessSettings = PreprocessSettings()
     features: FeatureSettings = FeatureSettings()
     training: TrainingSettings = TrainingSettings()
+    segmentation: SegmentationSettings = SegmentationSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     serving: ServingSettings = ServingSettings()
 

@@ -408,3 +408,10 @@ def test_a_damaged_clip_is_422_with_its_reason(client: TestClient) -> None:
     response = client.post("/v1/predict", content=blob_clip(True)[:400])
     assert response.status_code == 422
     assert response.json()["reason"] == "corrupt_video"
+
+
+def test_segmenting_without_a_segmentation_model_is_404(client: TestClient) -> None:
+    response = client.post("/v1/segment", content=png(5))
+    assert response.status_code == 404
+    assert response.json()["reason"] == "not_found"
+    assert "run `conveyor segment`" in response.json()["detail"]

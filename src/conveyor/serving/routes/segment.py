@@ -1,0 +1,86 @@
+"""POST /v1/segment: an image in, the segmentation champion's mask (a PNG of class indices) and class areas out."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import threading
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from conveyor.errors import NotFoundError
+from conveyor.serving.deps import ServiceDep, ServingDep
+from conveyor.serving.routes.predict import _BODY, ERRORS, uploads
+from conveyor.serving.schemas import ErrorResponse, InputInfo, ModelRef
+from conveyor.serving.service import PredictionService
+
+router = APIRouter(prefix="/v1", tags=["segment"])
+
+SEGMENT_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    404: {"model": ErrorResponse, "description": "No segmentation model is registered yet."},
+}
+
+
+class SegmentResponse(BaseModel):
+    mask_png: str = Field(description="Base64 PNG, the image's size, one class index per pixel (see classes).")
+    classes: list[str]
+    areas: dict[str, int] = Field(description="Pixels of each class.")
+    model: ModelRef
+    input: InputInfo
+
+
+_LOADED: dict[str, Any] = {}  # the segmentation champion in this process: its version and model
+_LOCK = threading.Lock()
+
+
+def _champion(service: PredictionService) -> tuple[int, Any]:
+    """The segmentation champion, loaded (and verified) once per version.
+
+    Raises:
+        NotFoundError: none is registered (404: the server is ready, this model does not exist yet).
+    """
+    from conveyor.tracking.integrity import load_verified
+    from conveyor.tracking.registry import CHAMPION, current_version
+    from conveyor.training.segmentation import segmentation_settings
+
+    seg = segmentation_settings(service.settings)
+    version = current_version(seg, CHAMPION)
+    if version is None:
+        raise NotFoundError(f"no segmentation model {seg.model_name!r} is registered: run `conveyor segment`")
+    with _LOCK:
+        if _LOADED.get("version") != version:
+            _LOADED.update(version=version, model=load_verified(seg, version).unwrap_python_model())
+        return version, _LOADED["model"]
+
+
+@router.post(
+    "/segment", response_model=SegmentResponse, responses=SEGMENT_ERRORS, openapi_extra=_BODY,
+    summary="Segment one image (multipart field 'file', or the raw body)",
+)  # fmt: skip
+async def segment(request: Request, service: ServiceDep, serving: ServingDep) -> SegmentResponse:
+    from PIL import Image
+
+    from conveyor.data.decode import DecodeLimits, sniff_format
+
+    [(_, data)] = await uploads(request, serving, max_files=1)
+    version, model = await run_in_threadpool(_champion, service)
+    mask, areas = await run_in_threadpool(model.segment, data, DecodeLimits.of(service.settings))
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, format="PNG")
+    return SegmentResponse(
+        mask_png=base64.b64encode(buffer.getvalue()).decode(),
+        classes=list(model.spec.classes),
+        areas=areas,
+        model=ModelRef(name=service.settings.model_name + "-segmentation", version=version),
+        input=InputInfo(
+            sha256=hashlib.sha256(data).hexdigest(),
+            format=str(sniff_format(data)),
+            width=mask.shape[1],
+            height=mask.shape[0],
+        ),
+    )
