@@ -69,6 +69,9 @@ class VideoSettings(BaseModel):
     fps: float = Field(2.0, gt=0.0, le=120.0, description="Frames taken per second of the clip.")
     frames: int | None = Field(None, ge=1, description="Instead: this many frames, evenly spaced over the clip.")
     max_frames: int = Field(600, ge=1, description="A clip that samples into more frames is quarantined (too_long).")
+    aggregation: Literal["mean", "max", "vote"] = Field(
+        "mean", description="A clip's answer from its frames': mean probabilities, per-class maximum, or frame votes."
+    )
 
 
 class MaskSettings(BaseModel):

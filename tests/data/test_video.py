@@ -155,3 +155,21 @@ def test_hostile_clips_each_end_quarantined_with_their_reason(tmp_path: Path, se
         "fall/cut.mp4": "empty_video",
         "fall/noise.mp4": "corrupt_video",
     }
+
+
+@pytest.mark.parametrize(
+    ("how", "expected"),
+    [("mean", [0.6, 0.4]), ("max", [0.9 / 1.6, 0.7 / 1.6]), ("vote", [2 / 3, 1 / 3])],
+)
+def test_a_clips_answer_from_its_frames(how: str, expected: list[float]) -> None:
+    from conveyor.data.video import clip_probabilities
+
+    frames = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+    assert clip_probabilities(frames, how) == pytest.approx(expected)
+
+
+def test_an_unknown_aggregation_is_refused() -> None:
+    from conveyor.data.video import clip_probabilities
+
+    with pytest.raises(ValueError, match="unknown clip aggregation 'median'"):
+        clip_probabilities(np.ones((2, 2)) / 2, "median")

@@ -15,7 +15,17 @@ import numpy as np
 
 from conveyor.errors import InvalidImageError
 
-__all__ = ["VIDEO_FORMATS", "Frame", "encode_png", "sample_frames", "sniff_video"]
+__all__ = [
+    "CLIP_AGGREGATIONS",
+    "VIDEO_FORMATS",
+    "Frame",
+    "clip_probabilities",
+    "encode_png",
+    "sample_frames",
+    "sniff_video",
+]
+
+CLIP_AGGREGATIONS = ("mean", "max", "vote")
 
 VIDEO_FORMATS = ("mp4", "mov", "avi", "mkv")
 
@@ -104,6 +114,26 @@ def sample_frames(
     if not frames:
         raise InvalidImageError("empty_video", "no frame could be decoded")
     return frames
+
+
+def clip_probabilities(frames: np.ndarray, how: str = "mean") -> np.ndarray:
+    """A clip's class probabilities from its frames' (n, k): ``mean`` of them; ``max`` per class, renormalised (an
+    event seen clearly in one frame counts); ``vote``: the share of frames whose answer is each class.
+
+    Raises:
+        ValueError: an unknown aggregation, or no frame.
+    """
+    frames = np.asarray(frames, dtype=np.float64)
+    if len(frames) == 0:
+        raise ValueError("a clip without frames has no probabilities")
+    if how == "mean":
+        return frames.mean(axis=0)
+    if how == "max":
+        top = frames.max(axis=0)
+        return top / top.sum()
+    if how == "vote":
+        return np.bincount(frames.argmax(axis=1), minlength=frames.shape[1]) / len(frames)
+    raise ValueError(f"unknown clip aggregation {how!r}; one of {CLIP_AGGREGATIONS}")
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

@@ -27,6 +27,7 @@ import pandas as pd
 
 from conveyor.config import Settings
 from conveyor.data.versions import clips_of, cv_groups, dataset_members, latest_version, raw_paths
+from conveyor.data.video import clip_probabilities
 from conveyor.errors import ConveyorError
 from conveyor.features.store import compute_features, configured_extractors, load_matrix
 from conveyor.models.families import Family, family, with_selection
@@ -381,7 +382,8 @@ def _decide(
 
 
 def _clip_metrics(settings: Settings, data: _Data, proba: np.ndarray) -> Metrics | None:
-    """The test split scored per video clip: a clip's probabilities are the mean of its frames', its label theirs.
+    """The test split scored per video clip (``ingest.video.aggregation`` of its frames' probabilities; its label
+    theirs).
     None when no test image is a frame."""
     test_shas = [sha for sha, _, split in data.members if split == "test"]
     clip_of = clips_of(open_workspace(settings), test_shas)
@@ -392,7 +394,8 @@ def _clip_metrics(settings: Settings, data: _Data, proba: np.ndarray) -> Metrics
         if sha in clip_of:
             rows.setdefault(clip_of[sha], []).append(index)
     labels = [data.test_labels[members[0]] for members in rows.values()]
-    clip_proba = np.stack([proba[members].mean(axis=0) for members in rows.values()])
+    how = settings.ingest.video.aggregation
+    clip_proba = np.stack([clip_probabilities(proba[members], how) for members in rows.values()])
     cfg = settings.training
     return evaluate(
         labels, [data.classes[i] for i in clip_proba.argmax(axis=1)], clip_proba, data.classes,

@@ -176,7 +176,7 @@ async def predict_clip(
     service: PredictionService, serving: ServingSettings, data: bytes, background: BackgroundTasks
 ) -> PredictionResponse:
     """A video clip: its frames sampled as ingest samples them (``ingest.video``), each scored (and logged) as an
-    image, and the clip answered with the mean of their probabilities.
+    image, and the clip answered from their probabilities (``ingest.video.aggregation``: the mean by default).
 
     Raises:
         InvalidImageError: the clip cannot be decoded, has no usable frame, or samples into too many.
@@ -186,7 +186,7 @@ async def predict_clip(
     import numpy as np
     from starlette.concurrency import run_in_threadpool
 
-    from conveyor.data.video import encode_png, sample_frames, sniff_video
+    from conveyor.data.video import clip_probabilities, encode_png, sample_frames, sniff_video
 
     video = service.settings.ingest.video
     frames = await run_in_threadpool(
@@ -197,7 +197,8 @@ async def predict_clip(
     for frame in frames:
         answers.append((frame.time, await predict_one(service, serving, encode_png(frame.pixels), background)))
     classes = list(answers[0][1].probabilities)
-    mean = np.mean([[a.probabilities[c] for c in classes] for _, a in answers], axis=0)
+    frame_proba = np.array([[a.probabilities[c] for c in classes] for _, a in answers])
+    mean = clip_probabilities(frame_proba, video.aggregation)
     best = int(mean.argmax())
     first = answers[0][1]
     return PredictionResponse(
