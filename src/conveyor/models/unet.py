@@ -113,7 +113,7 @@ class UNetSegmenter:
         out = []
         with torch.no_grad():
             for start in range(0, len(images), 64):
-                x = torch.as_tensor(images[start : start + 64][:, None], dtype=torch.float32)
+                x = torch.from_numpy(np.array(images[start : start + 64][:, None], dtype=np.float32))
                 out.append(torch.softmax(self.network_(x), dim=1).numpy())
         return np.concatenate(out) if out else np.empty((0, self.classes, *images.shape[1:]), np.float32)
 

@@ -14,6 +14,17 @@ router = APIRouter(tags=["page"])
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
 
 
+def _segmentation_version(service: ServiceDep) -> int | None:
+    """The segmentation champion's version, if one is registered (the page then draws its mask)."""
+    from conveyor.tracking.registry import CHAMPION, current_version
+    from conveyor.training.segmentation import segmentation_settings
+
+    try:
+        return current_version(segmentation_settings(service.settings), CHAMPION)
+    except Exception:  # the registry unreachable: the page still classifies
+        return None
+
+
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def index(request: Request, service: ServiceDep, serving: ServingDep) -> HTMLResponse:
     champion = service.champion
@@ -26,5 +37,6 @@ def index(request: Request, service: ServiceDep, serving: ServingDep) -> HTMLRes
             "classes": [] if champion is None else champion.classes,
             "unsure_below": serving.unsure_below,
             "max_mb": serving.max_upload_bytes / (1 << 20),
+            "segmentation": _segmentation_version(service),
         },
     )
