@@ -64,6 +64,8 @@ def test_demo_runs_the_whole_story(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     summary = json.loads(result.stdout)
     assert (summary["ingest"]["seen"], summary["ingest"]["stored"], summary["ingest"]["quarantined"]) == (80, 80, 0)
     assert summary["features"]["tables"]["intensity"]["rows"] == 80
+    assert summary["ingest"]["masks"] == 80
+    assert summary["segmentation"]["registered_version"] == 1  # the U-Net on the generated lesion masks
     assert sorted(c["name"] for c in summary["train"]["candidates"]) == ["logreg@all", "logreg@intensity"]
     assert (summary["train"]["registered_version"], summary["train"]["alias"]) == (1, "champion")
     rows = summary["batches"]

@@ -110,6 +110,10 @@ def _print_ingest(summary: Any) -> None:
         out.print(f"[yellow]{len(summary.missing_from_csv)} files listed in the labels CSV do not exist[/]")
     for warning in summary.warnings:
         out.print(f"[yellow]warning: {escape(warning)}[/]")
+    if summary.masks:
+        out.print(f"{summary.masks} segmentation masks stored with their images")
+    if summary.clips:
+        out.print(f"{summary.clips} video clips stored as {summary.frames} frames")
     if summary.quality_flagged:
         flagged = ", ".join(f"{measure} {n}" for measure, n in summary.quality_flagged.items())
         out.print(f"[yellow]stored, flagged by ingest.quality:[/] {flagged}")
@@ -332,6 +336,10 @@ def segment(
     if as_json:
         emit_json(result.to_dict())
         return
+    _print_segmentation(settings, result)
+
+
+def _print_segmentation(settings: Settings, result: Any) -> None:
     table = Table(title=f"segmentation on dataset {result.dataset_version}: {result.n_test} test images")
     for column in ("", *[f"Dice {c} [95%]" for c in result.classes], "HD95"):
         table.add_column(column, justify="left" if column == "" else "right")
@@ -473,6 +481,9 @@ def demo(
     n_per_class: Annotated[int, typer.Option(help="Images per class in the generated set.")] = 60,
     seed: Annotated[int, typer.Option(help="Seed of the generator; the same seed gives the same images.")] = 0,
     story: Annotated[bool, typer.Option(help="Then file four new batches into incoming/ and monitor each.")] = True,
+    segment: Annotated[
+        bool, typer.Option(help="Generate each slice's lesion mask too and train the segmentation U-Net on them.")
+    ] = True,
     serve: Annotated[bool, typer.Option(help="End by serving the champion (--no-serve ends by itself).")] = True,
     as_json: JsonOption = False,
 ) -> None:
@@ -487,18 +498,27 @@ def demo(
     target = settings.home / "demo" / "original"
     with errors(as_json):
         if not target.exists():
-            generate_dataset(target, SyntheticSpec(n_per_class=n_per_class, seed=seed))
+            generate_dataset(target, SyntheticSpec(n_per_class=n_per_class, seed=seed, masks=segment))
         with _progress("ingesting demo data", not as_json) as (start, advance):
             summary = run_ingest(target, settings, on_start=start, on_file=lambda _file: advance(1))
         with _progress("features", not as_json) as (start, advance):
             feature_summary = compute_features(settings, on_start=start, on_progress=advance)
         with _search_progress(not as_json) as progress:
             result = run_train(settings, on_progress=progress)
+        segmented = None
+        if segment and summary.masks:
+            from conveyor.training.segmentation import train_segmentation
+
+            with _progress("segmentation epochs", not as_json) as (start, advance):
+                start(settings.segmentation.max_epochs)
+                segmented = train_segmentation(settings, on_epoch=lambda _n, _row: advance(1))
         if not as_json:
             out.print(f"demo data: {target}")
             _print_ingest(summary)
             _print_features(feature_summary)
             _print_training(result, compact=True)
+            if segmented is not None:
+                _print_segmentation(settings, segmented)
         batches: list[dict[str, Any]] = []
         if story:
             from conveyor.pipelines.story import run_story
@@ -507,7 +527,8 @@ def demo(
                 start(4)
                 batches = run_story(settings, on_batch=lambda _row: advance(1))
     if as_json:
-        payload = {"ingest": summary.to_dict(), "features": feature_summary.to_dict(), "train": result.to_dict()}
+        payload = {"ingest": summary.to_dict(), "features": feature_summary.to_dict(), "train": result.to_dict(),
+                   "segmentation": None if segmented is None else segmented.to_dict()}  # fmt: skip
         emit_json({**payload, "batches": batches})
         return
     if batches:
