@@ -90,3 +90,17 @@ def test_a_second_ingest_of_the_same_pairs_decides_nothing(tmp_path: Path, setti
     ingest(tmp_path / "src", settings)
     again = ingest(tmp_path / "src", settings)
     assert (again.new, again.stored, again.masks) == (0, 4, 4)
+
+
+def test_a_mask_claiming_a_huge_size_is_refused_from_its_header(tmp_path: Path, settings: Settings) -> None:
+    """Neither is decoded: Pillow refuses the bomb at open, the other is refused on the size in its header."""
+    from tests.helpers import png_claiming_size
+
+    for name, side in (("bomb", 60_000), ("big", 9_000)):
+        write(tmp_path / "src" / "tumour" / "images" / f"{name}.png", png_bytes(seed=side))
+        write(tmp_path / "src" / "tumour" / "masks" / f"{name}.png", png_claiming_size(side, side))
+    summary = ingest(tmp_path / "src", settings)
+    assert summary.by_reason == {"bad_mask": 2}
+    details = {r["path"]: r["detail"] for r in summary.rejected}
+    assert "decompression bomb" in details["tumour/images/bomb.png"]
+    assert details["tumour/images/big.png"] == "the mask is 9000x9000, its image 64x64"

@@ -44,6 +44,10 @@ def check_mask(data: bytes, width: int, height: int, classes: list[str]) -> Chec
 
     try:
         with Image.open(io.BytesIO(data)) as image:
+            if image.size != (width, height):  # from the header, before a byte of pixels is decoded (a bomb)
+                raise InvalidImageError(
+                    "bad_mask", f"the mask is {image.width}x{image.height}, its image {width}x{height}"
+                )
             image.load()
             values = np.asarray(image)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
