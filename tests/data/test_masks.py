@@ -104,3 +104,14 @@ def test_a_mask_claiming_a_huge_size_is_refused_from_its_header(tmp_path: Path, 
     details = {r["path"]: r["detail"] for r in summary.rejected}
     assert "decompression bomb" in details["tumour/images/bomb.png"]
     assert details["tumour/images/big.png"] == "the mask is 9000x9000, its image 64x64"
+
+
+def test_a_mask_that_links_out_of_the_source_quarantines_its_image(tmp_path: Path, settings: Settings) -> None:
+    secret = write(tmp_path / "outside" / "secret.png", encode(_lesion(), "PNG"))
+    write(tmp_path / "src" / "tumour" / "images" / "a.png", png_bytes(seed=1))
+    (tmp_path / "src" / "tumour" / "masks").mkdir(parents=True)
+    (tmp_path / "src" / "tumour" / "masks" / "a.png").symlink_to(secret)
+    summary = ingest(tmp_path / "src", settings)
+    assert (summary.seen, summary.quarantined, summary.masks) == (1, 1, 0)
+    [rejected] = summary.rejected
+    assert rejected["reason"] == "bad_mask" and rejected["detail"].startswith("its mask tumour/masks/a.png: ")

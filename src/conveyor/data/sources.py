@@ -310,7 +310,10 @@ def _pair_masks(files: list[SourceFile]) -> list[SourceFile]:
             continue
         key = posixpath.splitext(f.relpath)[0]
         mask = masks.get(key)
-        if mask is not None:
+        if mask is not None and mask.problem is not None and f.problem is None:  # an unsafe link, an unreadable file
+            paired.add(mask.relpath)
+            out.append(replace(f, problem=("bad_mask", f"its mask {mask.relpath}: {mask.problem[1]}")))
+        elif mask is not None:
             paired.add(mask.relpath)
             out.append(replace(f, mask=mask))
         elif f.problem is None and posixpath.dirname(key) in layout_folders:
