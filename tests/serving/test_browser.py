@@ -5,7 +5,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,11 +20,9 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
-@pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
-)
-def test_upload_page_shows_class_and_confidence(settings: Settings, tmp_path: Path) -> None:
-    pytest.importorskip("playwright")
+@contextmanager
+def browser_on(settings: Settings) -> Iterator[tuple[Any, int]]:
+    """A page of headless Chromium and the port of the app of ``settings``, served by uvicorn in a thread."""
     import uvicorn
     from playwright.sync_api import sync_playwright
 
@@ -38,23 +39,34 @@ def test_upload_page_shows_class_and_confidence(settings: Settings, tmp_path: Pa
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
         assert server.started
-        image = tmp_path / "slice.png"
-        image.write_bytes(png(77, size=96, tumour=True))
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
             try:
-                page = browser.new_page()
-                page.goto(f"http://127.0.0.1:{port}/", timeout=15_000)
-                page.set_input_files("#file", str(image))
-                page.click("#submit")
-                page.wait_for_function("document.getElementById('confidence').textContent !== ''", timeout=15_000)
-                assert page.text_content("#label") in {"tumour", "no_tumour"}
-                assert page.text_content("#confidence").startswith("confidence ")
-                assert page.locator("#bars .bar").count() == 2
-                assert "v1" in page.text_content("#meta")
-                assert page.is_visible("#preview")
+                yield browser.new_page(), port
             finally:
                 browser.close()
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
+)
+
+
+@needs_chromium
+def test_upload_page_shows_class_and_confidence(settings: Settings, tmp_path: Path) -> None:
+    pytest.importorskip("playwright")
+    image = tmp_path / "slice.png"
+    image.write_bytes(png(77, size=96, tumour=True))
+    with browser_on(settings) as (page, port):
+        page.goto(f"http://127.0.0.1:{port}/", timeout=15_000)
+        page.set_input_files("#file", str(image))
+        page.click("#submit")
+        page.wait_for_function("document.getElementById('confidence').textContent !== ''", timeout=15_000)
+        assert page.text_content("#label") in {"tumour", "no_tumour"}
+        assert page.text_content("#confidence").startswith("confidence ")
+        assert page.locator("#bars .bar").count() == 2
+        assert "v1" in page.text_content("#meta")
+        assert page.is_visible("#preview")

@@ -14,6 +14,7 @@ from conveyor.data.synthetic import SyntheticSpec, generate_dataset
 from conveyor.errors import ConveyorError
 from conveyor.models.unet import dice_per_image
 from conveyor.training.segmentation import SegmentationResult, segmentation_settings, train_segmentation
+from tests.serving.test_browser import browser_on, needs_chromium
 
 
 def _settings(home: Path) -> Settings:
@@ -88,49 +89,20 @@ def test_the_server_segments_an_upload(segmented) -> None:  # type: ignore[no-un
     assert (bad.status_code, bad.json()["reason"]) == (415, "not_an_image")
 
 
-@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+@needs_chromium
 def test_the_page_draws_the_mask_over_the_image(segmented) -> None:  # type: ignore[no-untyped-def]
     """A real browser: the upload is segmented and the lesion tinted on the page (no classifier here: the page says
     so and still segments)."""
     pytest.importorskip("playwright")
-    import socket
-    import threading
-    import time
-
-    import uvicorn
-    from playwright.sync_api import sync_playwright
-
-    from conveyor.serving import create_app
     from tests.serving.conftest import with_serving
-    from tests.serving.test_browser import ARGS, CHROMIUM
 
     settings, _, src = segmented
     image = sorted((src / "tumour" / "images").iterdir())[2]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app = create_app(with_serving(settings))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 15
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-            try:
-                page = browser.new_page()
-                page.goto(f"http://127.0.0.1:{port}/", timeout=15_000)
-                page.set_input_files("#file", str(image))
-                page.click("#submit")
-                page.wait_for_function("!document.getElementById('overlay').hidden", timeout=15_000)
-                tinted = int(page.get_attribute("#overlay", "data-tinted") or "0")
-                assert tinted > 0
-                assert page.text_content("#areas").startswith("background ")
-                assert page.is_visible("#error")  # no classifier registered in this workspace
-            finally:
-                browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with browser_on(with_serving(settings)) as (page, port):
+        page.goto(f"http://127.0.0.1:{port}/", timeout=15_000)
+        page.set_input_files("#file", str(image))
+        page.click("#submit")
+        page.wait_for_function("!document.getElementById('overlay').hidden", timeout=15_000)
+        assert int(page.get_attribute("#overlay", "data-tinted") or "0") > 0
+        assert page.text_content("#areas").startswith("background ")
+        assert page.is_visible("#error")  # no classifier registered in this workspace
