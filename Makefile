@@ -37,6 +37,9 @@ bench: install  ## speed and quality claims, printed as tables of ratios
 	$(BIN)/python benchmarks/cnn.py
 	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/grouped_split.py
+	$(BIN)/python benchmarks/selection.py
+	$(BIN)/python benchmarks/segmentation.py
 	$(BIN)/python benchmarks/hardening.py
 
 clean:
