@@ -253,3 +253,26 @@ def test_one_identity_cannot_move_a_rollout_and_the_audit_names_whose_labels_did
     assert made["decision"]["sources"] == {"clinician-a": 60, "clinician-b": 1}
     promoted = [r for r in history(settings, settings.model_name) if r.action == "rollout_promote"][-1]
     assert promoted.details["decision"]["sources"] == {"clinician-a": 60, "clinician-b": 1}
+
+
+def test_the_stage_reads_back_labelled_cases_and_counts_the_rest(home) -> None:  # type: ignore[no-untyped-def]
+    from conveyor.serving.rollout import active_rollout, stage_stats
+    from conveyor.store.db import get_engine
+
+    client, settings = _canary_client(home, stages=(0.5, 1.0))
+    with client:
+        _start(client, "canary")
+        answers = [client.post("/v1/predict", content=png(300 + i)).json() for i in range(12)]
+        for i, a in enumerate(answers[:6]):  # the first six labelled with the model's own answer
+            client.post("/v1/feedback", json={"request_id": a["request_id"], "label": a["label"]}, headers=clinician(i))
+    engine = get_engine(settings.resolved_db_url)  # type: ignore[attr-defined]
+    state = active_rollout(engine)
+    assert state is not None
+    champion, challenger = stage_stats(engine, state, probabilities=True)
+    arms = {"champion": champion, "challenger": challenger}
+    for name, arm in arms.items():
+        assert arm.predictions == sum(a["arm"] == name for a in answers)
+        assert arm.labelled == arm.correct == sum(a["arm"] == name for a in answers[:6]) == len(arm.cases)
+        assert all(c.probabilities is not None and set(c.probabilities) == {"no_tumour", "tumour"} for c in arm.cases)
+    plain, _ = stage_stats(engine, state)
+    assert all(c.probabilities is None for c in plain.cases)

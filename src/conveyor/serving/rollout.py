@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, case, func, select
 
 from conveyor.config import Settings
 from conveyor.errors import ConveyorError
@@ -271,32 +271,33 @@ def _require_active(engine: Engine) -> RolloutStatus:
 # ------------------------------------------------------------------------------------------------------ policy
 
 
-def stage_stats(engine: Engine, state: RolloutStatus) -> tuple[ArmStats, ArmStats]:
+def stage_stats(engine: Engine, state: RolloutStatus, *, probabilities: bool = False) -> tuple[ArmStats, ArmStats]:
     """(champion, challenger) predictions of the rollout's current stage (at a 100% stage, the champion's over the
-    whole rollout): counts, and the labelled ones as cases."""
+    whole rollout): counted in the database, and only the labelled ones read back as cases (with their
+    probabilities when asked: ROC-AUC needs them, the label metrics do not)."""
     from conveyor.store.models import Feedback, Prediction
 
-    query = (
-        select(Prediction.arm, Prediction.error, Prediction.label, Prediction.probabilities, Feedback.label)
-        .outerjoin(Feedback, Feedback.request_id == Prediction.request_id)
-        .where(Prediction.rollout_id == state.id)
+    failed = Prediction.error.is_not(None)
+    counts = select(Prediction.arm, func.count(Prediction.id), func.sum(case((failed, 1), else_=0))).group_by(
+        Prediction.arm
     )
+    columns: list[Any] = [Prediction.arm, failed, Prediction.label, Feedback.label]
+    if probabilities:
+        columns.append(Prediction.probabilities)
+    labelled = select(*columns).join(Feedback, Feedback.request_id == Prediction.request_id)
 
     def arms(where: Any) -> dict[str, ArmStats]:
-        rows: dict[str, list[Any]] = {}
+        scope = (Prediction.rollout_id == state.id) & where
+        cases: dict[str, list[Case]] = {}
         with session_scope(engine) as session:
-            for row in session.execute(query.where(where)):
-                rows.setdefault(row[0], []).append(row)
+            totals = {arm: (int(n), int(errors or 0)) for arm, n, errors in session.execute(counts.where(scope))}
+            for arm, error, predicted, truth, *proba in session.execute(labelled.where(scope)):
+                cases.setdefault(arm, []).append(Case(truth, None if error else predicted, proba[0] if proba else None))
         out = {}
-        for arm, found in rows.items():
-            cases = tuple(
-                Case(truth, None if error is not None else predicted, probabilities)
-                for _, error, predicted, probabilities, truth in found
-                if truth is not None
-            )
-            errors = sum(1 for r in found if r[1] is not None)
-            correct = sum(1 for c in cases if c.predicted == c.truth)
-            out[arm] = ArmStats(len(found), errors, len(cases), correct, cases)
+        for arm, (n, errors) in totals.items():
+            found = tuple(cases.get(arm, ()))
+            correct = sum(1 for c in found if c.predicted == c.truth)
+            out[arm] = ArmStats(n, errors, len(found), correct, found)
         return out
 
     empty = ArmStats(0, 0, 0, 0)
@@ -350,8 +351,8 @@ def _metric_test(
         challenger = tuple(c for c in challenger if c.probabilities)
     cases = champion + challenger
     names: set[str] = {c.truth for c in cases} | {c.predicted for c in cases if c.predicted is not None}
-    for case in cases:
-        names |= set(case.probabilities or {})
+    for labelled_case in cases:
+        names |= set(labelled_case.probabilities or {})
     classes = sorted(names)
     if len(classes) < 2 or not champion or not challenger:
         return None, None, 1.0
@@ -438,7 +439,7 @@ def judge(
 def policy_decision(settings: Settings, engine: Engine, state: RolloutStatus) -> Decision:
     """What the policy says of the rollout's current stage now, on ``training.metric``, with who labelled it."""
     training = settings.training
-    arms = stage_stats(engine, state)
+    arms = stage_stats(engine, state, probabilities=training.metric == "roc_auc")
     judged = judge(*arms, settings.serving, metric=training.metric, positive=training.positive_class)
     return replace(judged, sources=feedback_sources(engine, state))
 
