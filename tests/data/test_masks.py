@@ -115,3 +115,17 @@ def test_a_mask_that_links_out_of_the_source_quarantines_its_image(tmp_path: Pat
     assert (summary.seen, summary.quarantined, summary.masks) == (1, 1, 0)
     [rejected] = summary.rejected
     assert rejected["reason"] == "bad_mask" and rejected["detail"].startswith("its mask tumour/masks/a.png: ")
+
+
+def test_a_second_mask_of_one_image_ends_in_quarantine_not_lost(tmp_path: Path, settings: Settings) -> None:
+    write(tmp_path / "src" / "tumour" / "images" / "a.png", png_bytes(seed=1))
+    write(tmp_path / "src" / "tumour" / "masks" / "a.png", encode(_lesion(), "PNG"))
+    write(tmp_path / "src" / "tumour" / "masks" / "a.tif", encode(_lesion(), "TIFF"))
+    summary = ingest(tmp_path / "src", settings)
+    assert (summary.seen, summary.stored, summary.quarantined, summary.masks) == (2, 1, 1, 1)
+    [rejected] = summary.rejected
+    assert rejected == {
+        "path": "tumour/masks/a.tif",
+        "reason": "orphan_mask",
+        "detail": "tumour/masks/a.tif is a second mask of tumour/images/a (tumour/masks/a.png is the one used)",
+    }

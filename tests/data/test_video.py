@@ -173,3 +173,11 @@ def test_an_unknown_aggregation_is_refused() -> None:
 
     with pytest.raises(ValueError, match="unknown clip aggregation 'median'"):
         clip_probabilities(np.ones((2, 2)) / 2, "median")
+
+
+def test_a_clip_with_a_mask_is_refused_rather_than_its_mask_dropped(tmp_path: Path, settings: Settings) -> None:
+    write(tmp_path / "src" / "fall" / "images" / "a.mp4", blob_clip(True, seed=12))
+    write(tmp_path / "src" / "fall" / "masks" / "a.png", png_bytes(seed=12))
+    summary = ingest(tmp_path / "src", settings)
+    assert (summary.seen, summary.quarantined, summary.clips) == (1, 1, 0)
+    assert summary.rejected[0]["reason"] == "bad_mask"

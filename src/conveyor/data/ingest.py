@@ -512,6 +512,9 @@ def _prepare(task: _Task, context: _PrepareContext) -> _Prepared:
     if task.skip_pixels or already or sha in context.stored_before:
         return _Prepared(task.index, sha, len(data))  # the decision needs no pixels
     if sniff_video(data) is not None:
+        if task.mask_path is not None or task.mask_data is not None:  # its mask would be silently dropped
+            refusal = InvalidImageError("bad_mask", "a video clip cannot have a mask; masks go with still images")
+            return _Prepared(task.index, sha, len(data), error=refusal)
         return _prepare_clip(task.index, sha, data, context)
     try:
         decoded = decode_image(data, context.limits)

@@ -299,15 +299,23 @@ def _mask_key(relpath: str) -> str | None:
 def _pair_masks(files: list[SourceFile]) -> list[SourceFile]:
     """Each image with its mask; in a segmentation layout, an image without one gets the problem ``no_mask`` and a
     mask without an image ``orphan_mask``. A paired mask is part of its image's input, not an input of its own."""
-    masks = {key: f for f in files if (key := _mask_key(f.relpath)) is not None}
+    masks: dict[str, SourceFile] = {}
+    images: list[SourceFile] = []
+    out: list[SourceFile] = []
+    for f in sorted(files, key=lambda f: f.relpath):  # of two masks of one image, the first by path is its mask
+        key = _mask_key(f.relpath)
+        if key is None:
+            images.append(f)
+        elif key in masks:
+            detail = f"{f.relpath} is a second mask of {key} ({masks[key].relpath} is the one used)"
+            out.append(replace(f, problem=f.problem or ("orphan_mask", detail)))
+        else:
+            masks[key] = f
     if not masks:
         return files
     layout_folders = {posixpath.dirname(key) for key in masks}
-    out: list[SourceFile] = []
     paired: set[str] = set()
-    for f in files:
-        if _mask_key(f.relpath) is not None:
-            continue
+    for f in images:
         key = posixpath.splitext(f.relpath)[0]
         mask = masks.get(key)
         if mask is not None and mask.problem is not None and f.problem is None:  # an unsafe link, an unreadable file
