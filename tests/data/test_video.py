@@ -181,3 +181,10 @@ def test_a_clip_with_a_mask_is_refused_rather_than_its_mask_dropped(tmp_path: Pa
     summary = ingest(tmp_path / "src", settings)
     assert (summary.seen, summary.quarantined, summary.clips) == (1, 1, 0)
     assert summary.rejected[0]["reason"] == "bad_mask"
+
+
+def test_a_clip_of_blank_frames_is_empty(tmp_path: Path, settings: Settings) -> None:
+    write(tmp_path / "src" / "upright" / "dark.mp4", encode_clip([np.zeros((64, 64, 3), np.uint8)] * 10))
+    summary = ingest(tmp_path / "src", settings)
+    assert summary.rejected[0]["reason"] == "empty_video"
+    assert summary.rejected[0]["detail"] == "none of its 2 sampled frames is a usable image"  # 1 s at 2 fps

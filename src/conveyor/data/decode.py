@@ -20,7 +20,7 @@ from conveyor.errors import InvalidImageError
 if TYPE_CHECKING:
     from conveyor.config import Settings
 
-__all__ = ["FORMATS", "REASONS", "DecodeLimits", "DecodedImage", "decode_image", "sniff_format"]
+__all__ = ["FORMATS", "REASONS", "DecodeLimits", "DecodedImage", "check_decoded", "decode_image", "sniff_format"]
 
 #: Formats conveyor accepts, as :func:`sniff_format` names them; the value is the raw store's file extension.
 FORMATS = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "bmp": ".bmp", "dicom": ".dcm"}
@@ -142,10 +142,25 @@ def decode_image(data: bytes, limits: DecodeLimits = DecodeLimits()) -> DecodedI
             "not_an_image", f"content starts with {data[:8]!r}, which is not PNG, JPEG, TIFF, BMP or DICOM"
         )
     decoded = _decode_dicom(data, limits) if fmt == "dicom" else _decode_pillow(data, fmt, limits)
+    _check_not_blank(decoded)
+    return decoded
+
+
+def check_decoded(decoded: DecodedImage, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
+    """Pixels decoded elsewhere (a video clip's frame) held to the rules a decoded file is: size limits, not blank.
+
+    Raises:
+        InvalidImageError: ``too_many_pixels``, ``too_small`` or ``blank``.
+    """
+    _check_geometry(decoded.width, decoded.height, decoded.n_frames, limits)
+    _check_not_blank(decoded)
+    return decoded
+
+
+def _check_not_blank(decoded: DecodedImage) -> None:
     lo, hi = decoded.pixels.min(), decoded.pixels.max()
     if lo == hi:
         raise InvalidImageError("blank", f"all {decoded.width}x{decoded.height} pixels have the value {lo}")
-    return decoded
 
 
 def _check_geometry(width: int, height: int, frames: int, limits: DecodeLimits) -> None:

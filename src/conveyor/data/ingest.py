@@ -34,7 +34,7 @@ from sqlalchemy import Connection, Engine, Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.config import Settings, VideoSettings
-from conveyor.data.decode import FORMATS, DecodeLimits, decode_image, sniff_format
+from conveyor.data.decode import FORMATS, DecodedImage, DecodeLimits, check_decoded, decode_image, sniff_format
 from conveyor.data.facts import Inspection, inspect_decoded, judge_quality
 from conveyor.data.masks import check_mask
 from conveyor.data.privacy import PathNames, deidentify_dicom, group_key, path_names, workspace_salt
@@ -570,8 +570,8 @@ def _prepare_clip(index: int, sha: str, data: bytes, context: _PrepareContext) -
         if frame_sha in seen:
             continue
         seen.add(frame_sha)
-        try:
-            inspection = inspect_decoded(decode_image(png, context.limits))
+        try:  # the pixels in hand are the PNG's: held to the same rules, not decoded again
+            inspection = inspect_decoded(check_decoded(DecodedImage(frame.pixels, "png", "RGB", 8, 1), context.limits))
         except InvalidImageError:
             continue
         _write_raw(Path(context.home) / _raw_path(frame_sha, "png"), png)
