@@ -439,28 +439,31 @@ def _decide_clip(
     group = _group_key(item, prepared, run) or group_key(f"clip:{prepared.sha}", run.group_salt)
     for frame in new:
         known[frame.sha] = label
-        run.pending.append(
-            (
-                "image",
-                {
-                    "sha256": frame.sha,
-                    "label": label,
-                    "split": None,
-                    "given_split": item.given_split,
-                    "group_key": group,
-                    "quality_flags": None,
-                    "clip_sha256": prepared.sha,
-                    "clip_time": frame.time,
-                    "file_size": frame.size,
-                    "raw_path": _raw_path(frame.sha, "png"),
-                    "conflict": False,
-                    "created_at": utcnow(),
-                    "ingest_id": run.ingest_id,
-                    **vars(frame.inspection),
-                },
-            )
-        )
+        row = _image_row(frame.sha, label, item, run, frame.inspection, frame.size, group)
+        run.pending.append(("image", {**row, "clip_sha256": prepared.sha, "clip_time": frame.time}))
     return "stored", f"{len(new)} frames"
+
+
+def _image_row(
+    sha: str, label: str, item: SourceFile, run: _Run, inspection: Inspection, size: int, group: str | None
+) -> dict[str, Any]:
+    """An ``images`` row of a stored image (every key, as one insert of many rows needs)."""
+    return {
+        "sha256": sha,
+        "label": label,
+        "split": None,
+        "given_split": item.given_split,
+        "group_key": group,
+        "quality_flags": None,
+        "clip_sha256": None,
+        "clip_time": None,
+        "file_size": size,
+        "raw_path": _raw_path(sha, inspection.format),
+        "conflict": False,
+        "created_at": utcnow(),
+        "ingest_id": run.ingest_id,
+        **vars(inspection),
+    }
 
 
 def _raw_path(sha: str, fmt: str) -> str:
@@ -687,27 +690,8 @@ def _decide(item: SourceFile, stored_path: str, prepared: _Prepared, previous: O
             if refusal is not None:
                 raise InvalidImageError("low_quality", refusal)
             known[sha] = label
-            run.pending.append(
-                (
-                    "image",
-                    {
-                        "sha256": sha,
-                        "label": label,
-                        "split": None,
-                        "given_split": item.given_split,
-                        "group_key": _group_key(item, prepared, run),
-                        "quality_flags": ",".join(flags) or None,
-                        "clip_sha256": None,
-                        "clip_time": None,
-                        "file_size": prepared.size,
-                        "raw_path": _raw_path(sha, inspection.format),
-                        "conflict": False,
-                        "created_at": utcnow(),
-                        "ingest_id": run.ingest_id,
-                        **vars(inspection),
-                    },
-                )
-            )
+            row = _image_row(sha, label, item, run, inspection, prepared.size, _group_key(item, prepared, run))
+            run.pending.append(("image", {**row, "quality_flags": ",".join(flags) or None}))
             if prepared.mask is not None:
                 m = prepared.mask
                 run.pending.append(
