@@ -34,12 +34,12 @@ class SegmentResponse(BaseModel):
     input: InputInfo
 
 
-_LOADED: dict[str, Any] = {}  # the segmentation champion in this process: its version and model
+_LOADED: dict[tuple[str, str, int], Any] = {}  # (registry, model name, version) -> the model, loaded once
 _LOCK = threading.Lock()
 
 
 def _champion(service: PredictionService) -> tuple[int, Any]:
-    """The segmentation champion, loaded (and verified) once per version.
+    """The segmentation champion, loaded (and verified) once per registry, name and version.
 
     Raises:
         NotFoundError: none is registered (404: the server is ready, this model does not exist yet).
@@ -52,10 +52,12 @@ def _champion(service: PredictionService) -> tuple[int, Any]:
     version = current_version(seg, CHAMPION)
     if version is None:
         raise NotFoundError(f"no segmentation model {seg.model_name!r} is registered: run `conveyor segment`")
+    key = (seg.resolved_tracking_uri, seg.model_name, version)
     with _LOCK:
-        if _LOADED.get("version") != version:
-            _LOADED.update(version=version, model=load_verified(seg, version).unwrap_python_model())
-        return version, _LOADED["model"]
+        if key not in _LOADED:
+            _LOADED.clear()  # one model in memory: the champion moved, or another workspace is served
+            _LOADED[key] = load_verified(seg, version).unwrap_python_model()
+        return version, _LOADED[key]
 
 
 @router.post(
