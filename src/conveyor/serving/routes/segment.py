@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import threading
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -35,6 +36,7 @@ class SegmentResponse(BaseModel):
 
 
 _LOADED: dict[tuple[str, str, int], Any] = {}  # (registry, model name, version) -> the model, loaded once
+_CHECKED: dict[tuple[str, str], tuple[int | None, float]] = {}  # (registry, name) -> (champion version, when)
 _LOCK = threading.Lock()
 
 
@@ -49,7 +51,13 @@ def _champion(service: PredictionService) -> tuple[int, Any]:
     from conveyor.training.segmentation import segmentation_settings
 
     seg = segmentation_settings(service.settings)
-    version = current_version(seg, CHAMPION)
+    name = (seg.resolved_tracking_uri, seg.model_name)
+    checked = _CHECKED.get(name)
+    if checked is not None and time.monotonic() - checked[1] < service.settings.serving.reload_interval_s:
+        version = checked[0]  # the alias is looked up as often as the classifier's: serving.reload_interval_s
+    else:
+        version = current_version(seg, CHAMPION)
+        _CHECKED[name] = (version, time.monotonic())
     if version is None:
         raise NotFoundError(f"no segmentation model {seg.model_name!r} is registered: run `conveyor segment`")
     key = (seg.resolved_tracking_uri, seg.model_name, version)
