@@ -16,7 +16,7 @@ from conveyor.data.ingest import ingest
 from conveyor.store.db import session_scope
 from conveyor.store.models import Image
 from conveyor.workspace import open_workspace
-from tests.helpers import encode, png_bytes, write
+from tests.helpers import encode, write
 
 
 def checkerboard(size: int = 64) -> np.ndarray:
@@ -101,8 +101,14 @@ def test_a_warn_rule_stores_the_image_flagged_and_counts_it(tmp_path: Path) -> N
 
 
 def test_every_stored_image_has_its_measures(tmp_path: Path, settings: Settings) -> None:
-    write(tmp_path / "src" / "a" / "x.png", png_bytes(seed=4))
+    from conveyor.data.decode import DecodeLimits
+    from conveyor.data.facts import inspect_image
+
+    data = encode(checkerboard(), "PNG")
+    write(tmp_path / "src" / "a" / "x.png", data)
     ingest(tmp_path / "src", settings)
     with session_scope(open_workspace(settings)) as session:
-        [(blur, dark, bright)] = session.execute(select(Image.blur, Image.dark_clipped, Image.bright_clipped)).all()
-    assert blur > 0 and 0 <= dark <= 1 and 0 <= bright <= 1
+        [stored] = session.execute(select(Image.blur, Image.dark_clipped, Image.bright_clipped)).all()
+    assert tuple(stored) == (16.0, 0.5, 0.5)
+    inspected = inspect_image(data, DecodeLimits())
+    assert (inspected.blur, inspected.dark_clipped, inspected.bright_clipped) == (16.0, 0.5, 0.5)

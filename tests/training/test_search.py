@@ -197,8 +197,16 @@ def test_grouped_folds_never_split_a_group() -> None:
         assert sorted(np.concatenate([train, val]).tolist()) == list(range(120))
 
 
-def test_a_grouped_search_scores_every_candidate(data: Any) -> None:
+def test_a_grouped_grid_scores_as_grid_search_cv_with_grouped_folds_does(data: Any) -> None:
+    from sklearn.model_selection import StratifiedGroupKFold
+
     tables, y = data
-    outcome = run("grid", ({"good": tables["good"]}, y), groups=np.arange(len(y)) // 3)
+    groups = np.arange(len(y)) // 3
+    outcome = run("grid", ({"good": tables["good"]}, y), groups=groups)
     assert sorted(c.name for c in outcome.ranking) == ["logreg@good", "svm@good"]
-    assert all(0.0 <= c.cv_mean <= 1.0 for c in outcome.ranking)
+    cv = StratifiedGroupKFold(FOLDS, shuffle=True, random_state=0)
+    for candidate in outcome.ranking:
+        estimator, grid = families()[candidate.family]
+        reference = GridSearchCV(estimator, grid, cv=cv, scoring="f1").fit(tables["good"], y, groups=groups)
+        assert candidate.params == reference.best_params_
+        assert candidate.cv_mean == pytest.approx(reference.best_score_)
