@@ -59,3 +59,14 @@ def test_an_unknown_metric_is_refused(tmp_path: Path) -> None:
     (tmp_path / "conveyor.yaml").write_text("training:\n  metric: precision\n")
     with pytest.raises(ValidationError, match=r"training\.metric"):
         Settings(home=tmp_path)
+
+
+@pytest.mark.parametrize("threshold", ["mean", "median", "0.5*mean", "2 * median", 0.01])
+def test_a_selection_threshold_scikit_learn_reads_is_taken(tmp_path: Path, threshold: object) -> None:
+    settings = Settings(home=tmp_path, training={"feature_selection": {"threshold": threshold}})  # type: ignore[arg-type]
+    assert settings.training.feature_selection.threshold == threshold
+
+
+def test_a_selection_threshold_scikit_learn_cannot_read_is_refused_up_front(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="'average' is not an importance"):
+        Settings(home=tmp_path, training={"feature_selection": {"threshold": "average"}})  # type: ignore[arg-type]

@@ -82,6 +82,7 @@ class MaskSettings(BaseModel):
     classes: list[str] = Field(
         default_factory=lambda: ["background", "lesion"],
         min_length=2,
+        max_length=256,  # stored as 8-bit class indices
         description="Mask value i is class i (two classes: 0/255 masks are read as 0/1). Any other value quarantines "
         "the image as bad_mask.",
     )
@@ -274,6 +275,15 @@ class FeatureSelectionSettings(BaseModel):
     threshold: str | float = Field(
         "mean", description="above: an importance, or scikit-learn's 'mean', 'median', '0.5*mean' ..."
     )
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, value: str | float) -> str | float:
+        """Refused here, not by scikit-learn inside the first fold of a search."""
+        readable = r"mean|median|\s*\d+(\.\d*)?\s*\*\s*(mean|median)\s*"  # as SelectFromModel parses it
+        if isinstance(value, str) and re.fullmatch(readable, value) is None:
+            raise ValueError(f"{value!r} is not an importance, 'mean', 'median' or a scale of them like '0.5*mean'")
+        return value
 
 
 class ImportanceSettings(BaseModel):
