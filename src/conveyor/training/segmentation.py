@@ -154,6 +154,7 @@ def train_segmentation(
     import mlflow
 
     from conveyor.models.unet import UNetSegmenter
+    from conveyor.tracking.searches import fail_dead_runs, process_tags
     from conveyor.tracking.setup import configure_mlflow, run_tags
 
     began = time.perf_counter()
@@ -195,10 +196,13 @@ def train_segmentation(
     ]
     seg = segmentation_settings(settings)
     experiment = configure_mlflow(settings)
+    fail_dead_runs(settings)  # a segment or train killed earlier left its run RUNNING
     registered, alias = None, None
     with (
         tempfile.TemporaryDirectory() as tmp,
-        mlflow.start_run(experiment_id=experiment, run_name=f"segment {vid}", tags=run_tags()) as run,
+        mlflow.start_run(
+            experiment_id=experiment, run_name=f"segment {vid}", tags={**run_tags(), **process_tags()}
+        ) as run,
     ):
         mlflow.log_params({"dataset_version": vid, "classes": ",".join(classes), "n_train": len(train),
                            "n_validation": len(val), "n_test": len(y_test), **cfg.model_dump(mode="json")})  # fmt: skip
