@@ -183,12 +183,15 @@ def features(
     workers: Annotated[int | None, typer.Option(help="Processes to use; default every core.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Compute the missing topological and intensity features of every stored image."""
+    """Compute the missing topological and intensity features of every stored image (and inside the segmented region
+    too, with features.roi: segmentation)."""
     from conveyor.features.store import compute_features
+    from conveyor.training.segmentation import feature_region
 
     settings = _settings()
     with errors(as_json), _progress("features", not as_json) as (start, advance):
-        summary = compute_features(settings, workers=workers, on_start=start, on_progress=advance)
+        region = feature_region(settings)
+        summary = compute_features(settings, region=region, workers=workers, on_start=start, on_progress=advance)
     if as_json:
         emit_json(summary.to_dict())
         return
@@ -206,6 +209,9 @@ def _print_features(summary: Any) -> None:
         out.print(f"nothing to compute: all {summary.cached} images already have every feature")
     else:
         out.print(f"computed {summary.computed} images ({summary.diagrams_cached} from cached diagrams)")
+    if summary.roi is not None:
+        out.print(f"inside region {summary.roi['region']} (features.roi): computed {summary.roi['computed']}, "
+                  f"{summary.roi['cached']} already there")  # fmt: skip
     for failure in summary.failed:
         out.print(f"[red]failed[/] {failure['sha256'][:12]}: {failure['reason']}")
 

@@ -194,6 +194,11 @@ class FeatureSettings(BaseModel):
     params: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per extractor, parameters that differ from its defaults."
     )
+    roi: Literal["image", "segmentation"] = Field(
+        "image",
+        description="segmentation: every extractor also gets a roi-<name> table computed inside the region the "
+        "segmentation champion predicts (`conveyor segment`), and training races both.",
+    )
 
 
 class CNNSettings(BaseModel):

@@ -34,3 +34,17 @@ def test_a_spec_with_a_missing_or_unknown_field_is_refused() -> None:
     data["colour"] = "red"
     with pytest.raises(ValueError, match=r"fields \['colour', 'positive'\] missing or unknown"):
         ModelSpec.from_json(json.dumps(data))
+
+
+def test_a_spec_saved_before_regions_existed_computes_on_the_whole_image() -> None:
+    data = json.loads(SPEC.to_json())
+    del data["roi"]
+    loaded = ModelSpec.from_json(json.dumps(data))
+    assert (loaded.roi, loaded.region_key) == (None, None)
+
+
+def test_a_region_spec_names_its_key() -> None:
+    from dataclasses import replace
+
+    spec = replace(SPEC, roi={"key": "0123456789ab", "size": [64, 64]})
+    assert ModelSpec.from_json(spec.to_json()).region_key == "0123456789ab"

@@ -2,13 +2,15 @@
 
 :class:`FeaturePipeline` decodes, preprocesses, takes persistence diagrams and applies each configured extractor,
 exactly as the master tables were computed, so a model trained on the tables sees the same numbers in serving.
+With a :class:`Region` (``features.roi: segmentation``) the pixels outside the region are set to black first, so the
+preprocessing's trim crops to the region and every feature describes what lies inside it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -18,7 +20,31 @@ from conveyor.features.extractors import make_extractor
 from conveyor.features.persistence import DiagramBundle, diagram_bundle
 from conveyor.preprocess.transforms import Preprocessor, to_gray_unit
 
-__all__ = ["FeaturePipeline", "Prepared"]
+__all__ = ["FeaturePipeline", "Prepared", "Region", "inside"]
+
+
+class Region(Protocol):
+    """Where in an image the features are computed: decoded pixels in, a boolean (H, W) mask of them out.
+
+    ``key`` names what draws the region (a segmentation model's weights): the feature store keeps one set of tables
+    per key, so features of two regions never mix.
+    """
+
+    key: str
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray: ...
+
+
+def inside(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``pixels`` with everything outside ``mask`` (H, W) set to zero (every channel of a colour image).
+
+    Raises:
+        ValueError: the mask's shape is not the image's.
+    """
+    if mask.shape != pixels.shape[:2]:
+        raise ValueError(f"a region mask of shape {mask.shape} for an image of shape {pixels.shape[:2]}")
+    keep = mask.astype(bool)
+    return np.where(keep[..., None] if pixels.ndim == 3 else keep, pixels, np.zeros((), dtype=pixels.dtype))
 
 
 @dataclass
@@ -37,11 +63,13 @@ class FeaturePipeline:
         preprocess: the preprocessing settings the tables (and the model) were built with.
         extractors: ``[(name, params), ...]`` in column order.
         limits: what a decoded file must satisfy (serving passes the ingest limits; the store trusts its raw files).
+        region: where the features are computed (default: the whole image).
     """
 
     preprocess: PreprocessSettings
     extractors: Sequence[tuple[str, Mapping[str, Any]]]
     limits: DecodeLimits = field(default_factory=lambda: DecodeLimits(min_side=1, max_pixels=1 << 62))
+    region: Region | None = None
 
     def __post_init__(self) -> None:
         self._preprocessor = Preprocessor(self.preprocess)
@@ -59,8 +87,11 @@ class FeaturePipeline:
         """Preprocess decoded pixels: (H, W) float32 in [0, 1], colour reduced to luma (what topology reads).
 
         With ``colour`` (a network's input) and settings that keep colour, (H, W, 3) instead; a grayscale file then
-        repeats its one channel, so every image of a dataset has the same shape.
+        repeats its one channel, so every image of a dataset has the same shape. With a region, only what lies inside
+        it.
         """
+        if self.region is not None:
+            pixels = inside(pixels, self.region(pixels))
         image = self._preprocessor(pixels).astype(np.float32, copy=False)
         if not colour:
             return to_gray_unit(image) if image.ndim == 3 else image

@@ -6,10 +6,14 @@ Layout under ``features/`` in the workspace::
     <extractor>-<extractor hash>-<preprocess hash>/table.json        extractor and preprocessing config, columns
     <extractor>-<extractor hash>-<preprocess hash>/part-*.parquet    sha256 + one column per feature
 
-A master table's folder name carries the hash of its extractor's config and of the preprocessing config, so a changed
-config starts a new table and old and new features never mix. Tables grow by appending part files, each written
-atomically: a run killed at any point leaves whole parts, and the next run computes only what is missing. Reading a
-table takes the last row of each sha256, so a part written twice (a kill between a write and a compaction) is harmless.
+    <extractor>-<extractor hash>-<preprocess hash>-roi-<region key>/...  the same, inside a region (features.roi)
+    diagrams-<preprocess hash>-roi-<region key>-v<diagram version>/...
+
+A master table's folder name carries the hash of its extractor's config and of the preprocessing config (and the key
+of the region it was computed in), so a changed config starts a new table and old and new features never mix. Tables
+grow by appending part files, each written atomically: a run killed at any point leaves whole parts, and the next run
+computes only what is missing. Reading a table takes the last row of each sha256, so a part written twice (a kill
+between a write and a compaction) is harmless.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from conveyor.data.versions import dataset_members
 from conveyor.errors import ConfigError, InvalidImageError, NotFoundError
 from conveyor.features.extractors import EXTRACTORS, make_extractor
 from conveyor.features.persistence import BUNDLE_KEYS, DIAGRAM_VERSION, DiagramBundle
-from conveyor.features.pipeline import FeaturePipeline
+from conveyor.features.pipeline import FeaturePipeline, Region
 from conveyor.store.db import session_scope
 from conveyor.store.models import Image
 from conveyor.workspace import (
@@ -45,7 +49,18 @@ from conveyor.workspace import (
     workspace_lock,
 )
 
-__all__ = ["FeatureSummary", "FeatureTable", "compute_features", "configured_extractors", "load_matrix", "read_table"]
+__all__ = [
+    "ROI_PREFIX",
+    "FeatureSummary",
+    "FeatureTable",
+    "compute_features",
+    "configured_extractors",
+    "load_matrix",
+    "read_table",
+]
+
+ROI_PREFIX = "roi-"
+"""Training's name of an extractor's table computed inside the region (``roi-stats``, ``roi-all``)."""
 
 _CHUNK = 64  # images per worker task
 _PART_ROWS = 2048  # feature rows buffered before a part file is written
@@ -70,7 +85,8 @@ class FeatureTable:
 @dataclass
 class FeatureSummary:
     """What one ``conveyor features`` run did. ``computed``: images whose features this run computed; ``cached``:
-    images already complete in every table."""
+    images already complete in every table (of the whole image; ``roi`` counts the same inside the region, when one
+    is configured). ``tables`` is keyed by the extractor's name, ``roi-<name>`` for a region's table."""
 
     computed: int = 0
     cached: int = 0
@@ -78,6 +94,7 @@ class FeatureSummary:
     diagrams_cached: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    roi: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +104,7 @@ class FeatureSummary:
             "diagrams_cached": self.diagrams_cached,
             "failed": self.failed,
             "tables": self.tables,
+            "roi": self.roi,
         }
 
 
@@ -114,14 +132,18 @@ def configured_extractors(settings: Settings) -> list[Any]:
     return extractors
 
 
-def table_for(settings: Settings, extractor: Any) -> FeatureTable:
-    """The master table of ``extractor`` under the workspace's preprocessing config."""
+def table_for(settings: Settings, extractor: Any, region_key: str | None = None) -> FeatureTable:
+    """The master table of ``extractor`` under the workspace's preprocessing config (inside a region, if keyed)."""
     ehash, phash = extractor.config_hash()[:12], settings.preprocess.config_hash()
-    return FeatureTable(extractor.name, ehash, phash, settings.features_dir / f"{extractor.name}-{ehash}-{phash}")
+    suffix = "" if region_key is None else f"-{ROI_PREFIX}{region_key}"
+    return FeatureTable(
+        extractor.name, ehash, phash, settings.features_dir / f"{extractor.name}-{ehash}-{phash}{suffix}"
+    )
 
 
-def diagrams_dir(settings: Settings) -> Path:
-    return settings.features_dir / f"diagrams-{settings.preprocess.config_hash()}-v{DIAGRAM_VERSION}"
+def diagrams_dir(settings: Settings, region_key: str | None = None) -> Path:
+    suffix = "" if region_key is None else f"-{ROI_PREFIX}{region_key}"
+    return settings.features_dir / f"diagrams-{settings.preprocess.config_hash()}{suffix}-v{DIAGRAM_VERSION}"
 
 
 def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
@@ -166,13 +188,16 @@ def _compact(path: Path) -> None:
         part.unlink()
 
 
-def _write_table_info(table: FeatureTable, extractor: Any, columns: list[str], preprocess: PreprocessSettings) -> None:
+def _write_table_info(
+    table: FeatureTable, extractor: Any, columns: list[str], preprocess: PreprocessSettings, region_key: str | None
+) -> None:
     info = table.path / "table.json"
     if info.exists():
         return
     table.path.mkdir(parents=True, exist_ok=True)
     payload = {
         "extractor": extractor.config(),
+        "region": region_key,
         "extractor_hash": table.extractor_hash,
         "preprocess": preprocess.model_dump(mode="json"),
         "preprocess_hash": table.preprocess_hash,
@@ -220,9 +245,10 @@ def _compute_chunk(
     preprocess: dict[str, Any],
     specs: list[tuple[str, dict[str, Any]]],
     cached: dict[str, DiagramBundle],
+    region: Region | None = None,
 ) -> _ChunkResult:
     """Decode, preprocess, take diagrams (unless cached) and vectorise one chunk of images; runs in a worker."""
-    pipeline = FeaturePipeline(PreprocessSettings(**preprocess), specs)
+    pipeline = FeaturePipeline(PreprocessSettings(**preprocess), specs, region=region)
     shas: list[str] = []
     images: list[np.ndarray] = []
     failed: list[tuple[str, str]] = []
@@ -242,11 +268,14 @@ def _compute_chunk(
 def compute_features(
     settings: Settings,
     *,
+    region: Region | None = None,
     workers: int | None = None,
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> FeatureSummary:
-    """Compute every configured extractor's features for every stored image that lacks them.
+    """Compute every configured extractor's features for every stored image that lacks them; with a ``region``, also
+    inside it, in tables of their own (``features.roi``; the caller draws the region, see
+    :func:`conveyor.training.segmentation.feature_region`).
 
     Work is spread over ``workers`` processes (default: every core), in chunks, and written in parts as it comes, so
     memory stays flat however many images there are. A second run finds nothing missing and computes nothing.
@@ -256,60 +285,93 @@ def compute_features(
     """
     engine = open_workspace(settings)
     extractors = configured_extractors(settings)
-    tables = {e.name: table_for(settings, e) for e in extractors}
-    by_name = {e.name: e for e in extractors}
     summary = FeatureSummary()
     with workspace_lock(settings.home):
         with session_scope(engine) as session:
             images = [(r.sha256, r.raw_path) for r in session.execute(select(Image.sha256, Image.raw_path))]
-        have = {name: _stored_shas(table.path) for name, table in tables.items()}
-        todo = [(sha, raw) for sha, raw in images if any(sha not in have[name] for name in tables)]
-        summary.cached = len(images) - len(todo)
-        cache_dir = diagrams_dir(settings)
-        cached_shas = _stored_shas(cache_dir)
+        passes = [None] if region is None else [None, region]
+        totals = [_missing(settings, extractors, images, r) for r in passes]
         if on_start is not None:
-            on_start(len(todo))
-        specs = [(e.name, e.get_params(deep=False)) for e in extractors]
-        preprocess = settings.preprocess.model_dump()
-        buffers: dict[str, list[pd.DataFrame]] = {name: [] for name in tables}
-        diagram_shas: list[str] = []
-        diagram_bundles: list[DiagramBundle] = []
+            on_start(sum(len(todo) for todo, _ in totals))
+        for where, (todo, have) in zip(passes, totals, strict=True):
+            done = summary if where is None else FeatureSummary()
+            _compute_tables(settings, extractors, where, todo, have, done, workers, on_progress)
+            done.cached = len(images) - len(todo)
+            if where is not None:
+                known = {row["sha256"] for row in summary.failed}
+                summary.failed += [row for row in done.failed if row["sha256"] not in known]
+                summary.tables.update({f"{ROI_PREFIX}{name}": info for name, info in done.tables.items()})
+                counts = ("computed", "cached", "diagrams_computed", "diagrams_cached")
+                summary.roi = {"region": where.key, **{name: getattr(done, name) for name in counts}}
+    return summary
 
-        def flush(force: bool = False) -> None:
-            for name, frames in buffers.items():
-                if frames and (force or sum(len(f) for f in frames) >= _PART_ROWS):
-                    _write_part(tables[name].path, pa.Table.from_pandas(pd.concat(frames), preserve_index=False))
-                    frames.clear()
-            if diagram_shas and (force or len(diagram_shas) >= _DIAGRAM_PART_ROWS):
-                _write_part(cache_dir, _bundles_table(diagram_shas, diagram_bundles))
-                diagram_shas.clear()
-                diagram_bundles.clear()
 
-        for result in _run_chunks(settings, todo, cached_shas, cache_dir, preprocess, specs, workers):
-            for sha, reason in result.failed:
-                summary.failed.append({"sha256": sha, "reason": reason})
-            summary.diagrams_computed += len(result.bundles)
-            summary.diagrams_cached += len(result.shas) - len(result.bundles)
-            diagram_shas.extend(result.bundles)
-            diagram_bundles.extend(result.bundles.values())
-            for name, values in result.features.items():
-                _write_table_info(tables[name], by_name[name], result.columns[name], settings.preprocess)
-                frame = pd.DataFrame(values, columns=result.columns[name])
-                frame.insert(0, "sha256", result.shas)
-                new_rows = frame[~frame["sha256"].isin(have[name])]
-                buffers[name].append(new_rows)
-                have[name].update(new_rows["sha256"])  # written at the next flush; counted in the summary
-            summary.computed += len(result.shas)
-            flush()
-            if on_progress is not None:
-                on_progress(len(result.shas) + len(result.failed))
-        flush(force=True)
-        for table in tables.values():
-            _compact(table.path)
-        _compact(cache_dir)
+def _missing(
+    settings: Settings, extractors: list[Any], images: list[tuple[str, str]], region: Region | None
+) -> tuple[list[tuple[str, str]], dict[str, set[str]]]:
+    """The images some table (of ``region``) lacks, and each table's stored shas."""
+    key = None if region is None else region.key
+    have = {e.name: _stored_shas(table_for(settings, e, key).path) for e in extractors}
+    return [(sha, raw) for sha, raw in images if any(sha not in shas for shas in have.values())], have
+
+
+def _compute_tables(
+    settings: Settings,
+    extractors: list[Any],
+    region: Region | None,
+    todo: list[tuple[str, str]],
+    have: dict[str, set[str]],
+    summary: FeatureSummary,
+    workers: int | None,
+    on_progress: Callable[[int], None] | None,
+) -> None:
+    """One pass of :func:`compute_features`: the tables of the whole image, or of one region."""
+    key = None if region is None else region.key
+    tables = {e.name: table_for(settings, e, key) for e in extractors}
+    by_name = {e.name: e for e in extractors}
+    cache_dir = diagrams_dir(settings, key)
+    cached_shas = _stored_shas(cache_dir)
+    specs = [(e.name, e.get_params(deep=False)) for e in extractors]
+    preprocess = settings.preprocess.model_dump()
+    buffers: dict[str, list[pd.DataFrame]] = {name: [] for name in tables}
+    diagram_shas: list[str] = []
+    diagram_bundles: list[DiagramBundle] = []
+
+    def flush(force: bool = False) -> None:
+        for name, frames in buffers.items():
+            if frames and (force or sum(len(f) for f in frames) >= _PART_ROWS):
+                _write_part(tables[name].path, pa.Table.from_pandas(pd.concat(frames), preserve_index=False))
+                frames.clear()
+        if diagram_shas and (force or len(diagram_shas) >= _DIAGRAM_PART_ROWS):
+            _write_part(cache_dir, _bundles_table(diagram_shas, diagram_bundles))
+            diagram_shas.clear()
+            diagram_bundles.clear()
+
+    chunks = _run_chunks(settings, todo, cached_shas, cache_dir, preprocess, specs, workers, region)
+    for result in chunks:
+        for sha, reason in result.failed:
+            summary.failed.append({"sha256": sha, "reason": reason})
+        summary.diagrams_computed += len(result.bundles)
+        summary.diagrams_cached += len(result.shas) - len(result.bundles)
+        diagram_shas.extend(result.bundles)
+        diagram_bundles.extend(result.bundles.values())
+        for name, values in result.features.items():
+            _write_table_info(tables[name], by_name[name], result.columns[name], settings.preprocess, key)
+            frame = pd.DataFrame(values, columns=result.columns[name])
+            frame.insert(0, "sha256", result.shas)
+            new_rows = frame[~frame["sha256"].isin(have[name])]
+            buffers[name].append(new_rows)
+            have[name].update(new_rows["sha256"])  # written at the next flush; counted in the summary
+        summary.computed += len(result.shas)
+        flush()
+        if on_progress is not None:
+            on_progress(len(result.shas) + len(result.failed))
+    flush(force=True)
+    for table in tables.values():
+        _compact(table.path)
+    _compact(cache_dir)
     for name, table in tables.items():
         summary.tables[name] = {"path": str(table.path), "rows": len(have[name])}
-    return summary
 
 
 def _run_chunks(
@@ -320,6 +382,7 @@ def _run_chunks(
     preprocess: dict[str, Any],
     specs: list[tuple[str, dict[str, Any]]],
     workers: int | None,
+    region: Region | None = None,
 ) -> Iterator[_ChunkResult]:
     """Run :func:`_compute_chunk` over ``todo`` in processes, yielding results as they finish."""
     if not todo:
@@ -342,12 +405,12 @@ def _run_chunks(
     n_workers = workers or available_cores()
     if n_workers == 1 or len(todo) <= _CHUNK:
         for chunk, cached in tasks():
-            yield _compute_chunk(home, chunk, preprocess, specs, cached)
+            yield _compute_chunk(home, chunk, preprocess, specs, cached, region)
         return
     with ProcessPoolExecutor(max_workers=n_workers, initializer=die_with_parent) as pool:
         pending = set()
         for chunk, cached in tasks():  # a bounded number of chunks in flight: memory stays flat
-            pending.add(pool.submit(_compute_chunk, home, chunk, preprocess, specs, cached))
+            pending.add(pool.submit(_compute_chunk, home, chunk, preprocess, specs, cached, region))
             if len(pending) >= 2 * n_workers:
                 done = next(as_completed(pending))
                 pending.remove(done)
@@ -366,9 +429,11 @@ def stored_features(
     preprocess: PreprocessSettings,
     extractors: Sequence[tuple[str, dict[str, Any]]],
     shas: Sequence[str],
+    region_key: str | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """The stored feature rows of ``shas`` (in that order) from the master tables of ``extractors`` (with their
-    parameters) under ``preprocess``: a registered model's own inputs, side by side in its order, never recomputed.
+    parameters) under ``preprocess`` (inside the region of ``region_key``, if given): a registered model's own inputs,
+    side by side in its order, never recomputed.
 
     Returns:
         ``(frame, missing)``: rows of the shas every table has, and the shas some table lacks.
@@ -379,7 +444,7 @@ def stored_features(
     wanted = pd.Index(shas)
     frames = []
     for name, params in extractors:
-        table = read_table(table_for(local, make_extractor(name, **params)).path)
+        table = read_table(table_for(local, make_extractor(name, **params), region_key).path)
         frames.append(table.set_axis(feature_column_names(extractors, name, list(table.columns)), axis=1))
     if not frames:
         return pd.DataFrame(index=wanted), []
@@ -391,14 +456,19 @@ def stored_features(
 
 
 def load_matrix(
-    settings: Settings, extractor: str, *, version: str | None = None, split: str | None = "train"
+    settings: Settings,
+    extractor: str,
+    *,
+    version: str | None = None,
+    split: str | None = "train",
+    region_key: str | None = None,
 ) -> tuple[pd.DataFrame, pd.Series]:
     """The feature matrix and labels of one dataset version and split, in one call.
 
     Args:
         settings: the workspace.
         extractor: a configured extractor's name, or ``"all"`` for every configured extractor's columns side by side
-            (prefixed ``<name>__``).
+            (prefixed ``<name>__``); either behind ``roi-`` for the tables inside the region of ``region_key``.
         version: a dataset version id; default the latest.
         split: ``"train"``, ``"test"`` or None for both.
 
@@ -408,6 +478,12 @@ def load_matrix(
     Raises:
         NotFoundError: unknown version or extractor, or features not computed yet for some images.
     """
+    if extractor.startswith(ROI_PREFIX):
+        if region_key is None:
+            raise NotFoundError(f"{extractor!r} is a region's table: no region key given (features.roi)")
+        extractor = extractor.removeprefix(ROI_PREFIX)
+    else:
+        region_key = None
     engine = open_workspace(settings)
     members = [(sha, label) for sha, label, s in dataset_members(engine, version) if split is None or s == split]
     extractors = configured_extractors(settings)
@@ -417,11 +493,12 @@ def load_matrix(
     shas = [sha for sha, _ in members]
     frames = []
     for e in chosen:
-        table = read_table(table_for(settings, e).path)
+        table = read_table(table_for(settings, e, region_key).path)
         missing = [sha for sha in shas if sha not in table.index]
         if missing:
+            where = "" if region_key is None else f" inside region {region_key}"
             raise NotFoundError(
-                f"{len(missing)} images of the dataset have no {e.name!r} features yet: run `conveyor features`"
+                f"{len(missing)} images of the dataset have no {e.name!r} features{where} yet: run `conveyor features`"
             )
         frame = table.loc[shas]
         frames.append(frame.add_prefix(f"{e.name}__") if extractor == "all" else frame)

@@ -146,17 +146,21 @@ def read_features(
 ) -> tuple[pd.DataFrame, list[str]]:
     """The stored feature rows of ``shas`` from the master tables the champion was trained on (see
     :func:`conveyor.features.store.stored_features`)."""
-    return stored_features(settings, PreprocessSettings(**champion.spec.preprocess), extractors, shas)
+    own = list(extractors) == [(name, dict(params)) for name, params in champion.spec.extractors]
+    region_key = champion.spec.region_key if own else None  # its own tables lie inside its region, if it has one
+    return stored_features(settings, PreprocessSettings(**champion.spec.preprocess), extractors, shas, region_key)
 
 
 def compute_features_of(
     champion: Champion, extractors: Sequence[tuple[str, dict[str, Any]]], blobs: Sequence[bytes]
 ) -> pd.DataFrame:
     """Features of image files' bytes, computed with the champion's preprocessing and the same pipeline the store
-    runs (not stored)."""
+    runs (not stored), inside the champion's region when they are its own features."""
     from conveyor.features.pipeline import FeaturePipeline
 
-    pipeline = FeaturePipeline(PreprocessSettings(**champion.spec.preprocess), list(extractors))
+    own = list(extractors) == [(name, dict(params)) for name, params in champion.spec.extractors]
+    region = champion.model.pipeline.region if own else None
+    pipeline = FeaturePipeline(PreprocessSettings(**champion.spec.preprocess), list(extractors), region=region)
     parts = pipeline.transform(pipeline.prepare([pipeline.image(data) for data in blobs]))
     if not parts:
         return pd.DataFrame(index=range(len(blobs)))

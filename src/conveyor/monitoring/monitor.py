@@ -80,6 +80,7 @@ def _batch_current(
     from conveyor.data.sources import open_source
     from conveyor.features.store import compute_features
     from conveyor.store.models import IngestFile
+    from conveyor.training.segmentation import feature_region
 
     summary = ingested
     if summary is None:
@@ -107,7 +108,7 @@ def _batch_current(
     blobs = None
     if extractors:
         if ingested is None:
-            compute_features(settings)  # only the new images lack features
+            compute_features(settings, region=feature_region(settings))  # only the new images lack features
         stored, missing = read_features(settings, champion, extractors, shas)
         if missing:  # the workspace's configured tables differ from the champion's: compute with its pipeline
             raws = raw_paths(settings, missing)

@@ -43,8 +43,9 @@ def ingest_task(settings: Settings, params: Mapping[str, Any], _up: Outputs) -> 
 
 def features_task(settings: Settings, _params: Mapping[str, Any], _up: Outputs) -> dict[str, Any]:
     from conveyor.features.store import compute_features
+    from conveyor.training.segmentation import feature_region
 
-    return compute_features(settings).to_dict()
+    return compute_features(settings, region=feature_region(settings)).to_dict()
 
 
 def train_task(settings: Settings, params: Mapping[str, Any], up: Outputs) -> dict[str, Any]:

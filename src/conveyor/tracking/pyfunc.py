@@ -34,7 +34,8 @@ class ModelSpec:
     """What a registered model is, stored as ``spec.json`` beside its classifier: what it takes (``input_kind``: feature
     vectors or pixels), how an image becomes its input (``preprocess`` settings, ``extractors`` with their
     parameters), what it answers (``classes``; ``positive`` for two), and where it came from (``family``,
-    ``extractor``, ``dataset_version``)."""
+    ``extractor``, ``dataset_version``). ``roi``: for features computed inside a segmented region, its ``key`` and the
+    U-Net's input ``size`` (the U-Net's weights travel with the model as the artifact ``roi_weights``)."""
 
     input_kind: Literal["features", "image"]
     preprocess: dict[str, Any]
@@ -44,6 +45,12 @@ class ModelSpec:
     family: str
     extractor: str
     dataset_version: str
+    roi: dict[str, Any] | None = None
+
+    @property
+    def region_key(self) -> str | None:
+        """The key of the region its features are computed in (its feature tables' key), or None: the whole image."""
+        return None if self.roi is None else str(self.roi["key"])
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "extractors": [list(e) for e in self.extractors]}, indent=2)
@@ -56,6 +63,7 @@ class ModelSpec:
             ValueError: a field is missing or unknown.
         """
         data = json.loads(text)
+        data.setdefault("roi", None)  # added later: models registered before it compute on the whole image
         names = {f.name for f in fields(cls)}
         if set(data) != names:
             raise ValueError(f"spec.json: fields {sorted(set(data) ^ names)} missing or unknown")
@@ -106,7 +114,17 @@ class ConveyorModel(PythonModel):
         self.spec = ModelSpec.from_json(Path(context.artifacts["spec"]).read_text())
         self.classifier = joblib.load(context.artifacts["classifier"])
         self.classes: list[str] = list(self.spec.classes)
-        self.pipeline = FeaturePipeline(PreprocessSettings(**self.spec.preprocess), list(self.spec.extractors))
+        region = None
+        if self.spec.roi is not None:
+            from conveyor.tracking.segmentation_model import SegmentedRegion
+
+            size = self.spec.roi["size"]
+            region = SegmentedRegion.from_file(context.artifacts["roi_weights"], (int(size[0]), int(size[1])))
+            if region.key != self.spec.region_key:
+                raise ValueError(f"roi_weights: key {region.key}, but the model was trained in {self.spec.region_key}")
+        self.pipeline = FeaturePipeline(
+            PreprocessSettings(**self.spec.preprocess), list(self.spec.extractors), region=region
+        )
 
     @property
     def takes_pixels(self) -> bool:

@@ -23,6 +23,7 @@ from conveyor.errors import ConveyorError
 
 if TYPE_CHECKING:
     from conveyor.tracking.pyfunc import ModelSpec
+    from conveyor.tracking.segmentation_model import SegmentedRegion
 
 __all__ = ["INFERENCE_PACKAGES", "PARAMS_TAG", "model_requirements", "params_key", "register_model"]
 
@@ -52,8 +53,11 @@ def register_model(
     estimator: Any,
     spec: ModelSpec,
     details: dict[str, Any],
+    region: SegmentedRegion | None = None,
 ) -> tuple[int, str]:
     """Log the pyfunc model in the active run, register it, and alias it (champion if it is the first).
+
+    A model whose features are computed inside a segmented region (``spec.roi``) carries that ``region``'s U-Net.
 
     ``details`` (candidate, dataset version, metrics, gate) go with the alias move into the audit log.
 
@@ -80,14 +84,20 @@ def register_model(
         joblib.dump(estimator, classifier)
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(spec.to_json())
+        artifacts = {"classifier": str(classifier), "spec": str(spec_path)}
+        if spec.roi is not None:
+            if region is None or region.key != spec.region_key:
+                raise ConveyorError(f"the model's features lie inside region {spec.region_key}: its U-Net is needed")
+            artifacts["roi_weights"] = str(Path(tmp) / "roi_unet.pt")
+            Path(artifacts["roi_weights"]).write_bytes(region.weights)
         example = pd.DataFrame({"image": [_example_image(settings)]})
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=ConveyorModel(),
-            artifacts={"classifier": str(classifier), "spec": str(spec_path)},
+            artifacts=artifacts,
             signature=_signature(spec.classes),
             input_example=example,
-            pip_requirements=model_requirements(spec.input_kind),
+            pip_requirements=model_requirements("image" if spec.roi is not None else spec.input_kind),
             registered_model_name=settings.model_name,
             await_registration_for=60,
         )

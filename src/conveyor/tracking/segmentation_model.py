@@ -23,7 +23,7 @@ try:  # MLflow is a dependency, but keep this module importable for type checks 
 except ImportError:  # pragma: no cover
     PythonModel = object  # type: ignore[misc,assignment]
 
-__all__ = ["SegmentSpec", "SegmentationModel", "to_model_input"]
+__all__ = ["SegmentSpec", "SegmentationModel", "SegmentedRegion", "to_model_input"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,49 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(mask).resize((width, height), Image.Resampling.NEAREST), dtype=np.uint8)
 
 
+class SegmentedRegion:
+    """The region a U-Net draws (every class but the first, background), as :class:`conveyor.features.pipeline.Region`:
+    what ``features.roi: segmentation`` computes features inside.
+
+    Made from the weights file a segmentation model was registered with; its ``key`` is that file's sha256, so the
+    feature store's region tables and a classifier that carries a copy of the file agree on which region they mean.
+    It pickles as the file's bytes (the process pool's workers rebuild the network; each uses one thread there, as the
+    pool already uses every core).
+    """
+
+    def __init__(self, weights: bytes, size: tuple[int, int], *, threads: int | None = None) -> None:
+        import hashlib
+
+        self.weights = weights
+        self.size = (int(size[0]), int(size[1]))
+        self.key = hashlib.sha256(weights).hexdigest()[:12]
+        self.threads = threads
+        self._network: Any = None
+
+    @classmethod
+    def from_file(cls, path: str | Path, size: tuple[int, int]) -> SegmentedRegion:
+        return cls(Path(path).read_bytes(), size)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"weights": self.weights, "size": self.size}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["weights"], state["size"], threads=1)  # type: ignore[misc]
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """A boolean mask of ``pixels`` (H, W): where the U-Net finds anything but background."""
+        if self._network is None:
+            import torch
+
+            from conveyor.models.unet import UNetSegmenter
+
+            if self.threads is not None:
+                torch.set_num_threads(self.threads)
+            self._network = UNetSegmenter.from_state(torch.load(io.BytesIO(self.weights), weights_only=True))
+        small = self._network.predict(to_model_input(pixels, self.size)[None])[0]
+        return resize_mask(small, pixels.shape[0], pixels.shape[1]) > 0
+
+
 class SegmentationModel(PythonModel):
     """MLflow pyfunc wrapper of :class:`conveyor.models.unet.UNetSegmenter`; :meth:`segment` is its interface."""
 
@@ -64,8 +107,13 @@ class SegmentationModel(PythonModel):
         from conveyor.models.unet import UNetSegmenter
 
         self.spec = SegmentSpec.from_json(Path(context.artifacts["spec"]).read_text())
-        state = torch.load(context.artifacts["weights"], weights_only=True)
+        self.weights = Path(context.artifacts["weights"]).read_bytes()  # the folder may be temporary
+        state = torch.load(io.BytesIO(self.weights), weights_only=True)
         self.network = UNetSegmenter.from_state(state)
+
+    def region(self) -> SegmentedRegion:
+        """What this model segments, as the region features are computed in (``features.roi: segmentation``)."""
+        return SegmentedRegion(self.weights, self.spec.size)
 
     def segment(self, data: bytes, limits: Any = None) -> tuple[np.ndarray, dict[str, int]]:
         """The mask of class indices at the image's own size, and each class's area in pixels.

@@ -16,16 +16,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
 
 from conveyor.config import Settings
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConfigError, ConveyorError
 from conveyor.workspace import open_workspace
 
-__all__ = ["SEGMENTATION_SUFFIX", "SegmentationResult", "segmentation_settings", "train_segmentation"]
+if TYPE_CHECKING:
+    from conveyor.tracking.segmentation_model import SegmentedRegion
+
+__all__ = [
+    "SEGMENTATION_SUFFIX",
+    "SegmentationResult",
+    "feature_region",
+    "segmentation_settings",
+    "train_segmentation",
+]
 
 SEGMENTATION_SUFFIX = "-segmentation"
 
@@ -33,6 +42,29 @@ SEGMENTATION_SUFFIX = "-segmentation"
 def segmentation_settings(settings: Settings) -> Settings:
     """The settings under which the segmentation model is registered: the same workspace, its own model name."""
     return settings.model_copy(update={"model_name": settings.model_name + SEGMENTATION_SUFFIX})
+
+
+def feature_region(settings: Settings) -> SegmentedRegion | None:
+    """The region features are also computed in: None for ``features.roi: image``; for ``segmentation``, the one the
+    segmentation champion draws (verified like every loaded model).
+
+    Raises:
+        ConfigError: ``features.roi`` is ``segmentation`` and no segmentation model is registered.
+    """
+    if settings.features.roi == "image":
+        return None
+    from conveyor.tracking.integrity import load_verified
+    from conveyor.tracking.registry import CHAMPION, current_version
+
+    seg = segmentation_settings(settings)
+    version = current_version(seg, CHAMPION)
+    if version is None:
+        raise ConfigError(
+            f"features.roi is 'segmentation' but no segmentation model {seg.model_name!r} is registered: run "
+            "`conveyor segment` first (it needs images with masks), or set features.roi to 'image'"
+        )
+    region: SegmentedRegion = load_verified(seg, version).unwrap_python_model().region()
+    return region
 
 
 @dataclass(frozen=True)

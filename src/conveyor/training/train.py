@@ -28,8 +28,8 @@ import pandas as pd
 from conveyor.config import Settings
 from conveyor.data.versions import clips_of, cv_groups, dataset_members, latest_version, raw_paths
 from conveyor.data.video import clip_probabilities
-from conveyor.errors import ConveyorError
-from conveyor.features.store import compute_features, configured_extractors, load_matrix
+from conveyor.errors import ConfigError, ConveyorError
+from conveyor.features.store import ROI_PREFIX, compute_features, configured_extractors, load_matrix
 from conveyor.models.families import Family, family, with_selection
 from conveyor.training.baselines import evaluate_baselines
 from conveyor.training.evaluate import (
@@ -43,6 +43,7 @@ from conveyor.training.evaluate import (
 from conveyor.training.gate import GateDecision, judge_gate
 from conveyor.training.pixels import PixelStore
 from conveyor.training.search import SearchMode, SearchOutcome, choose_mode, search
+from conveyor.training.segmentation import feature_region
 from conveyor.workspace import open_workspace
 
 if TYPE_CHECKING:
@@ -257,6 +258,7 @@ class _Plan:
     mode: SearchMode
     reason: str
     previous: Any  # the last search (conveyor.tracking.searches.PreviousSearch), or None
+    region: Any = None  # features.roi: the SegmentedRegion its roi-<extractor> tables are computed in, or None
 
     @property
     def tabular(self) -> list[Family]:
@@ -282,7 +284,11 @@ def _plan(settings: Settings, data: _Data, mode: str | None, drift: bool) -> _Pl
             if f.input_kind == "features"
         ]
     settings_of = {fam.name: fam.estimator_and_grid(settings) for fam in families}  # settings checked up front
-    extractors = cfg.extractors or [e.name for e in configured_extractors(settings)] + ["all"]
+    whole = [e.name for e in configured_extractors(settings)] + ["all"]
+    region = feature_region(settings) if any(f.input_kind == "features" for f in families) else None
+    extractors = cfg.extractors or whole + ([ROI_PREFIX + name for name in whole] if region is not None else [])
+    if region is None and any(name.startswith(ROI_PREFIX) for name in extractors):
+        raise ConfigError(f"training.extractors names a {ROI_PREFIX}table, but features.roi is 'image'")
     configure_mlflow(settings)
     fail_dead_runs(settings)  # a train killed earlier left its runs RUNNING
     previous = last_search(settings)
@@ -299,7 +305,7 @@ def _plan(settings: Settings, data: _Data, mode: str | None, drift: bool) -> _Pl
         new_search_on_drift=cfg.search.new_search_on_drift,
         metric_changed=previous is not None and previous.metric != cfg.metric,
     )
-    return _Plan(families, settings_of, extractors, chosen, reason, previous)
+    return _Plan(families, settings_of, extractors, chosen, reason, previous, region)
 
 
 def _candidates(
@@ -309,9 +315,12 @@ def _candidates(
     then the image families; with the search's summary and the inputs they were scored on."""
     cfg = settings.training
     previous = plan.previous
+    region_key = None if plan.region is None else plan.region.key
     if plan.tabular:
-        compute_features(settings)  # nothing to do when the tables are complete
-    inputs = {ex: _load_inputs(settings, ex, data.version, data.members) for ex in plan.extractors if plan.tabular}
+        compute_features(settings, region=plan.region)  # nothing to do when the tables are complete
+    inputs = {
+        ex: _load_inputs(settings, ex, data.version, data.members, region_key) for ex in plan.extractors if plan.tabular
+    }
     positive_code = None if data.positive is None else data.classes.index(data.positive)
     scorer = Scorer(cfg.metric, len(data.classes), positive_code)
     outcome = search(
@@ -447,8 +456,9 @@ def _record(
         if gate.passed:
             from conveyor.tracking.register import register_model
 
-            spec = _model_spec(settings, best, data.classes, data.positive, data.version)
-            registered, alias = register_model(settings, decision.estimator, spec, details)
+            spec = _model_spec(settings, best, data.classes, data.positive, data.version, plan.region)
+            region = plan.region if spec.roi is not None else None
+            registered, alias = register_model(settings, decision.estimator, spec, details, region)
             if best.extractor != PIXELS and settings.training.importance.enabled:
                 _log_importance(settings, data, best, decision.estimator, inputs[best.extractor], Path(tmp))
         else:
@@ -607,10 +617,12 @@ def _environment() -> str:
     return "\n".join(sorted(f"{d.metadata['Name']}=={d.version}" for d in distributions())) + "\n"
 
 
-def _load_inputs(settings: Settings, extractor: str, vid: str, members: list[tuple[str, str, str]]) -> _Inputs:
+def _load_inputs(
+    settings: Settings, extractor: str, vid: str, members: list[tuple[str, str, str]], region_key: str | None = None
+) -> _Inputs:
     if extractor != PIXELS:
-        X_train, _ = load_matrix(settings, extractor, version=vid, split="train")
-        X_test, _ = load_matrix(settings, extractor, version=vid, split="test")
+        X_train, _ = load_matrix(settings, extractor, version=vid, split="train", region_key=region_key)
+        X_test, _ = load_matrix(settings, extractor, version=vid, split="test", region_key=region_key)
         return _Inputs(X_train.to_numpy(), X_test.to_numpy(), [str(c) for c in X_train.columns])
     # Preprocessed once into the workspace's pixel store and read batch by batch: never the whole split in memory.
     store = PixelStore.of(settings)
@@ -751,7 +763,7 @@ def _champion_metrics(settings: Settings, version: int, members: list[tuple[str,
     missing = shas
     if model.spec.input_kind == "features":
         stored, missing = stored_features(
-            settings, PreprocessSettings(**model.spec.preprocess), model.spec.extractors, shas
+            settings, PreprocessSettings(**model.spec.preprocess), model.spec.extractors, shas, model.spec.region_key
         )
         if len(stored):
             rows.update(zip(stored.index, model.predict_features(stored.to_numpy()), strict=True))
@@ -769,15 +781,19 @@ def _champion_metrics(settings: Settings, version: int, members: list[tuple[str,
 
 
 def _model_spec(
-    settings: Settings, best: CandidateResult, classes: list[str], positive: str | None, vid: str
+    settings: Settings, best: CandidateResult, classes: list[str], positive: str | None, vid: str, region: Any = None
 ) -> ModelSpec:
     extractors = configured_extractors(settings)
+    table = best.extractor.removeprefix(ROI_PREFIX)
+    roi = None
+    if best.extractor.startswith(ROI_PREFIX):
+        roi = {"key": region.key, "size": list(region.size)}
     if best.extractor == PIXELS:
         chosen: list[Any] = []
-    elif best.extractor == "all":
+    elif table == "all":
         chosen = extractors
     else:
-        chosen = [e for e in extractors if e.name == best.extractor]
+        chosen = [e for e in extractors if e.name == table]
     from conveyor.tracking.pyfunc import ModelSpec
 
     return ModelSpec(
@@ -789,4 +805,5 @@ def _model_spec(
         family=best.family,
         extractor=best.extractor,
         dataset_version=vid,
+        roi=roi,
     )
