@@ -316,10 +316,37 @@ def _print_training(result: Any, compact: bool = False) -> None:
     if result.clip_test is not None:
         clip = result.clip_test
         out.print(f"per video clip (mean of its frames): test {label} {getattr(clip, metric):.3f} on {clip.n} clips")
+    _print_conformal(result.conformal)
     if result.registered_version is not None:
         out.print(f"registered as version {result.registered_version}, alias [bold]{result.alias}[/]")
     else:
         out.print("[yellow]not registered:[/] " + "; ".join(result.gate.reasons))
+
+
+def _print_conformal(report: dict[str, Any] | None) -> None:
+    """The prediction sets on the test split: coverage per class against each target, and the singleton share."""
+    if report is None:
+        return
+    if not report["calibrated"]:
+        out.print(f"[dim]{report['reason']}[/]")
+        return
+    held = ", ".join(f"{c} {n}" for c, n in report["n_calibration"].items())
+    table = Table(title=f"prediction sets on the test split (calibrated on {held})")
+    levels = report["levels"]
+    classes = list(next(iter(levels.values()))["per_class"])
+    for column in ("target", *classes, "all", "singletons"):
+        table.add_column(column, justify="right")
+    for level, found in levels.items():
+        cells = []
+        for name in classes:
+            c = found["per_class"][name]
+            mark = "" if c["met"] else " [red]under[/]"
+            if c["coverage"] is None:  # no test image of this class
+                cells.append("-")
+                continue
+            cells.append(f"{c['coverage']:.3f} [{c['low']:.2f}, {c['high']:.2f}]{mark}")
+        table.add_row(level, *cells, f"{found['coverage']:.3f}", f"{found['singleton_share']:.0%}")
+    out.print(table)
 
 
 @app.command()

@@ -302,6 +302,22 @@ class ImportanceSettings(BaseModel):
     budget_s: float = Field(60.0, gt=0.0, description="Seconds the one-by-one pass may take (the groups always run).")
 
 
+class ConformalSettings(BaseModel):
+    """The held-out part of the training split that calibrates the prediction sets (``serving.coverage``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fraction: float = Field(
+        0.2,
+        ge=0.0,
+        le=0.5,
+        description="Of each class's training images, held out of the search to calibrate (0: none).",
+    )
+    min_per_class: int = Field(
+        10, ge=1, description="Calibration images each class needs; with fewer, no sets (the whole split trains)."
+    )
+
+
 class TrainingSettings(BaseModel):
     """What ``conveyor train`` crosses and how it judges."""
 
@@ -321,6 +337,7 @@ class TrainingSettings(BaseModel):
     search: SearchSettings = SearchSettings()
     feature_selection: FeatureSelectionSettings = FeatureSelectionSettings()
     importance: ImportanceSettings = ImportanceSettings()
+    conformal: ConformalSettings = ConformalSettings()
     metric: Literal["balanced_accuracy", "f1", "accuracy", "roc_auc"] = Field(
         "balanced_accuracy",
         validation_alias=AliasChoices("metric", "gate_metric"),

@@ -108,8 +108,38 @@ def test_a_rule_set_to_none_never_fires() -> None:
     )
 
 
+def _coverage(covered: int, n: int, target: float = 0.9) -> dict[str, Any]:
+    from conveyor.models.conformal import binomial_interval
+
+    low, high = binomial_interval(covered, n)
+    return {"target": target, "n": n, "coverage": covered / n, "low": low, "high": high}
+
+
+def _coverage_alerts(coverage: dict[str, Any], rules: AlertRules | None = None) -> list[Alert]:
+    return evaluate_rules(
+        rules or AlertRules(drift_share=None, metric_drop=None, ood_share=None), drift_share=None,
+        drifted_columns=[], metric="f1", score=None, champion_score=None, ood_share=None, coverage=coverage,
+    )  # fmt: skip
+
+
+def test_coverage_under_target_by_more_than_its_interval_fires() -> None:
+    (alert,) = _coverage_alerts(_coverage(70, 100))  # 95% interval [0.60, 0.79]: wholly under 0.9
+    assert (alert.rule, alert.value, alert.threshold) == ("coverage", 0.7, 0.9)
+    assert alert.message.startswith("the prediction sets held the true class for 70.0% of 100 labelled inputs")
+
+
+def test_coverage_under_target_within_its_interval_does_not_fire() -> None:
+    assert _coverage_alerts(_coverage(16, 20)) == []  # 0.80, but 20 cases: the interval [0.56, 0.94] reaches 0.9
+
+
+def test_the_coverage_rule_can_be_switched_off() -> None:
+    rules = AlertRules(drift_share=None, metric_drop=None, ood_share=None, coverage=False)
+    assert _coverage_alerts(_coverage(10, 100), rules) == []
+
+
 DRIFT = Alert("drift_share", 0.8, 0.5, "80% of columns drifted")
 DROP = Alert("metric_drop", 0.3, 0.1, "balanced_accuracy dropped")
+UNCOVERED = Alert("coverage", 0.7, 0.9, "the prediction sets held the true class for 70.0%")
 
 
 @pytest.mark.parametrize(
@@ -121,6 +151,7 @@ DROP = Alert("metric_drop", 0.3, 0.1, "balanced_accuracy dropped")
         ([DRIFT], 20, True, "80% of columns drifted"),
         ([DRIFT], 3, False, "drift, but only 3 new labelled images"),
         ([DRIFT, DROP], 3, True, "balanced_accuracy dropped; drift, but only 3"),
+        ([UNCOVERED], 5, True, "the prediction sets held the true class for 70.0%"),
     ],
 )
 def test_retrain_policy(alerts: list[Alert], new_labelled: int, retrain: bool, reason_start: str) -> None:

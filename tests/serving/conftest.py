@@ -33,7 +33,7 @@ FEEDBACK_TOKENS = {"clinician-a": "feedback-token-a", "clinician-b": "feedback-t
 @pytest.fixture(scope="session")
 def trained_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("serving")
-    settings = small_settings(root / "ws")
+    settings = small_settings(root / "ws", conformal={"min_per_class": 5})  # prediction sets on ~6 cases a class
     generate_dataset(root / "src", SyntheticSpec(n_per_class=40, size=96, seed=11))
     ingest(root / "src", settings)
     first, second = train(settings), train(settings)

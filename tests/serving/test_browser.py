@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from conveyor.config import Settings
-from tests.serving.conftest import png
+from tests.serving.conftest import png, settings_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -70,3 +70,21 @@ def test_upload_page_shows_class_and_confidence(settings: Settings, tmp_path: Pa
         assert page.locator("#bars .bar").count() == 2
         assert "v1" in page.text_content("#meta")
         assert page.is_visible("#preview")
+
+
+@needs_chromium
+def test_the_page_shows_the_prediction_set_and_says_when_the_model_abstains(home, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Six calibration cases a class cannot rule any class out at 90%: the set holds both and the page says the
+    model abstains."""
+    pytest.importorskip("playwright")
+    image = tmp_path / "slice.png"
+    image.write_bytes(png(78, size=96, tumour=True))
+    with browser_on(settings_for(home, coverage=0.9)) as (page, port):
+        page.goto(f"http://127.0.0.1:{port}/", timeout=15_000)
+        page.set_input_files("#file", str(image))
+        page.click("#submit")
+        page.wait_for_function("document.getElementById('set').textContent !== ''", timeout=15_000)
+        assert page.text_content("#set").startswith("Prediction set at 90% coverage: {")
+        assert page.get_attribute("#set", "data-size") == "2"
+        assert page.is_visible("#abstain") and not page.is_visible("#unsure")
+        assert "cannot rule out" in page.text_content("#abstain")

@@ -42,10 +42,12 @@ def evaluate_rules(
     score: float | None,
     champion_score: float | None,
     ood_share: float | None,
+    coverage: dict[str, Any] | None = None,
 ) -> list[Alert]:
     """The rules that fire; a measure that is None (no labels, no champion test value) fires nothing. ``score`` is
     ``metric`` (``training.metric``) on the labelled batch, ``champion_score`` the champion's on its test split. Each
-    fired rule is logged at WARNING."""
+    fired rule is logged at WARNING. ``coverage`` is the prediction sets' report on the labelled inputs
+    (:meth:`conveyor.models.conformal.MondrianConformal.evaluate`)."""
     fired: list[Alert] = []
     if rules.drift_share is not None and drift_share is not None and _reaches(drift_share, rules.drift_share):
         shown = ", ".join(drifted_columns[:8]) + (" ..." if len(drifted_columns) > 8 else "")
@@ -76,6 +78,18 @@ def evaluate_rules(
                 ood_share,
                 rules.ood_share,
                 f"{ood_share:.0%} of inputs are out of the training distribution (rule: {rules.ood_share:.0%})",
+            )
+        )
+    below = coverage is not None and coverage["high"] is not None and coverage["high"] < coverage["target"]
+    if rules.coverage and coverage is not None and below:
+        fired.append(
+            Alert(
+                "coverage",
+                coverage["coverage"],
+                coverage["target"],
+                f"the prediction sets held the true class for {coverage['coverage']:.1%} of {coverage['n']} "
+                f"labelled inputs, below the {coverage['target']:.0%} promised (95% interval "
+                f"[{coverage['low']:.3f}, {coverage['high']:.3f}]): the cases have shifted from the calibration",
             )
         )
     for alert in fired:

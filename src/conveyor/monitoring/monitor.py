@@ -189,6 +189,7 @@ class _Analysis:
     current_frame: pd.DataFrame
     performance: Any
     ood: dict[str, Any]
+    conformal: dict[str, Any] | None = None  # the prediction sets on the labelled inputs, for a calibrated champion
 
 
 def _analyse(settings: Settings, champion: Champion, reference: Reference, current: Current) -> _Analysis:
@@ -263,7 +264,21 @@ def _analyse(settings: Settings, champion: Champion, reference: Reference, curre
             ],
             "distances": distances.tolist(),
         }
-    return _Analysis(drift, prediction_drift, ref_frame, cur_frame, performance, ood)
+    return _Analysis(
+        drift, prediction_drift, ref_frame, cur_frame, performance, ood, _conformal(settings, champion, current)
+    )
+
+
+def _conformal(settings: Settings, champion: Champion, current: Current) -> dict[str, Any] | None:
+    """The champion's prediction sets at ``serving.coverage`` on the labelled inputs of a class it knows (a label it
+    has never seen has no set to be in); None without labels or without a calibration."""
+    conformal = getattr(champion.model, "conformal", None)
+    index = {label: i for i, label in enumerate(champion.classes)}
+    known = [i for i in current.labelled if str(current.labels[i]) in index]
+    if conformal is None or not known:
+        return None
+    y = [index[str(current.labels[i])] for i in known]
+    return conformal.evaluate(current.proba[known], y, settings.serving.coverage)
 
 
 def new_labelled_count(engine: Engine, reference_version: str) -> int:
@@ -389,6 +404,7 @@ def judge(
         score=score,
         champion_score=champion.test_score(metric),
         ood_share=analysis.ood["share"],
+        coverage=analysis.conformal,
     )
     decision = decide_retrain(ms.retrain, alerts, new_labelled)
     return Judgement(analysis, metric, score, drift_share, alerts, decision)
@@ -467,6 +483,7 @@ def analyse(settings: Settings, current: Current, *, champion: Champion | None =
         "champion_test_f1": champion.test_score("f1"),
         "ood_share": analysis.ood["share"],
         "ood": ood,
+        "conformal": analysis.conformal,
         "alerts": [a.to_dict() for a in alerts],
         "retrain": decision.to_dict(),
         "report_dir": str(folder),

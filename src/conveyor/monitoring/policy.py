@@ -36,8 +36,9 @@ def decide_retrain(policy: RetrainPolicy, alerts: list[Alert], new_labelled: int
         reasons.append(
             f"{new_labelled} new labelled images since the champion's data (policy: {policy.min_new_labelled})"
         )
-    if policy.on_performance_drop and "metric_drop" in fired:
-        reasons.append(next(a.message for a in alerts if a.rule == "metric_drop"))
+    for rule in ("metric_drop", "coverage"):  # the sets' coverage falling is a shift its labels can recalibrate on
+        if policy.on_performance_drop and rule in fired:
+            reasons.append(next(a.message for a in alerts if a.rule == rule))
     if policy.on_drift and "drift_share" in fired:
         if new_labelled >= policy.min_labelled_for_drift:
             reasons.append(next(a.message for a in alerts if a.rule == "drift_share"))

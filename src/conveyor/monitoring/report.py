@@ -8,7 +8,7 @@ detail tables (drift per column, OOD inputs, plots) are documented by their prod
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -68,6 +68,7 @@ class MonitorReport(_Open):
     champion_test_score: float | None = None  # ... and on its test split
     champion_test_f1: float | None = None
     ood_share: float | None
+    conformal: dict[str, Any] | None = None  # the prediction sets' coverage on the labelled inputs
     alerts: list[FiredAlert]
     retrain: Retrain
     report: str

@@ -27,6 +27,12 @@ class AlertRules(BaseModel):
     ood_share: float | None = Field(
         0.2, ge=0.0, le=1.0, description="Share of inputs out of the training distribution that fires."
     )
+    coverage: bool = Field(
+        True,
+        description="Fire when the prediction sets' coverage on the labelled inputs lies below serving.coverage by "
+        "more than its sampling interval (the 95% interval's upper end is under it): the new cases are no longer "
+        "exchangeable with the calibration ones.",
+    )
 
 
 class RetrainPolicy(BaseModel):

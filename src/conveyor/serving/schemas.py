@@ -50,6 +50,15 @@ class PredictionResponse(BaseModel):
     confidence: float = Field(description="Probability of the label (the classifier is calibrated in training).")
     probabilities: dict[str, float] = Field(description="Per class, in the model's class order.")
     unsure: bool = Field(description="Confidence is under the serving threshold.")
+    prediction_set: list[str] | None = Field(
+        description="The classes that cannot be ruled out at `coverage` (most probable first): the set holds the true "
+        "class for that share of cases of each class (split-conformal, calibrated in training on images the model "
+        "never saw). null for a model registered without a calibration part."
+    )
+    coverage: float | None = Field(description="serving.coverage, the guarantee of prediction_set; null without one.")
+    abstain: bool = Field(
+        description="The prediction set is not exactly one class: the model cannot decide at this coverage."
+    )
     model: ModelRef
     arm: Literal["champion", "challenger"]
     latency_ms: float

@@ -68,6 +68,9 @@ class ServingSettings(BaseModel):
     )
     max_batch: int = Field(32, ge=1, description="Most images in one /v1/predict/batch request.")
     unsure_below: float = Field(0.7, ge=0.0, le=1.0, description="Confidence under which the page says 'unsure'.")
+    coverage: float = Field(
+        0.9, gt=0.0, lt=1.0, description="Of the prediction sets: the share of cases whose set holds the true class."
+    )
     workers: int | None = Field(
         None,
         ge=1,

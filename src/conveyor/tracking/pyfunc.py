@@ -125,6 +125,15 @@ class ConveyorModel(PythonModel):
         self.pipeline = FeaturePipeline(
             PreprocessSettings(**self.spec.preprocess), list(self.spec.extractors), region=region
         )
+        self.conformal = None  # a model registered without a calibration part gives no prediction sets
+        if "conformal" in context.artifacts:
+            from conveyor.models.conformal import MondrianConformal
+
+            self.conformal = MondrianConformal.from_json(Path(context.artifacts["conformal"]).read_text())
+
+    def prediction_sets(self, proba: np.ndarray, coverage: float) -> list[list[str]] | None:
+        """Each answer's prediction set at ``coverage`` (most probable first); None for a model without calibration."""
+        return None if self.conformal is None else self.conformal.labelled_sets(proba, coverage)
 
     @property
     def takes_pixels(self) -> bool:

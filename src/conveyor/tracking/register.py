@@ -22,6 +22,7 @@ from conveyor.config import Settings
 from conveyor.errors import ConveyorError
 
 if TYPE_CHECKING:
+    from conveyor.models.conformal import MondrianConformal
     from conveyor.tracking.pyfunc import ModelSpec
     from conveyor.tracking.segmentation_model import SegmentedRegion
 
@@ -54,10 +55,12 @@ def register_model(
     spec: ModelSpec,
     details: dict[str, Any],
     region: SegmentedRegion | None = None,
+    conformal: MondrianConformal | None = None,
 ) -> tuple[int, str]:
     """Log the pyfunc model in the active run, register it, and alias it (champion if it is the first).
 
-    A model whose features are computed inside a segmented region (``spec.roi``) carries that ``region``'s U-Net.
+    A model whose features are computed inside a segmented region (``spec.roi``) carries that ``region``'s U-Net; one
+    calibrated for prediction sets carries its ``conformal`` calibration (``conformal.json``).
 
     ``details`` (candidate, dataset version, metrics, gate) go with the alias move into the audit log.
 
@@ -90,6 +93,9 @@ def register_model(
                 raise ConveyorError(f"the model's features lie inside region {spec.region_key}: its U-Net is needed")
             artifacts["roi_weights"] = str(Path(tmp) / "roi_unet.pt")
             Path(artifacts["roi_weights"]).write_bytes(region.weights)
+        if conformal is not None:
+            artifacts["conformal"] = str(Path(tmp) / "conformal.json")
+            Path(artifacts["conformal"]).write_text(conformal.to_json())
         example = pd.DataFrame({"image": [_example_image(settings)]})
         info = mlflow.pyfunc.log_model(
             name="model",

@@ -30,6 +30,7 @@ from conveyor.data.versions import clips_of, cv_groups, dataset_members, latest_
 from conveyor.data.video import clip_probabilities
 from conveyor.errors import ConfigError, ConveyorError
 from conveyor.features.store import ROI_PREFIX, compute_features, configured_extractors, load_matrix
+from conveyor.models.conformal import MondrianConformal
 from conveyor.models.families import Family, family, with_selection
 from conveyor.training.baselines import evaluate_baselines
 from conveyor.training.evaluate import (
@@ -134,6 +135,7 @@ class TrainResult:
     search: SearchSummary
     seconds: float = 0.0
     clip_test: Metrics | None = None  # the calibrated winner per video clip, when the test split holds frames
+    conformal: dict[str, Any] | None = None  # the prediction sets on the test split (see _conformal_report)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -150,6 +152,7 @@ class TrainResult:
             "alias": self.alias,
             "parent_run_id": self.parent_run_id,
             "clip_test": None if self.clip_test is None else self.clip_test.as_dict(),
+            "conformal": self.conformal,
             "seconds": round(self.seconds, 3),
         }
 
@@ -167,6 +170,7 @@ class _Inputs:
     X_train: Any
     X_test: Any
     columns: list[str] = field(default_factory=list)  # a feature table's column names (none for pixels)
+    X_calibration: Any = None  # the held-out calibration part of the training split, if any
 
 
 @dataclass(frozen=True)
@@ -183,12 +187,16 @@ class _Data:
     folds: int
     # Per training image, its CV group (a patient's images, near-duplicates); None when every image is its own.
     groups: np.ndarray | None = None
+    # The part of the training split held out to calibrate the prediction sets (split "calibration" in members).
+    calibration_labels: list[str] = field(default_factory=list)
+    conformal_note: str = ""  # why there is no calibration part, if there is none
 
 
 def _dataset(settings: Settings, version: str | None) -> _Data:
     engine = open_workspace(settings)
     vid = version or latest_version(engine)
-    members = dataset_members(engine, vid)
+    members, conformal_note = _hold_out_calibration(settings, dataset_members(engine, vid))
+    calibration_labels = [label for _, label, split in members if split == CALIBRATION]
     train_labels = [label for _, label, split in members if split == "train"]
     test_labels = [label for _, label, split in members if split == "test"]
     classes = sorted(set(train_labels) | set(test_labels))
@@ -214,7 +222,40 @@ def _dataset(settings: Settings, version: str | None) -> _Data:
             f"dataset {vid}: the train split holds {n_groups} patient/near-duplicate group(s); {folds}-fold CV needs "
             f"at least {folds}"
         )
-    return _Data(vid, members, classes, positive, train_labels, test_labels, y_train, folds, groups)
+    return _Data(
+        vid, members, classes, positive, train_labels, test_labels, y_train, folds, groups, calibration_labels,
+        conformal_note,
+    )  # fmt: skip
+
+
+CALIBRATION = "calibration"
+
+
+def _hold_out_calibration(
+    settings: Settings, members: list[tuple[str, str, str]]
+) -> tuple[list[tuple[str, str, str]], str]:
+    """The members with the calibration part of the training split marked ``calibration`` (about
+    ``training.conformal.fraction`` of each class, whole patient and near-duplicate groups), or unchanged with the
+    reason when a class would have fewer than ``training.conformal.min_per_class`` calibration images."""
+    from conveyor.models.conformal import calibration_part
+
+    cfg = settings.training.conformal
+    train = [(sha, label) for sha, label, split in members if split == "train"]
+    counts = pd.Series([label for _, label in train]).value_counts()
+    if cfg.fraction == 0:
+        return members, "no prediction sets: training.conformal.fraction is 0"
+    short = {str(c): int(n) for c, n in counts.items() if round(cfg.fraction * n) < cfg.min_per_class}
+    if short or counts.empty:
+        return members, (
+            f"no prediction sets: {cfg.fraction:g} of the training images of {sorted(short)} is under "
+            f"training.conformal.min_per_class ({cfg.min_per_class})"
+        )
+    shas = [sha for sha, _ in train]
+    groups = cv_groups(open_workspace(settings), shas, settings.ingest.near_duplicate_bits)
+    index = {label: i for i, label in enumerate(sorted(counts.index))}
+    held = calibration_part(shas, [index[label] for _, label in train], groups, cfg.fraction)
+    chosen = {sha for sha, keep in zip(shas, held, strict=True) if keep}
+    return [(sha, label, CALIBRATION if sha in chosen else split) for sha, label, split in members], ""
 
 
 def train(
@@ -362,6 +403,8 @@ class _Decision:
     baselines: dict[str, Metrics]
     gate: GateDecision
     clip_test: Metrics | None = None  # the winner per clip (mean of its frames' probabilities), when frames are tested
+    conformal: MondrianConformal | None = None  # calibrated on the held-out part: what the model's sets come from
+    conformal_report: dict[str, Any] | None = None
 
 
 def _decide(
@@ -387,7 +430,42 @@ def _decide(
     if champion_version is not None:
         champion = (champion_version, _champion_metrics(settings, champion_version, data.members))
     gate = judge_gate(cfg.metric, calibrated, baselines, data.version, champion)
-    return _Decision(best, estimator, calibrated, baselines, gate, _clip_metrics(settings, data, proba))
+    conformal = _fit_conformal(data, estimator, inputs[best.extractor])
+    report = _conformal_report(settings, data, conformal, proba)
+    return _Decision(
+        best, estimator, calibrated, baselines, gate, _clip_metrics(settings, data, proba), conformal, report
+    )
+
+
+COVERAGE_LEVELS = (0.8, 0.9, 0.95)
+"""Coverages the training report gives the test split's prediction sets at (and ``serving.coverage``)."""
+
+
+def _fit_conformal(data: _Data, estimator: Any, inputs: _Inputs) -> MondrianConformal | None:
+    """Mondrian split-conformal calibration of the registered estimator on the held-out part (none: no sets)."""
+    if not data.calibration_labels:
+        return None
+    index = {label: i for i, label in enumerate(data.classes)}
+    proba = np.asarray(estimator.predict_proba(inputs.X_calibration), dtype=np.float64)
+    return MondrianConformal.fit(proba, [index[label] for label in data.calibration_labels], data.classes)
+
+
+def _conformal_report(
+    settings: Settings, data: _Data, conformal: MondrianConformal | None, proba: np.ndarray
+) -> dict[str, Any]:
+    """The test split's prediction sets at each reported coverage: coverage per class with its interval, the share
+    of singleton sets; or why there are no sets."""
+    if conformal is None:
+        return {"calibrated": False, "reason": data.conformal_note}
+    index = {label: i for i, label in enumerate(data.classes)}
+    y_test = [index[label] for label in data.test_labels]
+    levels = sorted({*COVERAGE_LEVELS, settings.serving.coverage})
+    return {
+        "calibrated": True,
+        "n_calibration": conformal.counts(),
+        "serving_coverage": settings.serving.coverage,
+        "levels": {f"{level:g}": conformal.evaluate(proba, y_test, level) for level in levels},
+    }
 
 
 def _clip_metrics(settings: Settings, data: _Data, proba: np.ndarray) -> Metrics | None:
@@ -458,7 +536,7 @@ def _record(
 
             spec = _model_spec(settings, best, data.classes, data.positive, data.version, plan.region)
             region = plan.region if spec.roi is not None else None
-            registered, alias = register_model(settings, decision.estimator, spec, details, region)
+            registered, alias = register_model(settings, decision.estimator, spec, details, region, decision.conformal)
             if best.extractor != PIXELS and settings.training.importance.enabled:
                 _log_importance(settings, data, best, decision.estimator, inputs[best.extractor], Path(tmp))
         else:
@@ -468,7 +546,7 @@ def _record(
         return TrainResult(
             data.version, settings.training.metric, data.classes, data.positive, candidates, decision.baselines,
             best, decision.calibrated, gate, registered, alias, parent.info.run_id, summary,
-            time.perf_counter() - began, decision.clip_test,
+            time.perf_counter() - began, decision.clip_test, decision.conformal_report,
         )  # fmt: skip
 
 
@@ -542,7 +620,7 @@ def _log_parent(
     mlflow.log_params({
         "dataset_version": data.version, "classes": ",".join(data.classes), "cv_folds": data.folds, "seed": cfg.seed,
         "search": summary.mode, "n_train": len(data.y_train), "n_test": len(data.test_labels),
-        "cv_groups": summary.cv_groups,
+        "cv_groups": summary.cv_groups, "n_calibration": len(data.calibration_labels),
     })  # fmt: skip
     metrics = {**decision.calibrated.as_dict("best_test_"), "search_seconds": summary.seconds,
                "search_fits": summary.fits}  # fmt: skip
@@ -550,7 +628,12 @@ def _log_parent(
         metrics.update(m.as_dict(f"{name}_test_"))
     if decision.clip_test is not None:
         metrics.update(decision.clip_test.as_dict("best_clip_test_"))
+    for level, found in (decision.conformal_report or {}).get("levels", {}).items():
+        metrics[f"conformal_{level}_coverage"] = found["coverage"]
+        metrics[f"conformal_{level}_singleton_share"] = found["singleton_share"]
     mlflow.log_metrics(metrics)
+    if decision.conformal_report is not None:
+        mlflow.log_dict(decision.conformal_report, "conformal.json")
     mlflow.log_dict(settings.preprocess.model_dump(mode="json"), "config/preprocess.json")
     mlflow.log_dict({e.name: e.config() for e in configured_extractors(settings)}, "config/extractors.json")
     mlflow.log_dict(cfg.search.model_dump(mode="json"), "config/search.json")
@@ -620,19 +703,21 @@ def _environment() -> str:
 def _load_inputs(
     settings: Settings, extractor: str, vid: str, members: list[tuple[str, str, str]], region_key: str | None = None
 ) -> _Inputs:
+    shas = {part: [sha for sha, _, split in members if split == part] for part in ("train", "test", CALIBRATION)}
     if extractor != PIXELS:
-        X_train, _ = load_matrix(settings, extractor, version=vid, split="train", region_key=region_key)
-        X_test, _ = load_matrix(settings, extractor, version=vid, split="test", region_key=region_key)
-        return _Inputs(X_train.to_numpy(), X_test.to_numpy(), [str(c) for c in X_train.columns])
+        X, _ = load_matrix(settings, extractor, version=vid, split=None, region_key=region_key)
+        return _Inputs(
+            X.loc[shas["train"]].to_numpy(), X.loc[shas["test"]].to_numpy(), [str(c) for c in X.columns],
+            X.loc[shas[CALIBRATION]].to_numpy(),
+        )  # fmt: skip
     # Preprocessed once into the workspace's pixel store and read batch by batch: never the whole split in memory.
     store = PixelStore.of(settings)
-    train_shas = [sha for sha, _, split in members if split == "train"]
-    test_shas = [sha for sha, _, split in members if split == "test"]
 
     def locate(missing: list[str]) -> dict[str, Path]:
         return raw_paths(settings, missing)
 
-    return _Inputs(store.rows(train_shas, locate), store.rows(test_shas, locate))
+    rows = {part: store.rows(found, locate) for part, found in shas.items()}
+    return _Inputs(rows["train"], rows["test"], [], rows[CALIBRATION])
 
 
 def _scores(estimator: Any, X: Any, n_classes: int) -> np.ndarray:

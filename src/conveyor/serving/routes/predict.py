@@ -60,6 +60,18 @@ _BATCH_BODY = {
 }
 
 
+def prediction_set(model: Any, probabilities: dict[str, float], serving: ServingSettings) -> dict[str, Any]:
+    """The answer's prediction set at ``serving.coverage`` and whether the model abstains (see PredictionResponse)."""
+    import numpy as np
+
+    found = None
+    if model is not None:  # None: the model that answered is no longer loaded (it was replaced meanwhile)
+        found = model.prediction_sets(np.array([[probabilities[c] for c in model.classes]]), serving.coverage)
+    if found is None:
+        return {"prediction_set": None, "coverage": None, "abstain": False}
+    return {"prediction_set": found[0], "coverage": serving.coverage, "abstain": len(found[0]) != 1}
+
+
 def to_response(outcome: Outcome, serving: ServingSettings) -> PredictionResponse:
     i = outcome.inspected
     return PredictionResponse(
@@ -68,6 +80,7 @@ def to_response(outcome: Outcome, serving: ServingSettings) -> PredictionRespons
         confidence=outcome.confidence,
         probabilities=outcome.probabilities,
         unsure=outcome.confidence < serving.unsure_below,
+        **prediction_set(outcome.model.model, outcome.probabilities, serving),
         model=ModelRef(name=outcome.model.name, version=outcome.model.version),
         arm="challenger" if outcome.arm == "challenger" else "champion",
         latency_ms=outcome.latency_ms,
@@ -201,12 +214,15 @@ async def predict_clip(
     mean = clip_probabilities(frame_proba, video.aggregation)
     best = int(mean.argmax())
     first = answers[0][1]
+    probabilities = {c: float(v) for c, v in zip(classes, mean, strict=True)}
+    served = [m for m in (service.champion, service.challenger) if m is not None and m.version == first.model.version]
     return PredictionResponse(
         request_id=first.request_id,
         label=classes[best],
         confidence=float(mean[best]),
-        probabilities={c: float(v) for c, v in zip(classes, mean, strict=True)},
+        probabilities=probabilities,
         unsure=float(mean[best]) < serving.unsure_below,
+        **prediction_set(served[0].model if served else None, probabilities, serving),
         model=first.model,
         arm=first.arm,
         latency_ms=sum(a.latency_ms for _, a in answers),
