@@ -279,3 +279,29 @@ class MonitoringRun(Base):
     alerts: Mapped[list[Any]] = mapped_column(JSON, default=list)  # the fired rules
     retrain: Mapped[bool] = mapped_column(Boolean, default=False)
     retrain_reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class ReviewItem(Base):
+    """A served answer the model was unsure of (it abstained, or its confidence was under the threshold), queued for
+    a clinician: the upload kept in ``review/``, the model's answer, and the decision once taken (who, when, which
+    label; or dismissed)."""
+
+    __tablename__ = "review_items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(36), unique=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    input_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    format: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(String(255))  # the upload, relative to the workspace
+    model_version: Mapped[int] = mapped_column(Integer)
+    label: Mapped[str] = mapped_column(String(255))  # the model's answer
+    confidence: Mapped[float] = mapped_column(Float)
+    probabilities: Mapped[dict[str, Any]] = mapped_column()
+    prediction_set: Mapped[list[Any] | None] = mapped_column(JSON)
+    reason: Mapped[str] = mapped_column(String(32))  # abstain | low_confidence
+    uncertainty: Mapped[float] = mapped_column(Float, index=True)  # 1 - confidence: the queue's order
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)  # open | labelled | dismissed
+    decided_label: Mapped[str | None] = mapped_column(String(255))
+    decided_by: Mapped[str | None] = mapped_column(String(255))
+    decided_at: Mapped[datetime | None] = mapped_column()

@@ -9,6 +9,7 @@ from fastapi import APIRouter, BackgroundTasks, Request
 from conveyor.errors import InvalidImageError
 from conveyor.serving.deps import ServiceDep, ServingDep, read_limited
 from conveyor.serving.errors import status_for
+from conveyor.serving.review import queue_for_review, review_reason
 from conveyor.serving.schemas import (
     BODY_ERRORS,
     BatchItem,
@@ -177,12 +178,28 @@ class _FileParts:
 
 
 async def predict_one(
-    service: PredictionService, serving: ServingSettings, data: bytes, background: BackgroundTasks
+    service: PredictionService,
+    serving: ServingSettings,
+    data: bytes,
+    background: BackgroundTasks,
+    *,
+    review: bool = True,
 ) -> PredictionResponse:
+    """Score one image; an answer the model is unsure of joins the review queue after the response (``review``:
+    a clip's frames do not, one by one)."""
     outcome, shadow = await service.predict(data)  # awaits the scorer: no thread of this process waits
     if shadow is not None:
         background.add_task(shadow)
-    return to_response(outcome, serving)
+    response = to_response(outcome, serving)
+    reason = review_reason(response.abstain, response.confidence, serving.unsure_below)
+    if review and reason is not None and serving.review_max_open > 0:
+        background.add_task(
+            queue_for_review, service.settings, service.engine, data=data, request_id=response.request_id,
+            sha256=response.input.sha256, format=response.input.format, model_version=response.model.version,
+            label=response.label, confidence=response.confidence, probabilities=response.probabilities,
+            prediction_set=response.prediction_set, reason=reason,
+        )  # fmt: skip
+    return response
 
 
 async def predict_clip(
@@ -208,7 +225,8 @@ async def predict_clip(
     )  # fmt: skip
     answers = []
     for frame in frames:
-        answers.append((frame.time, await predict_one(service, serving, encode_png(frame.pixels), background)))
+        answer = await predict_one(service, serving, encode_png(frame.pixels), background, review=False)
+        answers.append((frame.time, answer))
     classes = list(answers[0][1].probabilities)
     frame_proba = np.array([[a.probabilities[c] for c in classes] for _, a in answers])
     mean = clip_probabilities(frame_proba, video.aggregation)
