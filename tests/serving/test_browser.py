@@ -88,3 +88,20 @@ def test_the_page_shows_the_prediction_set_and_says_when_the_model_abstains(home
         assert page.get_attribute("#set", "data-size") == "2"
         assert page.is_visible("#abstain") and not page.is_visible("#unsure")
         assert "cannot rule out" in page.text_content("#abstain")
+
+
+@needs_chromium
+def test_the_page_explains_an_answer_on_request(settings: Settings, tmp_path: Path) -> None:
+    pytest.importorskip("playwright")
+    image = tmp_path / "slice.png"
+    image.write_bytes(png(79, size=96, tumour=True))
+    with browser_on(settings) as (page, port):
+        page.goto(f"http://127.0.0.1:{port}/", timeout=15_000)
+        page.set_input_files("#file", str(image))
+        page.click("#submit")
+        page.wait_for_selector("#explain", state="visible", timeout=15_000)
+        page.click("#explain")
+        page.wait_for_selector("#explanation", state="visible", timeout=30_000)
+        assert page.get_attribute("#heatmap", "src").startswith("data:image/png;base64,")
+        assert page.text_content("#groups").startswith("Feature groups by their effect on the answer: intensity ")
+        assert not page.is_visible("#diagrams")  # a model on intensity alone has no diagrams

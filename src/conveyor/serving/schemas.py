@@ -10,6 +10,7 @@ __all__ = [
     "BatchItem",
     "BatchResponse",
     "ErrorResponse",
+    "ExplainResponse",
     "FeedbackRequest",
     "FeedbackResponse",
     "Health",
@@ -66,6 +67,38 @@ class PredictionResponse(BaseModel):
     frames: list[FramePrediction] | None = Field(
         None, description="A video clip: its sampled frames; the answer is the mean of their probabilities."
     )
+
+
+class PersistentRegion(BaseModel):
+    filtration: Literal["sublevel", "superlevel"]
+    dim: int = Field(description="Homology dimension: 0 a component, 1 a loop.")
+    birth: float
+    death: float
+    persistence: float
+    birth_pixel: list[int] = Field(description="(row, column) in the preprocessed image where it is born.")
+    death_pixel: list[int] | None = Field(description="Where it dies; null for the component that never does.")
+
+
+class GroupEffect(BaseModel):
+    group: str = Field(description="An extractor (a group of features).")
+    effect: float = Field(
+        description="How much the answered class's probability falls when this group sees a blank image instead."
+    )
+
+
+class ExplainResponse(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+    model: ModelRef
+    method: str = Field(description="How the heat map was made.")
+    heatmap_png: str = Field(description="Base64 PNG: the preprocessed image, the evidence for the answer in red.")
+    heatmap: list[list[float]] = Field(
+        description="The occlusion map on the preprocessed image's pixels: probability drop when occluded."
+    )
+    patch: int = Field(description="Side in pixels of the occluded squares.")
+    diagrams_png: str | None = Field(description="Base64 PNG of the persistence diagrams (topological models).")
+    regions: list[PersistentRegion] = Field(description="The most persistent features, located (topological models).")
+    groups: list[GroupEffect] | None = Field(description="Per feature group, its effect on the answer.")
 
 
 class ErrorResponse(BaseModel):
