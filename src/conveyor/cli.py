@@ -17,7 +17,7 @@ from rich.table import Table
 
 from conveyor.config import Settings, get_settings
 from conveyor.errors import ConveyorError
-from conveyor.terminal import JsonOption, emit_json, err, errors, out
+from conveyor.terminal import JsonOption, emit_json, err, errors, out, print_subgroups
 
 app = typer.Typer(
     name="conveyor",
@@ -317,40 +317,12 @@ def _print_training(result: Any, compact: bool = False) -> None:
         clip = result.clip_test
         out.print(f"per video clip (mean of its frames): test {label} {getattr(clip, metric):.3f} on {clip.n} clips")
     _print_conformal(result.conformal)
-    _print_subgroups(result.subgroups.to_dict() if result.subgroups is not None else None, "test split")
+    if result.subgroups is not None:
+        print_subgroups(result.subgroups.to_dict(), "the test split", label)
     if result.registered_version is not None:
         out.print(f"registered as version {result.registered_version}, alias [bold]{result.alias}[/]")
     else:
         out.print("[yellow]not registered:[/] " + "; ".join(result.gate.reasons))
-
-
-def _print_subgroups(report: dict[str, Any] | None, where: str) -> None:
-    """Each subgroup's metric and accuracy with their 95% intervals beside the whole; small groups say so."""
-    if not report or not report["groups"]:
-        return
-    from conveyor.training.evaluate import METRIC_LABELS
-
-    label = METRIC_LABELS[report["metric"]]
-    whole = "-" if report["whole"] is None else f"{report['whole']:.3f}"
-    table = Table(title=f"subgroups of the {where} (whole: {label} {whole}, n {report['n']})")
-    for column in ("attribute", "value", "n", f"{label} [95% interval]", "accuracy [95% interval]", ""):
-        table.add_column(column, justify="right" if column == "n" else "left", no_wrap=column != "value")
-
-    def shown(value: float | None, low: float | None, high: float | None) -> str:
-        if value is None:
-            return "-"
-        return f"{value:.3f}" + ("" if low is None or high is None else f" [{low:.2f}, {high:.2f}]")
-
-    for g in report["groups"]:
-        if g["note"] == "too few cases":
-            table.add_row(g["attribute"], g["value"], str(g["n"]), "[dim]too few cases[/]", "", "")
-            continue
-        flag = "[red]behind the whole[/]" if g["behind"] else (g["note"] or "")
-        table.add_row(
-            g["attribute"], g["value"], str(g["n"]), shown(g["metric"], g["metric_low"], g["metric_high"]),
-            shown(g["accuracy"], g["accuracy_low"], g["accuracy_high"]), flag,
-        )  # fmt: skip
-    out.print(table)
 
 
 def _print_conformal(report: dict[str, Any] | None) -> None:
