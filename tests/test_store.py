@@ -35,3 +35,27 @@ def test_a_workspace_from_before_a_new_column_gets_it(tmp_path: Path) -> None:
     inspector = inspect(engine)
     assert "group_key" in {c["name"] for c in inspector.get_columns("images")}
     assert "ix_images_group_key" in {i["name"] for i in inspector.get_indexes("images")}
+
+
+def test_a_workspace_from_before_subgroups_opens_and_its_images_have_none(tmp_path: Path) -> None:
+    """An images table made before the subgroups column, with an image in it: the workspace opens, the column is
+    added, the old image reads as having no subgroups (and is left out of subgroup reports)."""
+    from sqlalchemy import create_engine, inspect, text
+
+    from conveyor.data.versions import subgroups_of
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    create_schema(engine)
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE images DROP COLUMN subgroups"))
+        connection.execute(text("INSERT INTO ingests (id, source, started_at) VALUES (1, 's', '2024-01-01')"))
+        connection.execute(
+            text(
+                "INSERT INTO images (sha256, label, format, width, height, channels, mode, bit_depth, n_frames, "
+                "file_size, phash, brightness, contrast, raw_path, conflict, created_at, ingest_id) VALUES ('a', "
+                "'yes', 'png', 64, 64, 1, 'L', 8, 1, 10, '00', 0.5, 0.1, 'raw/a.png', 0, '2024-01-01', 1)"
+            )
+        )
+    create_schema(engine)
+    assert "subgroups" in {c["name"] for c in inspect(engine).get_columns("images")}
+    assert subgroups_of(engine, ["a"]) == {}

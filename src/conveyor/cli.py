@@ -17,7 +17,7 @@ from rich.table import Table
 
 from conveyor.config import Settings, get_settings
 from conveyor.errors import ConveyorError
-from conveyor.terminal import JsonOption, emit_json, err, errors, out
+from conveyor.terminal import JsonOption, emit_json, err, errors, out, print_subgroups
 
 app = typer.Typer(
     name="conveyor",
@@ -317,6 +317,8 @@ def _print_training(result: Any, compact: bool = False) -> None:
         clip = result.clip_test
         out.print(f"per video clip (mean of its frames): test {label} {getattr(clip, metric):.3f} on {clip.n} clips")
     _print_conformal(result.conformal)
+    if result.subgroups is not None:
+        print_subgroups(result.subgroups.to_dict(), "the test split", label)
     if result.registered_version is not None:
         out.print(f"registered as version {result.registered_version}, alias [bold]{result.alias}[/]")
     else:

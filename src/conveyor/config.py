@@ -318,6 +318,19 @@ class ConformalSettings(BaseModel):
     )
 
 
+class SubgroupSettings(BaseModel):
+    """Per-subgroup metrics of the winner on the test split (and of the champion on each labelled batch)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_cases: int = Field(
+        20,
+        ge=1,
+        description="A subgroup with fewer labelled images is listed with its count and 'too few cases', "
+        "unscored (its interval would say nothing).",
+    )
+
+
 class TrainingSettings(BaseModel):
     """What ``conveyor train`` crosses and how it judges."""
 
@@ -338,6 +351,7 @@ class TrainingSettings(BaseModel):
     feature_selection: FeatureSelectionSettings = FeatureSelectionSettings()
     importance: ImportanceSettings = ImportanceSettings()
     conformal: ConformalSettings = ConformalSettings()
+    subgroups: SubgroupSettings = SubgroupSettings()
     metric: Literal["balanced_accuracy", "f1", "accuracy", "roc_auc"] = Field(
         "balanced_accuracy",
         validation_alias=AliasChoices("metric", "gate_metric"),

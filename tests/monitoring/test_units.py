@@ -17,6 +17,8 @@ from conveyor.monitoring.drift import column_drift, drift_table
 from conveyor.monitoring.ood import OODDetector
 from conveyor.monitoring.policy import decide_retrain
 from conveyor.monitoring.settings import AlertRules, MonitoringSettings, RetrainPolicy
+from conveyor.training.evaluate import Interval
+from conveyor.training.subgroups import TOO_FEW, GroupResult, SubgroupReport, falls_behind
 
 
 def frames(n_ref: int, n_cur: int, shift: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -135,6 +137,45 @@ def test_coverage_under_target_within_its_interval_does_not_fire() -> None:
 def test_the_coverage_rule_can_be_switched_off() -> None:
     rules = AlertRules(drift_share=None, metric_drop=None, ood_share=None, coverage=False)
     assert _coverage_alerts(_coverage(10, 100), rules) == []
+
+
+def _subgroup_report(*groups: GroupResult, whole: float | None = 0.9) -> SubgroupReport:
+    return SubgroupReport("accuracy", 20, sum(g.n for g in groups), whole, 0.9, list(groups))
+
+
+def _site(value: str, n: int, metric: float | None, low: float, high: float, whole: float = 0.9) -> GroupResult:
+    interval = Interval(low, high)
+    return GroupResult("site", value, n, metric, interval, metric, interval, None, falls_behind(whole, interval))
+
+
+def _subgroup_alerts(report: SubgroupReport, rules: AlertRules | None = None) -> list[Alert]:
+    return evaluate_rules(
+        rules or AlertRules(drift_share=None, metric_drop=None, ood_share=None), drift_share=None,
+        drifted_columns=[], metric="accuracy", score=None, champion_score=None, ood_share=None, subgroups=report,
+    )  # fmt: skip
+
+
+def test_a_subgroup_behind_the_whole_by_more_than_its_interval_fires() -> None:
+    report = _subgroup_report(_site("A", 160, 0.97, 0.94, 0.99), _site("B", 40, 0.5, 0.35, 0.65))
+    (alert,) = _subgroup_alerts(report)
+    assert (alert.rule, alert.value, alert.threshold) == ("subgroup", 0.5, 0.9)
+    assert alert.message == (
+        "1 subgroup(s) fall behind the whole batch's accuracy 0.900 by more than their 95% interval: "
+        "site 'B': 0.500 [0.350, 0.650] on 40"
+    )
+
+
+def test_a_subgroup_whose_interval_reaches_the_whole_does_not_fire() -> None:
+    assert _subgroup_alerts(_subgroup_report(_site("B", 25, 0.8, 0.62, 0.93))) == []
+
+
+def test_a_group_with_too_few_cases_never_fires() -> None:
+    assert _subgroup_alerts(_subgroup_report(GroupResult("site", "C", 3, note=TOO_FEW))) == []
+
+
+def test_the_subgroup_rule_can_be_switched_off() -> None:
+    rules = AlertRules(drift_share=None, metric_drop=None, ood_share=None, subgroup=False)
+    assert _subgroup_alerts(_subgroup_report(_site("B", 40, 0.5, 0.35, 0.65)), rules) == []
 
 
 DRIFT = Alert("drift_share", 0.8, 0.5, "80% of columns drifted")

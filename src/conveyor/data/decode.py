@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from conveyor.data.subgroups import dicom_subgroups
 from conveyor.errors import InvalidImageError
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ class DecodedImage:
     #: Whose image it is, as the file says (DICOM PatientID, else StudyInstanceUID), raw: ingest stores only a salted
     #: hash of it (:func:`conveyor.data.privacy.group_key`), to keep a patient's images on one side of the split.
     subject: str | None = None
+    #: The DICOM header's subgroup values, derived (:func:`conveyor.data.subgroups.dicom_subgroups`); None otherwise.
+    subgroups: dict[str, str] | None = None
 
     @property
     def height(self) -> int:
@@ -328,6 +331,7 @@ def _dicom_pixels(ds: Any, frames: int) -> DecodedImage:
         bit_depth=int(ds.get("BitsStored", 8) or 8),
         n_frames=frames,
         subject=_subject(ds),
+        subgroups=dicom_subgroups(ds),
     )
 
 

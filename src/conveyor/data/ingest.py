@@ -40,6 +40,7 @@ from conveyor.data.masks import check_mask
 from conveyor.data.privacy import PathNames, deidentify_dicom, group_key, path_names, workspace_salt
 from conveyor.data.sources import Source, SourceFile, open_source
 from conveyor.data.split import Assigned, Candidate, assign_splits
+from conveyor.data.subgroups import csv_subgroups, image_subgroups
 from conveyor.data.versions import record_dataset_version
 from conveyor.data.video import encode_png, sample_frames, sniff_video
 from conveyor.errors import InvalidImageError
@@ -87,6 +88,8 @@ class IngestSummary:
     clips: int = 0  # video clips of the source stored (as frames)
     frames: int = 0  # the frames stored of them
     masks: int = 0  # segmentation masks stored with the source's images
+    # Labels CSV columns not stored because their names say they identify someone (patient_id, name, birth_date)
+    dropped_columns: list[str] = field(default_factory=list)
 
     @property
     def nothing_new(self) -> bool:
@@ -168,7 +171,9 @@ def _ingest_source(
 ) -> IngestSummary:
     names = path_names(settings)
     source_key = names.stored(source.key)
-    summary = IngestSummary(source=display, source_key=source_key, missing_from_csv=source.missing)
+    summary = IngestSummary(
+        source=display, source_key=source_key, missing_from_csv=source.missing, dropped_columns=source.dropped_columns
+    )
     limits = DecodeLimits.of(settings)
     if not names.keep:
         _hash_plain_paths(engine, source.key, names)
@@ -383,6 +388,7 @@ class _Prepared:
     inspection: Inspection | None = None
     error: InvalidImageError | None = None
     subject: str | None = None  # whose image the file says it is (DICOM), raw: hashed before it is stored
+    header_subgroups: dict[str, str] | None = None  # the DICOM header's subgroup values (derived, never identifying)
     frames: tuple[_PreparedFrame, ...] | None = None  # a video clip's sampled frames, stored as images
     mask: _PreparedMask | None = None  # its segmentation mask, checked and copied into the raw store
 
@@ -445,9 +451,22 @@ def _decide_clip(
 
 
 def _image_row(
-    sha: str, label: str, item: SourceFile, run: _Run, inspection: Inspection, size: int, group: str | None
+    sha: str,
+    label: str,
+    item: SourceFile,
+    run: _Run,
+    inspection: Inspection,
+    size: int,
+    group: str | None,
+    header_subgroups: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """An ``images`` row of a stored image (every key, as one insert of many rows needs)."""
+    """An ``images`` row of a stored image (every key, as one insert of many rows needs). Its subgroups: the image's
+    facts, its DICOM header's values, its labels CSV row's extra columns (these win)."""
+    subgroups = {
+        **image_subgroups(inspection.format, inspection.bit_depth, inspection.width, inspection.height),
+        **(header_subgroups or {}),
+        **csv_subgroups(item.extra or {}),
+    }
     return {
         "sha256": sha,
         "label": label,
@@ -462,6 +481,7 @@ def _image_row(
         "conflict": False,
         "created_at": utcnow(),
         "ingest_id": run.ingest_id,
+        "subgroups": subgroups,
         **vars(inspection),
     }
 
@@ -533,7 +553,10 @@ def _prepare(task: _Task, context: _PrepareContext) -> _Prepared:
         except InvalidImageError as exc:
             return _Prepared(task.index, sha, len(data), error=exc)
     _write_raw(Path(context.home) / _raw_path(sha, inspection.format), data)
-    return _Prepared(task.index, sha, len(data), inspection=inspection, subject=decoded.subject, mask=mask)
+    return _Prepared(
+        task.index, sha, len(data), inspection=inspection, subject=decoded.subject, mask=mask,
+        header_subgroups=decoded.subgroups,
+    )  # fmt: skip
 
 
 def _prepare_mask(task: _Task, inspection: Inspection, context: _PrepareContext) -> _PreparedMask:
@@ -690,7 +713,8 @@ def _decide(item: SourceFile, stored_path: str, prepared: _Prepared, previous: O
             if refusal is not None:
                 raise InvalidImageError("low_quality", refusal)
             known[sha] = label
-            row = _image_row(sha, label, item, run, inspection, prepared.size, _group_key(item, prepared, run))
+            group = _group_key(item, prepared, run)
+            row = _image_row(sha, label, item, run, inspection, prepared.size, group, prepared.header_subgroups)
             run.pending.append(("image", {**row, "quality_flags": ",".join(flags) or None}))
             if prepared.mask is not None:
                 m = prepared.mask

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
+from conveyor.data.subgroups import identifying_column
 from conveyor.errors import InvalidImageError, SourceError
 
 __all__ = ["SPLIT_FOLDERS", "Source", "SourceFile", "open_source"]
@@ -50,16 +51,19 @@ class SourceFile:
     group: str | None = None
     #: Its segmentation mask (``images/<name>`` beside ``masks/<name>``, or ``<name>_mask.<ext>`` beside it).
     mask: SourceFile | None = field(default=None, repr=False, compare=False)
+    #: The labels CSV's extra columns of its row (beyond path, label, split, group; identifying ones dropped), raw.
+    extra: dict[str, str] | None = None
 
 
 @dataclass
 class Source:
-    """An opened source: its stable key (kind and absolute path), its files sorted by path, and CSV rows whose file
-    does not exist."""
+    """An opened source: its stable key (kind and absolute path), its files sorted by path, CSV rows whose file
+    does not exist, and the labels CSV's columns dropped unread because their names say they identify someone."""
 
     key: str
     files: list[SourceFile]
     missing: list[str] = field(default_factory=list)
+    dropped_columns: list[str] = field(default_factory=list)
 
     def close(self) -> None:
         if self._closer is not None:
@@ -72,7 +76,9 @@ def open_source(path: Path, labels_csv: Path | None = None) -> Source:
     """Open ``path`` (a folder or a .zip) and list its files with labels.
 
     Labels come from ``labels_csv`` (columns ``path,label``, optional ``split`` and ``group``; paths relative to the
-    source) when given, else from a ``labels.csv`` at the source's top, else from the folder structure.
+    source) when given, else from a ``labels.csv`` at the source's top, else from the folder structure. Any other
+    column of the CSV is a subgroup attribute (:mod:`conveyor.data.subgroups`), unless its name says it identifies
+    someone (``patient_id``, ``name``, ``birth_date``): that one is dropped and listed in ``dropped_columns``.
 
     Raises:
         SourceError: the path does not exist, is not a folder or zip, or the CSV is malformed.
@@ -109,8 +115,9 @@ def open_source(path: Path, labels_csv: Path | None = None) -> Source:
     else:
         raise SourceError(f"{path}: not a folder or a .zip archive")
 
+    dropped: list[str] = []
     if csv_text is not None:
-        labels = _parse_labels_csv(csv_text, csv_name)
+        labels, dropped = _parse_labels_csv(csv_text, csv_name)
         files = [_label_from_csv(entry, labels) for entry in entries]
         present = {e[0] for e in entries}
         missing = sorted(p for p in labels if p not in present)
@@ -119,7 +126,7 @@ def open_source(path: Path, labels_csv: Path | None = None) -> Source:
         missing = []
     files = _pair_masks(files)
     files.sort(key=lambda f: f.relpath)
-    source = Source(key=key, files=files, missing=missing)
+    source = Source(key=key, files=files, missing=missing, dropped_columns=dropped)
     source._closer = closer
     return source
 
@@ -375,12 +382,20 @@ def _decode_csv(data: bytes, name: str) -> str:
         ) from exc
 
 
-def _parse_labels_csv(text: str, name: str) -> dict[str, tuple[str, str | None, str | None]]:
+_CsvRow = tuple[str, str | None, str | None, dict[str, str]]  # label, split, group, extra columns
+_CSV_COLUMNS = ("path", "label", "split", "group")
+
+
+def _parse_labels_csv(text: str, name: str) -> tuple[dict[str, _CsvRow], list[str]]:
+    """Each listed path's row, and the extra columns dropped because their names say they identify someone."""
     reader = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may hold line breaks
     fields = [f.strip().lower() for f in (reader.fieldnames or [])]
     if "path" not in fields or "label" not in fields:
         raise SourceError(f"{name}: the header must name the columns 'path' and 'label', found {reader.fieldnames}")
-    labels: dict[str, tuple[str, str | None, str | None]] = {}
+    extra_columns = [f for f in fields if f and f not in _CSV_COLUMNS]
+    dropped = [f for f in extra_columns if identifying_column(f)]
+    kept = [f for f in extra_columns if f not in dropped]
+    labels: dict[str, _CsvRow] = {}
     for row in reader:
         line_no = reader.line_num
         if None in row:  # csv.DictReader files the fields past the header's under None
@@ -399,13 +414,13 @@ def _parse_labels_csv(text: str, name: str) -> dict[str, tuple[str, str | None, 
         path = posixpath.normpath(path.replace("\\", "/"))
         if path in labels and labels[path][0] != label:
             raise SourceError(f"{name}, line {line_no}: {path} is listed twice, as {labels[path][0]!r} and {label!r}")
-        labels[path] = (label, split, group)
-    return labels
+        labels[path] = (label, split, group, {column: row[column] for column in kept if row.get(column)})
+    return labels, dropped
 
 
-def _label_from_csv(entry: _Entry, labels: dict[str, tuple[str, str | None, str | None]]) -> SourceFile:
+def _label_from_csv(entry: _Entry, labels: dict[str, _CsvRow]) -> SourceFile:
     relpath, size, read, stand_in, problem, local = entry
-    label, split, group = labels.get(relpath, (None, None, None))
+    label, split, group, extra = labels.get(relpath, (None, None, None, {}))
     if problem is None and label is None:
         problem = ("no_label", f"{relpath} is not listed in the labels CSV")
-    return SourceFile(relpath, label, split, size, read, problem, stand_in, local, group)
+    return SourceFile(relpath, label, split, size, read, problem, stand_in, local, group, extra=extra or None)

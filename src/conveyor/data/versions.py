@@ -30,6 +30,7 @@ __all__ = [
     "list_versions",
     "raw_paths",
     "record_dataset_version",
+    "subgroups_of",
     "version_id",
 ]
 
@@ -150,6 +151,20 @@ def clips_of(engine: Engine, shas: list[str]) -> dict[str, str]:
                 Image.sha256.in_(chunk), Image.clip_sha256.is_not(None)
             )
             out.update({r.sha256: str(r.clip_sha256) for r in session.execute(query)})
+    return out
+
+
+def subgroups_of(engine: Engine, shas: list[str]) -> dict[str, dict[str, str]]:
+    """The subgroup values of each stored image among ``shas`` (:mod:`conveyor.data.subgroups`); images stored
+    before conveyor recorded them are left out."""
+    out: dict[str, dict[str, str]] = {}
+    with session_scope(engine) as session:
+        for start in range(0, len(shas), 5000):  # keep IN lists short for every database
+            chunk = shas[start : start + 5000]
+            query = select(Image.sha256, Image.subgroups).where(Image.sha256.in_(chunk))
+            for sha, values in session.execute(query):
+                if values:  # NULL (an old image) and JSON null alike
+                    out[sha] = {str(k): str(v) for k, v in values.items()}
     return out
 
 

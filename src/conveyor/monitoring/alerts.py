@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from conveyor.monitoring.settings import AlertRules
+from conveyor.training.subgroups import SubgroupReport
 
 __all__ = ["Alert", "evaluate_rules", "post_webhook"]
 
@@ -43,11 +44,13 @@ def evaluate_rules(
     champion_score: float | None,
     ood_share: float | None,
     coverage: dict[str, Any] | None = None,
+    subgroups: SubgroupReport | None = None,
 ) -> list[Alert]:
     """The rules that fire; a measure that is None (no labels, no champion test value) fires nothing. ``score`` is
     ``metric`` (``training.metric``) on the labelled batch, ``champion_score`` the champion's on its test split. Each
     fired rule is logged at WARNING. ``coverage`` is the prediction sets' report on the labelled inputs
-    (:meth:`conveyor.models.conformal.MondrianConformal.evaluate`)."""
+    (:meth:`conveyor.models.conformal.MondrianConformal.evaluate`); ``subgroups`` the champion per subgroup of
+    them (:func:`conveyor.training.subgroups.subgroup_report`)."""
     fired: list[Alert] = []
     if rules.drift_share is not None and drift_share is not None and _reaches(drift_share, rules.drift_share):
         shown = ", ".join(drifted_columns[:8]) + (" ..." if len(drifted_columns) > 8 else "")
@@ -90,6 +93,25 @@ def evaluate_rules(
                 f"the prediction sets held the true class for {coverage['coverage']:.1%} of {coverage['n']} "
                 f"labelled inputs, below the {coverage['target']:.0%} promised (95% interval "
                 f"[{coverage['low']:.3f}, {coverage['high']:.3f}]): the cases have shifted from the calibration",
+            )
+        )
+    behind = subgroups.behind if subgroups is not None else []
+    if rules.subgroup and subgroups is not None and subgroups.whole is not None and behind:
+        worst = behind[0]
+        shown = "; ".join(
+            f"{g.attribute} {g.value!r}: {g.metric:.3f} [{g.metric_interval.low:.3f}, {g.metric_interval.high:.3f}] "
+            f"on {g.n}"
+            for g in behind[:5]
+            if g.metric is not None and g.metric_interval is not None
+        )
+        more = f" and {len(behind) - 5} more" if len(behind) > 5 else ""
+        fired.append(
+            Alert(
+                "subgroup",
+                float(worst.metric or 0.0),
+                subgroups.whole,
+                f"{len(behind)} subgroup(s) fall behind the whole batch's {subgroups.metric} {subgroups.whole:.3f} by "
+                f"more than their 95% interval: {shown}{more}",
             )
         )
     for alert in fired:

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from conveyor.errors import ConveyorError
 from conveyor.monitoring.report import MonitorReport
-from conveyor.terminal import JsonOption, emit_json, errors, out
+from conveyor.terminal import JsonOption, emit_json, errors, out, print_subgroups
 
 __all__ = ["monitor"]
 
@@ -84,6 +84,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
             m = getattr(report.performance, name)
             table.add_row(name, *(_fmt(v) for v in (m.f1, m.precision, m.recall, m.accuracy)))
         out.print(table)
+    if report.subgroups is not None:
+        from conveyor.training.evaluate import METRIC_LABELS
+
+        print_subgroups(report.subgroups, "the labelled inputs", METRIC_LABELS[report.subgroups["metric"]])
     out.print(f"out of distribution: {_fmt(report.ood_share, '{:.0%}')}")
     for alert in report.alerts:
         out.print(f"[bold red]alert[/] {alert.rule}: {alert.message}")

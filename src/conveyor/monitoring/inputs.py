@@ -101,6 +101,8 @@ class Current:
     dataset_version: str | None = None
     model_version: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Per input, its subgroup values (conveyor.data.subgroups) when it was ingested; None where unknown or not stored.
+    subgroups: list[dict[str, str] | None] | None = None
 
     @property
     def labelled(self) -> list[int]:

@@ -29,7 +29,7 @@ from sqlalchemy import Engine, select, update
 
 from conveyor.config import Settings
 from conveyor.data.ingest import IngestSummary, ingest
-from conveyor.data.versions import raw_paths
+from conveyor.data.versions import raw_paths, subgroups_of
 from conveyor.errors import InvalidImageError, SourceError
 from conveyor.monitoring.alerts import Alert, evaluate_rules, post_webhook
 from conveyor.monitoring.drift import DriftResult, drift_report_html, drift_table
@@ -54,6 +54,7 @@ from conveyor.monitoring.policy import RetrainDecision, decide_retrain
 from conveyor.monitoring.report import MonitorReport
 from conveyor.store.db import session_scope
 from conveyor.store.models import MonitoringRun
+from conveyor.training.subgroups import SubgroupReport, subgroup_report
 from conveyor.workspace import atomic_write, open_workspace
 
 __all__ = ["HistoryRow", "analyse", "monitor_batch", "monitoring_history", "new_labelled_count"]
@@ -121,6 +122,7 @@ def _batch_current(
         blobs = [raws[s].read_bytes() for s in shas]
     proba = predict(champion, features, blobs)
     stats = image_stats_from_db(engine, shas).reset_index(drop=True)
+    groups = subgroups_of(engine, shas)
     extra = {"ingest": {k: getattr(summary, k) for k in ("seen", "stored", "duplicates", "conflicts", "quarantined")}}
     return Current(
         "batch",
@@ -133,6 +135,7 @@ def _batch_current(
         summary.dataset_version,
         champion.version,
         extra,
+        [groups.get(sha) for sha in shas],
     )
 
 
@@ -190,6 +193,7 @@ class _Analysis:
     performance: Any
     ood: dict[str, Any]
     conformal: dict[str, Any] | None = None  # the prediction sets on the labelled inputs, for a calibrated champion
+    subgroups: SubgroupReport | None = None  # the champion per subgroup of the labelled inputs
 
 
 def _analyse(settings: Settings, champion: Champion, reference: Reference, current: Current) -> _Analysis:
@@ -265,8 +269,23 @@ def _analyse(settings: Settings, champion: Champion, reference: Reference, curre
             "distances": distances.tolist(),
         }
     return _Analysis(
-        drift, prediction_drift, ref_frame, cur_frame, performance, ood, _conformal(settings, champion, current)
-    )
+        drift, prediction_drift, ref_frame, cur_frame, performance, ood, _conformal(settings, champion, current),
+        _subgroups(settings, champion, current),
+    )  # fmt: skip
+
+
+def _subgroups(settings: Settings, champion: Champion, current: Current) -> SubgroupReport | None:
+    """The champion on each subgroup of the labelled inputs, beside the whole of them (scored as ``performance``
+    scores them); None without labels or without any input's subgroup values."""
+    labelled = current.labelled
+    if not labelled or current.subgroups is None or not any(current.subgroups[i] for i in labelled):
+        return None
+    ms = settings.monitoring
+    return subgroup_report(
+        [str(current.labels[i]) for i in labelled], current.proba[labelled], champion.classes,
+        [current.subgroups[i] for i in labelled], metric=settings.training.metric, positive=champion.spec.positive,
+        min_cases=settings.training.subgroups.min_cases, n_boot=ms.bootstrap, seed=ms.seed,
+    )  # fmt: skip
 
 
 def _conformal(settings: Settings, champion: Champion, current: Current) -> dict[str, Any] | None:
@@ -405,6 +424,7 @@ def judge(
         champion_score=champion.test_score(metric),
         ood_share=analysis.ood["share"],
         coverage=analysis.conformal,
+        subgroups=analysis.subgroups,
     )
     decision = decide_retrain(ms.retrain, alerts, new_labelled)
     return Judgement(analysis, metric, score, drift_share, alerts, decision)
@@ -484,6 +504,7 @@ def analyse(settings: Settings, current: Current, *, champion: Champion | None =
         "ood_share": analysis.ood["share"],
         "ood": ood,
         "conformal": analysis.conformal,
+        "subgroups": analysis.subgroups.to_dict() if analysis.subgroups is not None else None,
         "alerts": [a.to_dict() for a in alerts],
         "retrain": decision.to_dict(),
         "report_dir": str(folder),

@@ -69,6 +69,7 @@ class MonitorReport(_Open):
     champion_test_f1: float | None = None
     ood_share: float | None
     conformal: dict[str, Any] | None = None  # the prediction sets' coverage on the labelled inputs
+    subgroups: dict[str, Any] | None = None  # the champion per subgroup of the labelled inputs (SubgroupReport)
     alerts: list[FiredAlert]
     retrain: Retrain
     report: str

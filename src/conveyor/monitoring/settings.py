@@ -33,6 +33,12 @@ class AlertRules(BaseModel):
         "more than its sampling interval (the 95% interval's upper end is under it): the new cases are no longer "
         "exchangeable with the calibration ones.",
     )
+    subgroup: bool = Field(
+        True,
+        description="Fire when a subgroup of the labelled inputs with enough cases (training.subgroups.min_cases) "
+        "falls behind the whole batch by more than its interval: its training.metric's 95% interval lies wholly "
+        "below the batch's value.",
+    )
 
 
 class RetrainPolicy(BaseModel):

@@ -78,6 +78,10 @@ class Image(Base):
     # A frame of a video clip: the clip's sha256 and the frame's time in it (seconds); None for a still image.
     clip_sha256: Mapped[str | None] = mapped_column(String(64), index=True, default=None)
     clip_time: Mapped[float | None] = mapped_column(Float, default=None)
+    # The subgroups it belongs to, derived values only (conveyor.data.subgroups): DICOM manufacturer, model, modality,
+    # sex, age band, body part, institution; format, bit depth, size band; a labels CSV's extra columns. None for an
+    # image stored before conveyor recorded them.
+    subgroups: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     raw_path: Mapped[str] = mapped_column(String(255))  # relative to the workspace
     conflict: Mapped[bool] = mapped_column(Boolean, default=False)  # same bytes seen under another label
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

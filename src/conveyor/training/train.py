@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from conveyor.config import Settings
-from conveyor.data.versions import clips_of, cv_groups, dataset_members, latest_version, raw_paths
+from conveyor.data.versions import clips_of, cv_groups, dataset_members, latest_version, raw_paths, subgroups_of
 from conveyor.data.video import clip_probabilities
 from conveyor.errors import ConfigError, ConveyorError
 from conveyor.features.store import ROI_PREFIX, compute_features, configured_extractors, load_matrix
@@ -45,6 +45,7 @@ from conveyor.training.gate import GateDecision, judge_gate
 from conveyor.training.pixels import PixelStore
 from conveyor.training.search import SearchMode, SearchOutcome, choose_mode, search
 from conveyor.training.segmentation import feature_region
+from conveyor.training.subgroups import SubgroupReport, subgroup_report
 from conveyor.workspace import open_workspace
 
 if TYPE_CHECKING:
@@ -136,6 +137,7 @@ class TrainResult:
     seconds: float = 0.0
     clip_test: Metrics | None = None  # the calibrated winner per video clip, when the test split holds frames
     conformal: dict[str, Any] | None = None  # the prediction sets on the test split (see _conformal_report)
+    subgroups: SubgroupReport | None = None  # the calibrated winner per subgroup of the test split
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,6 +155,7 @@ class TrainResult:
             "parent_run_id": self.parent_run_id,
             "clip_test": None if self.clip_test is None else self.clip_test.as_dict(),
             "conformal": self.conformal,
+            "subgroups": None if self.subgroups is None else self.subgroups.to_dict(),
             "seconds": round(self.seconds, 3),
         }
 
@@ -405,6 +408,7 @@ class _Decision:
     clip_test: Metrics | None = None  # the winner per clip (mean of its frames' probabilities), when frames are tested
     conformal: MondrianConformal | None = None  # calibrated on the held-out part: what the model's sets come from
     conformal_report: dict[str, Any] | None = None
+    subgroups: SubgroupReport | None = None
 
 
 def _decide(
@@ -433,8 +437,20 @@ def _decide(
     conformal = _fit_conformal(data, estimator, inputs[best.extractor])
     report = _conformal_report(settings, data, conformal, proba)
     return _Decision(
-        best, estimator, calibrated, baselines, gate, _clip_metrics(settings, data, proba), conformal, report
-    )
+        best, estimator, calibrated, baselines, gate, _clip_metrics(settings, data, proba), conformal, report,
+        _subgroups(settings, data, proba),
+    )  # fmt: skip
+
+
+def _subgroups(settings: Settings, data: _Data, proba: np.ndarray) -> SubgroupReport:
+    """The calibrated winner on each subgroup of the test split (``images.subgroups``), beside the whole split."""
+    cfg = settings.training
+    test_shas = [sha for sha, _, split in data.members if split == "test"]
+    values = subgroups_of(open_workspace(settings), test_shas)
+    return subgroup_report(
+        data.test_labels, proba, data.classes, [values.get(sha) for sha in test_shas], metric=cfg.metric,
+        positive=data.positive, min_cases=cfg.subgroups.min_cases, n_boot=cfg.bootstrap, seed=cfg.seed,
+    )  # fmt: skip
 
 
 COVERAGE_LEVELS = (0.8, 0.9, 0.95)
@@ -546,7 +562,7 @@ def _record(
         return TrainResult(
             data.version, settings.training.metric, data.classes, data.positive, candidates, decision.baselines,
             best, decision.calibrated, gate, registered, alias, parent.info.run_id, summary,
-            time.perf_counter() - began, decision.clip_test, decision.conformal_report,
+            time.perf_counter() - began, decision.clip_test, decision.conformal_report, decision.subgroups,
         )  # fmt: skip
 
 
@@ -634,6 +650,8 @@ def _log_parent(
     mlflow.log_metrics(metrics)
     if decision.conformal_report is not None:
         mlflow.log_dict(decision.conformal_report, "conformal.json")
+    if decision.subgroups is not None:
+        mlflow.log_dict(decision.subgroups.to_dict(), "subgroups.json")
     mlflow.log_dict(settings.preprocess.model_dump(mode="json"), "config/preprocess.json")
     mlflow.log_dict({e.name: e.config() for e in configured_extractors(settings)}, "config/extractors.json")
     mlflow.log_dict(cfg.search.model_dump(mode="json"), "config/search.json")
