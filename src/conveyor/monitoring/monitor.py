@@ -53,6 +53,7 @@ from conveyor.monitoring.performance import compare_with_dummies
 from conveyor.monitoring.policy import RetrainDecision, decide_retrain
 from conveyor.monitoring.report import MonitorReport
 from conveyor.store.db import session_scope
+from conveyor.store.history import HistoryRow, runs_history
 from conveyor.store.models import MonitoringRun
 from conveyor.training.subgroups import SubgroupReport, subgroup_report
 from conveyor.workspace import atomic_write, open_workspace
@@ -624,53 +625,6 @@ def monitor_batch(
 # ------------------------------------------------------------------------------------------------------- history
 
 
-@dataclass(frozen=True)
-class HistoryRow:
-    id: int
-    at: datetime
-    kind: str
-    source: str
-    model_version: int | None
-    n_current: int
-    n_labelled: int
-    drift_share: float | None
-    f1: float | None
-    ood_share: float | None
-    alerts: list[str]
-    retrain: bool
-    retrain_reason: str
-    report_path: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        out["at"] = self.at.isoformat()
-        return out
-
-
 def monitoring_history(settings: Settings, limit: int | None = 50) -> list[HistoryRow]:
-    """The monitoring runs, oldest first (the last ``limit`` of them)."""
-    engine = open_workspace(settings)
-    with session_scope(engine) as session:
-        query = select(MonitoringRun).order_by(MonitoringRun.id.desc())
-        if limit is not None:
-            query = query.limit(limit)
-        rows = list(session.scalars(query))[::-1]
-        return [
-            HistoryRow(
-                r.id,
-                r.at,
-                r.kind,
-                r.source,
-                r.model_version,
-                r.n_current,
-                r.n_labelled,
-                r.drift_share,
-                r.f1,
-                r.ood_share,
-                [a["rule"] for a in r.alerts or []],
-                r.retrain,
-                r.retrain_reason,
-                r.report_path,
-            )
-            for r in rows
-        ]
+    """The monitoring runs of the workspace, oldest first (the last ``limit`` of them)."""
+    return runs_history(open_workspace(settings), limit)

@@ -85,7 +85,7 @@ def create_app(settings: Settings, scoring_processes: int = 1) -> FastAPI:
     Raises:
         ConfigError: production mode with no admin token.
     """
-    from conveyor.serving.routes import admin, explain, feedback, health, page, predict, review, segment
+    from conveyor.serving.routes import admin, explain, feedback, health, ops, page, predict, review, segment
     from conveyor.workspace import open_workspace
 
     check_startable(settings)
@@ -122,7 +122,7 @@ def create_app(settings: Settings, scoring_processes: int = 1) -> FastAPI:
     app.state.service = service
     app.state.metrics = metrics
     app.state.feedback_limiter = RateLimiter()
-    for module in (predict, explain, segment, feedback, review, health, admin, page):
+    for module in (predict, explain, segment, feedback, review, ops, health, admin, page):
         app.include_router(module.router)
 
     @app.exception_handler(RequestValidationError)

@@ -71,6 +71,9 @@ class ServingSettings(BaseModel):
     coverage: float = Field(
         0.9, gt=0.0, lt=1.0, description="Of the prediction sets: the share of cases whose set holds the true class."
     )
+    mlflow_ui_url: str | None = Field(
+        None, description="Base URL of the MLflow UI (e.g. http://mlflow:5000): /ops links each run to it."
+    )
     review_max_open: int = Field(
         1000, ge=0, description="Open items the review queue holds; unsure answers beyond are not queued (0: no queue)."
     )

@@ -54,8 +54,14 @@ def _reviewer(request: Request, serving: ServingSettings) -> str:
     return name
 
 
-def _login_page(request: Request, serving: ServingSettings, error: str | None, status: int) -> HTMLResponse:
-    context = {"error": error, "enabled": bool(serving.admin_token)}
+_PAGES = ("/review", "/ops")  # where a sign-in may lead
+
+
+def login_page(
+    request: Request, serving: ServingSettings, error: str | None, status: int, then: str = "/review"
+) -> HTMLResponse:
+    """The sign-in form (admin token and the reviewer's name), leading to ``then`` (``/review`` or ``/ops``)."""
+    context = {"error": error, "enabled": bool(serving.admin_token), "then": then if then in _PAGES else "/review"}
     return templates.TemplateResponse(request, "review_login.html", context, status_code=status)
 
 
@@ -63,7 +69,7 @@ def _login_page(request: Request, serving: ServingSettings, error: str | None, s
 def review_page(request: Request, service: ServiceDep, serving: ServingDep) -> HTMLResponse:
     reviewer = signed_in(request, serving)
     if reviewer is None:
-        return _login_page(request, serving, None, 200)
+        return login_page(request, serving, None, 200)
     cases, total = open_items(service.engine)
     context = {"reviewer": reviewer, "cases": cases, "total": total, "coverage": serving.coverage,
                "unsure_below": serving.unsure_below}  # fmt: skip
@@ -76,15 +82,16 @@ def login(
     serving: ServingDep,
     token: Annotated[str, Form(max_length=4096)],
     name: Annotated[str, Form(max_length=64)],
+    then: Annotated[str, Form(max_length=16)] = "/review",
 ) -> Response:
     if not serving.admin_token:
-        return _login_page(request, serving, "the review queue is disabled: no serving.admin_token is set", 401)
+        return login_page(request, serving, "the review queue is disabled: no serving.admin_token is set", 401, then)
     if not hmac.compare_digest(token.encode(), serving.admin_token.encode()):
-        return _login_page(request, serving, "that is not the admin token", 401)
+        return login_page(request, serving, "that is not the admin token", 401, then)
     name = name.strip()
     if not _NAME.match(name):
-        return _login_page(request, serving, "a name of 1 to 64 letters, digits, spaces or . ' @ -", 422)
-    response = RedirectResponse("/review", status_code=303)
+        return login_page(request, serving, "a name of 1 to 64 letters, digits, spaces or . ' @ -", 422, then)
+    response = RedirectResponse(then if then in _PAGES else "/review", status_code=303)
     response.set_cookie(
         COOKIE, f"{name}|{_signature(serving.admin_token, name)}", httponly=True, samesite="strict", path="/",
         secure=request.url.scheme == "https", max_age=12 * 3600,
