@@ -363,6 +363,31 @@ class TrainingSettings(BaseModel):
     )
 
 
+class ComputeSettings(BaseModel):
+    """Where the heavy work runs: this machine's cores, or a Dask cluster (see :mod:`conveyor.compute`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scheduler: str = Field(
+        "local",
+        description="local: a process pool on this machine (nothing to start); or a Dask scheduler's address "
+        "(tcp://host:8786): ingest's reading and decoding, `conveyor features` and training's fits run there.",
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, description="Seconds to reach the scheduler before giving up.")
+    retries: int = Field(2, ge=0, description="Times Dask reruns a task whose worker died.")
+
+    @field_validator("scheduler")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value != "local" and not re.match(r"^(tcp|tls|inproc|ucx)://[^\s/]+$", value):
+            raise ValueError(f"compute.scheduler must be 'local' or a Dask address like tcp://host:8786, got {value!r}")
+        return value
+
+    @property
+    def distributed(self) -> bool:
+        return self.scheduler != "local"
+
+
 class Settings(BaseSettings):
     """Everything conveyor can be told; see the module docstring for where values come from."""
 
@@ -384,6 +409,7 @@ class Settings(BaseSettings):
     segmentation: SegmentationSettings = SegmentationSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     serving: ServingSettings = ServingSettings()
+    compute: ComputeSettings = ComputeSettings()
 
     @classmethod
     def settings_customise_sources(

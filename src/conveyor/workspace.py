@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -155,10 +156,13 @@ def exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
     Linux's parent-death signal (:func:`die_with_parent`) follows the *thread* that started the worker, which loky
     does not keep; a daemon thread that polls the parent's pid does not depend on it. ``parent`` is the pid the
     caller sent the work from, so a worker that only starts watching after its parent died exits at once.
-    Idempotent per process.
+    Idempotent per process. On a Dask worker (``compute.scheduler``) it does nothing: the cluster owns its workers'
+    lives, and the caller's pid means nothing on another machine.
     """
     global _WATCHING_PARENT
     if _WATCHING_PARENT or os.getpid() == parent:  # already watching, or running in the caller itself (1 job)
+        return
+    if _in_dask_worker():
         return
     _WATCHING_PARENT = True
     import threading
@@ -171,6 +175,17 @@ def exit_with_parent(parent: int, poll_s: float = 1.0) -> None:
             time.sleep(poll_s)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _in_dask_worker() -> bool:
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return False
+    try:
+        distributed.get_worker()
+    except ValueError:
+        return False
+    return True
 
 
 def die_with_parent() -> None:

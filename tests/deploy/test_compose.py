@@ -22,6 +22,8 @@ def test_compose_has_every_service(compose: dict[str, Any]) -> None:
         "mlflow",
         "conveyor-init",
         "conveyor-api",
+        "dask-scheduler",
+        "dask-worker",
         "airflow-init",
         "airflow-apiserver",
         "airflow-scheduler",
@@ -37,7 +39,14 @@ def test_conveyor_settings_point_at_the_services(compose: dict[str, Any], servic
     assert env["CONVEYOR_DB_URL"].startswith("postgresql+psycopg://conveyor:")
     assert env["CONVEYOR_DB_URL"].endswith("@postgres:5432/conveyor")
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert env["CONVEYOR_COMPUTE__SCHEDULER"] == "${CONVEYOR_SCHEDULER:-tcp://dask-scheduler:8786}"
     assert "workspace:/workspace" in compose["services"][service]["volumes"]
+
+
+def test_the_dask_workers_see_the_workspace_where_conveyor_does(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["dask-worker"]
+    assert "workspace:/workspace" in worker["volumes"] and worker["environment"]["CONVEYOR_HOME"] == "/workspace"
+    assert worker["command"][:3] == ["dask", "worker", "tcp://dask-scheduler:8786"]
 
 
 def test_airflow_runs_conveyor_from_its_own_venv_with_the_dag_folder_mounted(compose: dict[str, Any]) -> None:

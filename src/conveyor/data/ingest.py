@@ -206,7 +206,7 @@ def _ingest_source(
         settings.ingest.video,
         list(settings.ingest.masks.classes),
     )
-    for item, prepared in _prepare_in_order(source.files, context):
+    for item, prepared in _prepare_in_order(source.files, context, settings):
         sha = prepared.sha
         stored_path = names.stored(item.relpath)
         previous = decided.get((stored_path, sha))
@@ -345,6 +345,7 @@ def _at_rest(summary: IngestSummary, names: PathNames) -> dict[str, Any]:
 NOT_COPIED = frozenset({"unsafe_path", "not_a_file", "unreadable", "suspicious_archive"})
 _PARALLEL_FROM = 256  # files; below this, worker processes cost more than they save
 _CHUNK = 32  # files per worker task
+_CLUSTER_CHUNK = 128  # ... on a Dask cluster: seconds of work per task
 
 
 @dataclass(frozen=True)
@@ -629,12 +630,18 @@ def _prepare_chunk(tasks: list[_Task]) -> list[_Prepared]:
     return [_prepare(task, _WORKER_CONTEXT) for task in tasks]
 
 
-def _prepare_in_order(files: list[SourceFile], context: _PrepareContext) -> Iterator[tuple[SourceFile, _Prepared]]:
-    """:func:`_prepare` every file, in worker processes when there are many, yielded in the files' order.
+def _prepare_in_order(
+    files: list[SourceFile], context: _PrepareContext, settings: Settings
+) -> Iterator[tuple[SourceFile, _Prepared]]:
+    """:func:`_prepare` every file, in worker processes when there are many (or on the Dask cluster of
+    ``compute.scheduler``), yielded in the files' order.
 
     Processes, not threads: hashing and decoding release the GIL but the Python around them does not, and a thread
     pool was slower than one loop. At most a few chunks are in flight, so memory stays flat.
     """
+    if settings.compute.distributed:
+        yield from _prepare_on_cluster(files, context, settings)
+        return
     workers = min(8, available_cores())
     if workers < 2 or len(files) < _PARALLEL_FROM:
         for index, item in enumerate(files):
@@ -654,6 +661,33 @@ def _prepare_in_order(files: list[SourceFile], context: _PrepareContext) -> Iter
             yield from ((files[p.index], p) for p in window.popleft().result())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _prepare_with(tasks: list[_Task], context: _PrepareContext) -> list[_Prepared]:
+    """:func:`_prepare` a chunk on a cluster's worker (the context arrives scattered, once per worker)."""
+    return [_prepare(task, context) for task in tasks]
+
+
+def _prepare_on_cluster(
+    files: list[SourceFile], context: _PrepareContext, settings: Settings
+) -> Iterator[tuple[SourceFile, _Prepared]]:
+    """The cluster's version of :func:`_prepare_in_order`: chunks of ``_CLUSTER_CHUNK`` files, results in order.
+
+    The workers read the files the tasks name and write the raw store under ``context.home``: a path every worker
+    sees (one machine, or a shared filesystem).
+    """
+    from conveyor import compute
+
+    with compute.pool(settings, 0) as cluster:
+        shared = cluster.share(context)
+        window: deque[Any] = deque()
+        for start in range(0, len(files), _CLUSTER_CHUNK):
+            tasks = [_task(i, files[i], context) for i in range(start, min(start + _CLUSTER_CHUNK, len(files)))]
+            window.append(cluster.submit(_prepare_with, tasks, shared))
+            if len(window) >= 3 * cluster.size:
+                yield from ((files[p.index], p) for p in window.popleft().result())
+        while window:
+            yield from ((files[p.index], p) for p in window.popleft().result())
 
 
 @dataclass

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import select
 
+from conveyor import compute
 from conveyor.config import PreprocessSettings, Settings
 from conveyor.data.versions import dataset_members
 from conveyor.errors import ConfigError, InvalidImageError, NotFoundError
@@ -63,6 +63,7 @@ ROI_PREFIX = "roi-"
 """Training's name of an extractor's table computed inside the region (``roi-stats``, ``roi-all``)."""
 
 _CHUNK = 64  # images per worker task
+_CLUSTER_CHUNK = 512  # ... on a Dask cluster: seconds of work per task, so scheduling costs little
 _PART_ROWS = 2048  # feature rows buffered before a part file is written
 _DIAGRAM_PART_ROWS = 256  # diagram rows (thousands of bars each for noisy images) buffered before a part
 _COMPACT_AFTER = 16  # parts in a table before they are merged into one
@@ -391,31 +392,33 @@ def _run_chunks(
     uncached = [row for row in todo if row[0] not in cached_shas]
     cached_rows = {sha: raw for sha, raw in todo if sha in cached_shas}
 
+    size = _CLUSTER_CHUNK if settings.compute.distributed else _CHUNK
+
     def tasks() -> Iterator[tuple[list[tuple[str, str]], dict[str, DiagramBundle]]]:
         """Chunks with their cached diagrams, read one cache part at a time so memory stays flat."""
-        for start in range(0, len(uncached), _CHUNK):
-            yield uncached[start : start + _CHUNK], {}
+        for start in range(0, len(uncached), size):
+            yield uncached[start : start + size], {}
         for part in sorted(cache_dir.glob("part-*.parquet")) if cached_rows else []:
             table = pq.read_table(part).to_pandas().drop_duplicates("sha256", keep="last").set_index("sha256")
             wanted = [sha for sha in table.index if sha in cached_rows]
-            for start in range(0, len(wanted), _CHUNK):
-                shas = wanted[start : start + _CHUNK]
+            for start in range(0, len(wanted), size):
+                shas = wanted[start : start + size]
                 yield [(sha, cached_rows.pop(sha)) for sha in shas], {sha: _row_bundle(table.loc[sha]) for sha in shas}
 
     n_workers = workers or available_cores()
-    if n_workers == 1 or len(todo) <= _CHUNK:
+    if not settings.compute.distributed and (n_workers == 1 or len(todo) <= _CHUNK):
         for chunk, cached in tasks():
             yield _compute_chunk(home, chunk, preprocess, specs, cached, region)
         return
-    with ProcessPoolExecutor(max_workers=n_workers, initializer=die_with_parent) as pool:
+    with compute.pool(settings, n_workers, initializer=die_with_parent) as workers_pool:
         pending = set()
         for chunk, cached in tasks():  # a bounded number of chunks in flight: memory stays flat
-            pending.add(pool.submit(_compute_chunk, home, chunk, preprocess, specs, cached, region))
-            if len(pending) >= 2 * n_workers:
-                done = next(as_completed(pending))
+            pending.add(workers_pool.submit(_compute_chunk, home, chunk, preprocess, specs, cached, region))
+            if len(pending) >= 2 * workers_pool.size:
+                done = next(workers_pool.as_completed(pending))
                 pending.remove(done)
                 yield done.result()
-        for done in as_completed(pending):
+        for done in workers_pool.as_completed(pending):
             yield done.result()
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from conveyor import compute
 from conveyor.config import Settings
 from conveyor.data.versions import clips_of, cv_groups, dataset_members, latest_version, raw_paths, subgroups_of
 from conveyor.data.video import clip_probabilities
@@ -287,7 +288,8 @@ def train(
     began = time.perf_counter()
     data = _dataset(settings, version)
     plan = _plan(settings, data, mode, drift)
-    candidates, summary, inputs = _candidates(settings, data, plan, on_progress)
+    with compute.joblib_backend(settings):  # the fits run on the cluster of compute.scheduler, if one is set
+        candidates, summary, inputs = _candidates(settings, data, plan, on_progress)
     decision = _decide(settings, data, candidates, inputs)
     return _record(settings, data, plan, summary, candidates, inputs, decision, began)
 

@@ -1,0 +1,141 @@
+"""Where conveyor's heavy work runs: this machine's cores (a process pool, nothing to start) or a Dask cluster.
+
+``compute.scheduler`` picks one. With a Dask scheduler's address (``tcp://host:8786``) ingest's reading, hashing and
+decoding, ``conveyor features`` (diagrams and every extractor, in chunks that keep a worker busy for seconds) and
+training's fits (joblib's Dask backend) run on the cluster's workers; their results are the local run's, value for
+value. Dask reruns the tasks of a worker that dies (``compute.retries``), and the caller writes each result once, so
+a lost worker loses and doubles nothing. No scheduler of conveyor's own: the same code reaches a laptop's
+``LocalCluster``, SLURM or PBS (dask-jobqueue) and Kubernetes (the Dask operator).
+
+The workers read the files the tasks name (the raw store, the source folder): on several machines those must be a
+shared filesystem path that every worker mounts at the same place (NFS works as it is).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Any
+
+from conveyor.config import Settings
+from conveyor.errors import ConfigError, ConveyorError
+
+__all__ = ["Pool", "dask_client", "joblib_backend", "pool", "require_cluster_db"]
+
+
+class SchedulerUnreachable(ConveyorError):
+    """The configured Dask scheduler does not answer."""
+
+
+def require_cluster_db(settings: Settings) -> None:
+    """Refuse a cluster with the SQLite metadata DB: workers on other machines and concurrent writers need PostgreSQL.
+
+    Raises:
+        ConfigError: ``compute.scheduler`` is a cluster and ``db_url`` is SQLite (or unset).
+    """
+    if settings.compute.distributed and settings.resolved_db_url.startswith("sqlite"):
+        raise ConfigError(
+            f"compute.scheduler is {settings.compute.scheduler}: a cluster needs the metadata DB on PostgreSQL "
+            "(db_url: postgresql://...), not SQLite"
+        )
+
+
+def dask_client(settings: Settings) -> Any:
+    """A connected ``distributed.Client`` for ``compute.scheduler``.
+
+    Raises:
+        SchedulerUnreachable: no answer within ``compute.connect_timeout_s``, naming the address.
+    """
+    from distributed import Client
+
+    address, timeout = settings.compute.scheduler, settings.compute.connect_timeout_s
+    try:
+        return Client(address, timeout=f"{timeout}s", set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise SchedulerUnreachable(
+            f"compute.scheduler {address}: no Dask scheduler answered within {timeout:g} s ({exc})"
+        ) from exc
+
+
+class Pool:
+    """Submit functions to the local process pool or the cluster, and collect results as they finish.
+
+    ``share(value)`` makes a large argument (the same for every task) travel once: the cluster scatters it to every
+    worker and tasks receive it by reference; locally it is the value itself.
+    """
+
+    def __init__(self, settings: Settings, workers: int, initializer: Callable[[], None] | None = None) -> None:
+        self.settings = settings
+        self.client: Any = None
+        self.executor: ProcessPoolExecutor | None = None
+        self.workers = workers
+        if settings.compute.distributed:
+            require_cluster_db(settings)
+            self.client = dask_client(settings)
+        else:
+            self.executor = ProcessPoolExecutor(max_workers=workers, initializer=initializer)
+
+    def share(self, value: Any) -> Any:
+        if self.client is None:
+            return value
+        return self.client.scatter(value, broadcast=True, hash=False)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.client is not None:
+            return self.client.submit(fn, *args, pure=False, retries=self.settings.compute.retries)
+        assert self.executor is not None
+        return self.executor.submit(fn, *args)
+
+    def as_completed(self, futures: Iterable[Any]) -> Iterator[Any]:
+        if self.client is not None:
+            from distributed import as_completed as dask_as_completed
+
+            return iter(dask_as_completed(list(futures), loop=self.client.loop))
+        return as_completed(list(futures))
+
+    @property
+    def size(self) -> int:
+        """Workers (processes or Dask worker threads) results can come from at once."""
+        if self.client is not None:
+            return max(1, sum(self.client.nthreads().values()))
+        return self.workers
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def pool(settings: Settings, workers: int, initializer: Callable[[], None] | None = None) -> Pool:
+    """The pool of ``compute.scheduler``: ``workers`` local processes, or the cluster (its own size).
+
+    Raises:
+        SchedulerUnreachable: see :func:`dask_client`.
+        ConfigError: see :func:`require_cluster_db`.
+    """
+    return Pool(settings, workers, initializer)
+
+
+@contextlib.contextmanager
+def joblib_backend(settings: Settings) -> Iterator[None]:
+    """Within it, joblib's ``Parallel`` (training's fits) runs on the cluster, when one is configured."""
+    if not settings.compute.distributed:
+        yield
+        return
+    import joblib
+
+    require_cluster_db(settings)
+    client = dask_client(settings)
+    try:
+        with joblib.parallel_backend("dask", client=client, retries=settings.compute.retries):
+            yield
+    finally:
+        client.close()

@@ -1,0 +1,260 @@
+"""compute.scheduler: ingest, features and training on a real Dask cluster (a `dask scheduler` and two `dask worker`
+processes started here on 127.0.0.1) give the local run's results value for value; a worker killed mid-run loses
+and doubles nothing; an unreachable scheduler is a clear error within seconds; SQLite is refused for a cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conveyor.compute import SchedulerUnreachable, pool
+from conveyor.config import Settings
+from conveyor.data.ingest import ingest
+from conveyor.data.synthetic import SyntheticSpec, generate_dataset
+from conveyor.errors import ConfigError
+from conveyor.features import store
+from conveyor.features.store import compute_features, configured_extractors, read_table, table_for
+
+DASK = str(Path(sys.executable).parent / "dask")
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([DASK, *args], stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+class Cluster:
+    """A scheduler and its workers, each a process of distributed's own command line."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.file = root / "scheduler.json"
+        self.scheduler = _start(
+            ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(self.file)],
+            root / "scheduler.log",
+        )
+        self.workers: list[subprocess.Popen[bytes]] = []
+        deadline = time.monotonic() + 30
+        while not self.file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.address = json.loads(self.file.read_text())["address"]
+
+    def add_worker(self) -> subprocess.Popen[bytes]:
+        worker = _start(
+            ["worker", self.address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard", "--host", "127.0.0.1"],
+            self.root / f"worker-{len(self.workers)}.log",
+        )
+        self.workers.append(worker)
+        return worker
+
+    def wait_for(self, n: int) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout="20s") as client:
+            client.wait_for_workers(n, timeout=60)
+
+    def stop(self) -> None:
+        for process in [*self.workers, self.scheduler]:
+            with_group = process.pid
+            try:
+                os.killpg(with_group, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        for process in [*self.workers, self.scheduler]:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    found = Cluster(tmp_path_factory.mktemp("dask"))
+    try:
+        found.add_worker()
+        found.add_worker()
+        found.wait_for(2)
+        yield found
+    finally:
+        found.stop()
+
+
+def _settings(home: Path, **values: object) -> Settings:
+    return Settings(
+        home=home,
+        preprocess={"size": (48, 48)},  # type: ignore[arg-type]
+        features={"extractors": ["stats", "landscape", "intensity"]},  # type: ignore[arg-type]
+        training={
+            "families": ["logreg"],
+            "extractors": ["stats", "all"],
+            "cv_folds": 3,
+            "bootstrap": 100,  # type: ignore[arg-type]
+            "importance": {"enabled": False},
+        },
+        **values,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("source")
+    generate_dataset(root, SyntheticSpec(n_per_class=40, size=64, seed=21))
+    return root
+
+
+def _tables(settings: Settings) -> dict[str, pd.DataFrame]:
+    return {e.name: read_table(table_for(settings, e).path).sort_index() for e in configured_extractors(settings)}
+
+
+def test_features_on_the_cluster_are_the_local_features(
+    cluster: Cluster, source: Path, tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = _settings(tmp_path / "local")
+    ingest(source, local)
+    compute_features(local, workers=1)
+    remote = _settings(tmp_path / "remote", db_url=postgres_url, compute={"scheduler": cluster.address})
+    ingest(source, remote)
+    monkeypatch.setattr(store, "_CLUSTER_CHUNK", 8)  # ten tasks over two workers
+    summary = compute_features(remote)
+    assert (summary.computed, summary.failed) == (80, [])
+    for name, table in _tables(local).items():
+        pd.testing.assert_frame_equal(_tables(remote)[name], table, check_exact=True)
+
+
+def _images(settings: Settings) -> list[tuple[str, str, str | None, str]]:
+    from sqlalchemy import select
+
+    from conveyor.store.db import session_scope
+    from conveyor.store.models import Image
+    from conveyor.workspace import open_workspace
+
+    with session_scope(open_workspace(settings)) as session:
+        rows = session.execute(select(Image.sha256, Image.label, Image.split, Image.phash)).all()
+    return sorted((r.sha256, r.label, r.split, r.phash) for r in rows)
+
+
+def test_ingest_on_the_cluster_stores_what_a_local_ingest_stores(
+    cluster: Cluster, source: Path, tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor.data import ingest as ingest_module
+
+    local = _settings(tmp_path / "local")
+    local_summary = ingest(source, local)
+    remote = _settings(tmp_path / "remote", db_url=postgres_url, compute={"scheduler": cluster.address})
+    monkeypatch.setattr(ingest_module, "_CLUSTER_CHUNK", 16)  # five tasks
+    remote_summary = ingest(source, remote)
+    assert (remote_summary.stored, remote_summary.quarantined) == (local_summary.stored, local_summary.quarantined)
+    assert _images(remote) == _images(local)
+    assert sorted(p.name for p in (tmp_path / "remote" / "raw").rglob("*.*")) == sorted(
+        p.name for p in (tmp_path / "local" / "raw").rglob("*.*")
+    )
+
+
+def test_training_on_the_cluster_picks_the_local_champion_with_the_same_scores(
+    cluster: Cluster, source: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    from conveyor.training.train import train
+
+    local = _settings(tmp_path / "local")
+    ingest(source, local)
+    expected = train(local)
+    remote = _settings(tmp_path / "remote", db_url=postgres_url, compute={"scheduler": cluster.address})
+    ingest(source, remote)
+    found = train(remote)
+    assert found.best.name == expected.best.name
+    assert [(c.name, c.cv_score, c.cv_score_std) for c in found.candidates] == [
+        (c.name, c.cv_score, c.cv_score_std) for c in expected.candidates
+    ]
+    assert found.calibrated.as_dict() == expected.calibrated.as_dict()
+
+
+def test_a_worker_killed_mid_run_loses_and_doubles_nothing(
+    cluster: Cluster, source: Path, tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local = _settings(tmp_path / "local")
+    ingest(source, local)
+    compute_features(local, workers=1)
+    remote = _settings(tmp_path / "remote", db_url=postgres_url, compute={"scheduler": cluster.address})
+    ingest(source, remote)
+    monkeypatch.setattr(store, "_CLUSTER_CHUNK", 4)  # twenty tasks
+    victim = cluster.workers[0]
+    killed: list[int] = []
+
+    def kill_once(_done: int) -> None:
+        if not killed:
+            os.killpg(victim.pid, signal.SIGKILL)
+            killed.append(victim.pid)
+
+    try:
+        summary = compute_features(remote, on_progress=kill_once)
+    finally:
+        cluster.workers.remove(victim)
+        cluster.add_worker()  # the next tests get two workers again
+        cluster.wait_for(2)
+    assert killed and victim.poll() is not None
+    assert (summary.computed, summary.failed) == (80, [])
+    for name, table in _tables(local).items():
+        remote_table = _tables(remote)[name]
+        assert remote_table.index.is_unique
+        pd.testing.assert_frame_equal(remote_table, table, check_exact=True)
+    raw_rows = sum(len(read_table(table_for(remote, e).path)) for e in configured_extractors(remote))
+    assert raw_rows == 80 * 3  # no row written twice
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_unreachable_scheduler_is_a_clear_error_within_seconds(
+    source: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    address = f"tcp://127.0.0.1:{_closed_port()}"
+    settings = _settings(tmp_path / "ws", db_url=postgres_url)
+    ingest(source, settings)
+    unreachable = settings.model_copy(update={"compute": settings.compute.model_copy(
+        update={"scheduler": address, "connect_timeout_s": 2.0})})  # fmt: skip
+    began = time.monotonic()
+    with pytest.raises(
+        SchedulerUnreachable, match=f"compute.scheduler {address}: no Dask scheduler answered within 2 s"
+    ):
+        compute_features(unreachable)
+    assert time.monotonic() - began < 15
+    assert not any(
+        p.name.startswith("stats-") for p in (tmp_path / "ws" / "features").iterdir()
+    )  # nothing half-written
+
+
+def test_a_cluster_with_the_sqlite_metadata_db_is_refused(tmp_path: Path) -> None:
+    settings = _settings(tmp_path / "ws", compute={"scheduler": "tcp://127.0.0.1:8786"})
+    with pytest.raises(ConfigError, match="a cluster needs the metadata DB on PostgreSQL"):
+        pool(settings, 2)
+
+
+def test_a_scheduler_that_is_no_address_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"compute\.scheduler must be 'local' or a Dask address"):
+        Settings(compute={"scheduler": "my-cluster"})  # type: ignore[arg-type]
+
+
+def test_workers_of_a_local_run_stay_numpy_identical(source: Path, tmp_path: Path) -> None:
+    """The local pool (two processes) and one process agree: the baseline the cluster is compared with."""
+    one = _settings(tmp_path / "one")
+    two = _settings(tmp_path / "two")
+    for settings in (one, two):
+        ingest(source, settings)
+    compute_features(one, workers=1)
+    compute_features(two, workers=2)
+    for name, table in _tables(one).items():
+        np.testing.assert_array_equal(_tables(two)[name].to_numpy(), table.to_numpy())
