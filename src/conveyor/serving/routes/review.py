@@ -23,7 +23,7 @@ from conveyor.errors import InvalidImageError, NotFoundError
 from conveyor.serving.deps import AdminDep, ServiceDep, ServingDep
 from conveyor.serving.review import Decided, ReviewDecisionError, decide, item_image, open_items
 from conveyor.serving.routes.page import templates
-from conveyor.serving.schemas import ErrorResponse, FeedbackRequest
+from conveyor.serving.schemas import BODY_ERRORS, ErrorResponse, FeedbackRequest
 from conveyor.serving.service import PredictionService
 from conveyor.serving.settings import ServingSettings
 
@@ -195,6 +195,7 @@ class ReviewOutcome(BaseModel):
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: BODY_ERRORS[400],
     401: {"model": ErrorResponse},
     404: {"model": ErrorResponse, "description": "No such review item."},
     409: {"model": ErrorResponse, "description": "The item was decided already."},
@@ -202,7 +203,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/v1/review", response_model=ReviewQueue, responses={401: {"model": ErrorResponse}})
+@router.get("/v1/review", response_model=ReviewQueue, responses={401: {"model": ErrorResponse}, 422: BODY_ERRORS[422]})
 async def queue(service: ServiceDep, _admin: AdminDep, limit: int = 100) -> ReviewQueue:
     """The review queue, most uncertain first (admin token)."""
     cases, total = await run_in_threadpool(open_items, service.engine, max(1, min(limit, 1000)))
