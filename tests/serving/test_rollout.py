@@ -276,3 +276,66 @@ def test_the_stage_reads_back_labelled_cases_and_counts_the_rest(home) -> None: 
         assert all(c.probabilities is not None and set(c.probabilities) == {"no_tumour", "tumour"} for c in arm.cases)
     plain, _ = stage_stats(engine, state)
     assert all(c.probabilities is None for c in plain.cases)
+
+
+def test_of_two_starts_at_once_one_wins_and_an_ended_rollout_frees_the_slot(
+    home, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Two processes that both saw no rollout in progress: the unique active_guard lets one start."""
+    from conveyor.errors import ConveyorError
+    from conveyor.workspace import open_workspace
+
+    settings = settings_for(home)
+    engine = open_workspace(settings)
+    first = rollout.start(settings, engine, "canary", "first")
+    with monkeypatch.context() as patched:
+        patched.setattr(rollout, "active_rollout", lambda engine: None)  # the second saw none either
+        with pytest.raises(ConveyorError, match="another rollout was started meanwhile; nothing done"):
+            rollout.start(settings, engine, "ab", "second")
+    current = rollout.active_rollout(engine)
+    assert current is not None and (current.id, current.mode) == (first.id, "canary")
+    assert [r.action for r in history(settings, settings.model_name)].count("rollout_start") == 1
+    rollout.rollback(settings, engine, "test")
+    again = rollout.start(settings, engine, "ab", "third")
+    assert (again.id, again.status, again.mode) == (first.id + 1, "active", "ab")
+
+
+def test_a_stage_moves_only_with_its_decision_stored(home, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The move, the decision on the rollout row and the audit entry are one transaction: if one fails, none is kept."""
+    from conveyor.workspace import open_workspace
+
+    settings = settings_for(home)
+    engine = open_workspace(settings)
+    started = rollout.start(settings, engine, "canary", "test")
+
+    def broken_audit(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the audit log is down")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("conveyor.tracking.registry.audit", broken_audit)
+        with pytest.raises(RuntimeError, match="the audit log is down"):
+            rollout.advance(settings, engine, "test", force=True)
+    state = rollout.active_rollout(engine)
+    assert state is not None and (state.stage, len(state.decisions)) == (0, 1) == (
+        started.stage,
+        len(started.decisions),
+    )
+    _, moved = rollout.advance(settings, engine, "test", force=True)
+    assert (moved.stage, [d["action"] for d in moved.decisions]) == (1, ["start", "advance"])
+
+
+def test_a_rollout_mark_changes_with_every_move(home) -> None:  # type: ignore[no-untyped-def]
+    from conveyor.workspace import open_workspace
+
+    settings = settings_for(home)
+    engine = open_workspace(settings)
+    marks = [rollout.rollout_mark(engine)]
+    rollout.start(settings, engine, "canary", "test")
+    marks.append(rollout.rollout_mark(engine))
+    rollout.advance(settings, engine, "test", force=True)
+    marks.append(rollout.rollout_mark(engine))
+    promoted = rollout.promote(settings, engine, "test")
+    marks.append(rollout.rollout_mark(engine))
+    assert marks[0] is None and len(set(marks)) == 4
+    assert promoted.status == "promoted" and promoted.decisions[-1]["action"] == "promote"
+    assert current_version(settings, CHAMPION) == 2

@@ -2,7 +2,8 @@
 
 The champion is loaded once when the app is made; a background task checks the registry aliases and the rollout
 state every ``serving.reload_interval_s`` seconds (and ``POST /v1/admin/reload`` does it at once), so a new champion
-is served without a restart. Errors are part of the API: :class:`~conveyor.errors.InvalidImageError` maps to 413, 415
+is served without a restart; in between it checks every second whether a rollout moved (another replica may have
+decided it), and reloads if so. Errors are part of the API: :class:`~conveyor.errors.InvalidImageError` maps to 413, 415
 or 422 by its reason, other deliberate errors to 404 or 409; anything unexpected is logged and answered 500 with no
 internals in the body.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -173,10 +175,23 @@ def create_app(settings: Settings, scoring_processes: int = 1) -> FastAPI:
     return app
 
 
+#: How often a server process checks whether a rollout moved (one small query of the metadata DB): with several
+#: replicas, a stage another process decided is routed here within about this long.
+ROLLOUT_CHECK_S = 1.0
+
+
 async def _poll(service: PredictionService, interval: float) -> None:
+    """Every ``interval`` seconds a full refresh (registry aliases and rollout); in between, every
+    :data:`ROLLOUT_CHECK_S`, a refresh only if a rollout moved."""
+    tick = min(interval, ROLLOUT_CHECK_S)
+    last_full = time.monotonic()
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(tick)
         try:
-            await run_in_threadpool(service.refresh)
+            if time.monotonic() - last_full >= interval - 1e-3:
+                last_full = time.monotonic()
+                await run_in_threadpool(service.refresh)
+            else:
+                await run_in_threadpool(service.check_rollout)
         except Exception:  # the registry may be briefly unreachable: keep serving what is loaded
             log.exception("could not refresh the served models")

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from conveyor.config import Settings
@@ -217,8 +217,20 @@ def decide(settings: Settings, engine: Engine, item_id: int, who: str, label: st
             raise ReviewDecisionError(
                 422, f"label {label!r} is not a class of model version {row.model_version}; expected one of {classes}"
             )
+        status = "dismissed" if label is None else "labelled"
+        # Claimed by a conditional UPDATE before anything else is done: PostgreSQL's row lock above already makes a
+        # second decision wait and then see the first, but SQLite ignores FOR UPDATE; of two decisions taken at once
+        # (two reviewers, two server processes) exactly one gets here, and it files the image.
+        claimed: Any = session.execute(
+            update(ReviewItem)
+            .where(ReviewItem.id == item_id, ReviewItem.status == "open")
+            .values(status=status, decided_label=label, decided_by=who, decided_at=datetime.now(UTC))
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount != 1:
+            raise ReviewDecisionError(409, f"review item {item_id} was decided meanwhile")
         filed_as = None
-        if label is not None:
+        if label is not None:  # a failure here rolls the claim back: the item stays open
             filed = Path("incoming") / label / f"review-{row.request_id}.{row.format}"
             if (settings.home / filed).resolve().parent.parent != settings.incoming_dir.resolve():
                 raise ReviewDecisionError(422, f"label {label!r} cannot name a drop folder")
@@ -229,10 +241,9 @@ def decide(settings: Settings, engine: Engine, item_id: int, who: str, label: st
                 raise NotFoundError(f"review item {item_id}: its image is gone ({exc.strerror})") from exc
             atomic_write(settings.home / filed, image)
             filed_as = str(filed)
-        row.status = "dismissed" if label is None else "labelled"
-        row.decided_label, row.decided_by, row.decided_at = label, who, datetime.now(UTC)
-        decided = Decided(row.id, row.request_id, row.status, label, filed_as)
+        decided = Decided(row.id, row.request_id, status, label, filed_as)
         details = {"item": row.id, "request_id": row.request_id, "model_version": row.model_version,
                    "predicted": row.label, "label": label, "filed_as": filed_as}  # fmt: skip
-    audit(settings, "review_" + decided.status, f"request {decided.request_id}", label or "dismissed", details, who)
+        audit(settings, "review_" + status, f"request {row.request_id}", label or "dismissed", details, who,
+              session=session)  # fmt: skip
     return decided

@@ -32,11 +32,13 @@ to see a large drop, not a small one; raise ``min_feedback`` for more. Every dec
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine, case, func, select, update
+from sqlalchemy.orm import Session
 
 from conveyor.config import Settings
 from conveyor.errors import ConveyorError
@@ -59,11 +61,14 @@ __all__ = [
     "policy_decision",
     "promote",
     "rollback",
+    "rollout_mark",
     "stage_stats",
     "start",
 ]
 
 MODES: tuple[str, ...] = ("shadow", "canary", "ab")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -194,6 +199,17 @@ def latest_rollout(engine: Engine) -> RolloutStatus | None:
         return None if row is None else _status(row)
 
 
+def rollout_mark(engine: Engine) -> tuple[Any, ...] | None:
+    """What changes whenever any rollout moves (id, status, stage, end of the newest): one small indexed query, so a
+    server process can check it every second and reload only when another process decided something."""
+    from conveyor.store.models import Rollout
+
+    query = select(Rollout.id, Rollout.status, Rollout.stage, Rollout.ended_at).order_by(Rollout.id.desc()).limit(1)
+    with session_scope(engine) as session:
+        row = session.execute(query).first()
+        return None if row is None else tuple(row)
+
+
 def _share(mode: str, stage: int, cfg: ServingSettings) -> float:
     if mode == "shadow":
         return 0.0
@@ -202,63 +218,72 @@ def _share(mode: str, stage: int, cfg: ServingSettings) -> float:
     return cfg.rollout.canary_stages[stage]
 
 
-def _record(
-    settings: Settings, engine: Engine, rollout_id: int, action: str, reason: str, details: dict[str, Any], who: str
+def _append(
+    settings: Settings, session: Session, row: Any, action: str, reason: str, details: dict[str, Any], who: str
 ) -> None:
-    """Append a decision to the rollout row and to the audit log."""
-    from conveyor.store.models import Rollout
+    """Append a decision to the rollout ``row`` and to the audit log, in ``session``'s transaction: the caller holds
+    the row (it updated or inserted it first), so two processes never append over each other."""
     from conveyor.tracking.registry import audit
 
-    with session_scope(engine) as session:
-        row = session.get(Rollout, rollout_id)
-        if row is not None:
-            items = list((row.decisions or {}).get("items", []))
-            items.append({"at": utcnow().isoformat(), "action": action, "reason": reason, "who": who, **details})
-            row.decisions = {"items": items}
-    audit(settings, f"rollout_{action}", settings.model_name, reason, {"rollout_id": rollout_id, **details}, who)
+    items = list((row.decisions or {}).get("items", []))
+    items.append({"at": utcnow().isoformat(), "action": action, "reason": reason, "who": who, **details})
+    row.decisions = {"items": items}
+    audit(settings, f"rollout_{action}", settings.model_name, reason, {"rollout_id": row.id, **details}, who,
+          session=session)  # fmt: skip
 
 
 def start(settings: Settings, engine: Engine, mode: str, who: str) -> RolloutStatus:
     """Begin a rollout of the current challenger.
 
+    Of two starts at once (two server processes), one wins: the rollout row and its ``start`` decision are one
+    transaction, and the unique ``active_guard`` refuses a second active rollout.
+
     Raises:
         ConveyorError: an unknown mode, a rollout already in progress, or no champion or challenger.
     """
+    from sqlalchemy.exc import IntegrityError
+
     from conveyor.store.models import Rollout
     from conveyor.tracking.registry import CHALLENGER, CHAMPION, current_version
 
     if mode not in MODES:
         raise ConveyorError(f"rollout mode must be one of {', '.join(MODES)}, got {mode!r}")
-    current = active_rollout(engine)
-    if current is not None:
-        raise ConveyorError(f"rollout {current.id} ({current.mode}) is already in progress; promote or roll it back")
+    _refuse_if_active(engine)
     champion, challenger = current_version(settings, CHAMPION), current_version(settings, CHALLENGER)
     if champion is None or challenger is None:
         raise ConveyorError(
             f"model {settings.model_name!r} needs a champion and a challenger to roll out "
             f"(champion: {champion}, challenger: {challenger})"
         )
-    cfg = settings.serving
-    with session_scope(engine) as session:
-        row = Rollout(
-            mode=mode,
-            status="active",
-            stage=0,
-            share=_share(mode, 0, cfg),
-            champion_version=champion,
-            challenger_version=challenger,
-            decisions={"items": []},
-        )
-        session.add(row)
-        session.flush()
-        rollout_id = row.id
-    _record(
-        settings, engine, rollout_id, "start", f"{mode} rollout of version {challenger} against {champion}",
-        {"mode": mode, "share": _share(mode, 0, cfg), "champion": champion, "challenger": challenger}, who,
-    )  # fmt: skip
-    state = active_rollout(engine)
-    assert state is not None
-    return state
+    share = _share(mode, 0, settings.serving)
+    try:
+        with session_scope(engine) as session:
+            row = Rollout(
+                mode=mode,
+                status="active",
+                stage=0,
+                share=share,
+                champion_version=champion,
+                challenger_version=challenger,
+                decisions={"items": []},
+                active_guard=1,
+            )
+            session.add(row)
+            session.flush()  # a second active rollout fails here, on the unique active_guard
+            _append(
+                settings, session, row, "start", f"{mode} rollout of version {challenger} against {champion}",
+                {"mode": mode, "share": share, "champion": champion, "challenger": challenger}, who,
+            )  # fmt: skip
+            return _status(row)
+    except IntegrityError as exc:  # another process started one meanwhile
+        _refuse_if_active(engine)
+        raise ConveyorError("another rollout was started meanwhile; nothing done") from exc
+
+
+def _refuse_if_active(engine: Engine) -> None:
+    current = active_rollout(engine)
+    if current is not None:
+        raise ConveyorError(f"rollout {current.id} ({current.mode}) is already in progress; promote or roll it back")
 
 
 def _require_active(engine: Engine) -> RolloutStatus:
@@ -481,28 +506,30 @@ def advance(settings: Settings, engine: Engine, who: str, *, force: bool = False
         return decision, ended
     last = state.mode != "canary" or state.stage + 1 >= len(cfg.rollout.canary_stages)
     if last:
-        return decision, promote(settings, engine, who, decision.reason, {"decision": decision.to_dict()})
+        return decision, _promote(settings, engine, state, who, decision.reason, {"decision": decision.to_dict()})
     stage = state.stage + 1
     share = _share(state.mode, stage, cfg)
-    _claim(engine, state, stage=stage, share=share, stage_started_at=utcnow())
-    _record(
-        settings, engine, state.id, "advance", decision.reason,
-        {"stage": stage, "share": share, "decision": decision.to_dict()}, who,
+    new = _claim(
+        settings, engine, state, ("advance", decision.reason, {"stage": stage, "share": share,
+                                                                "decision": decision.to_dict()}, who),
+        stage=stage, share=share, stage_started_at=utcnow(),
     )  # fmt: skip
-    new = active_rollout(engine)
-    assert new is not None
     return decision, new
 
 
-def _claim(engine: Engine, state: RolloutStatus, **changes: Any) -> None:
-    """Apply ``changes`` to the rollout only if it is still active at the stage ``state`` saw: of two decisions taken
-    at once (two feedback requests, two server processes), one wins and the other raises.
+def _claim(
+    settings: Settings, engine: Engine, state: RolloutStatus, record: tuple[str, str, dict[str, Any], str] | None,
+    **changes: Any,
+) -> RolloutStatus:  # fmt: skip
+    """Apply ``changes`` to the rollout only if it is still active at the stage ``state`` saw, and append ``record``
+    (action, reason, details, who) to its decisions and the audit log in the same transaction: of two decisions
+    taken at once (two feedback requests, two server processes), one wins and the other raises, and a decision is
+    never stored without its move, nor a move without its decision. The conditional ``UPDATE`` comes first, so it
+    holds the row (PostgreSQL's row lock; SQLite's write lock) for the rest of the transaction.
 
     Raises:
         ConveyorError: the rollout was decided meanwhile.
     """
-    from sqlalchemy import update
-
     from conveyor.store.models import Rollout
 
     with session_scope(engine) as session:
@@ -510,32 +537,34 @@ def _claim(engine: Engine, state: RolloutStatus, **changes: Any) -> None:
             update(Rollout)
             .where(Rollout.id == state.id, Rollout.status == "active", Rollout.stage == state.stage)
             .values(**changes)
+            .execution_options(synchronize_session=False)
         )
-        claimed = result.rowcount
-    if claimed != 1:
-        raise ConveyorError(f"rollout {state.id} was decided meanwhile (it left stage {state.stage}); nothing done")
-
-
-def _end(engine: Engine, state: RolloutStatus, status: str) -> RolloutStatus:
-    from conveyor.store.models import Rollout
-
-    _claim(engine, state, status=status, ended_at=utcnow(), share=0.0)
-    with session_scope(engine) as session:
-        row = session.get(Rollout, state.id)
+        if result.rowcount != 1:
+            raise ConveyorError(f"rollout {state.id} was decided meanwhile (it left stage {state.stage}); nothing done")
+        row = session.get(Rollout, state.id, populate_existing=True)
         assert row is not None
+        if record is not None:
+            _append(settings, session, row, *record)
         return _status(row)
 
 
 def _reopen(engine: Engine, state: RolloutStatus) -> None:
-    """Undo a claimed end whose registry move failed: the rollout is active again, as it was."""
-    from sqlalchemy import update
+    """Undo a claimed promotion whose registry move failed: the rollout is active again, as it was (unless another
+    was started meanwhile: then this one stays ended, its ``ended_at`` empty)."""
+    from sqlalchemy.exc import IntegrityError
 
     from conveyor.store.models import Rollout
 
-    with session_scope(engine) as session:
-        session.execute(
-            update(Rollout).where(Rollout.id == state.id).values(status="active", ended_at=None, share=state.share)
-        )
+    try:
+        with session_scope(engine) as session:
+            session.execute(
+                update(Rollout)
+                .where(Rollout.id == state.id, Rollout.status == "promoted", Rollout.ended_at.is_(None))
+                .values(status="active", share=state.share, active_guard=1)
+                .execution_options(synchronize_session=False)
+            )
+    except IntegrityError:
+        log.exception("rollout %d could not be reopened: another rollout is active", state.id)
 
 
 def promote(
@@ -547,22 +576,41 @@ def promote(
 ) -> RolloutStatus:
     """Make the rollout's challenger the champion (the registry alias moves) and end the rollout.
 
+    The rollout is claimed first (status ``promoted``, ``ended_at`` still empty), so of two promotions at once only
+    one moves the alias; once it has moved, ``ended_at`` and the decision are stored together. A failed move reopens
+    the rollout.
+
     Raises:
-        ConveyorError: no rollout in progress.
+        ConveyorError: no rollout in progress, or it was decided meanwhile.
     """
+    return _promote(settings, engine, _require_active(engine), who, reason, details)
+
+
+def _promote(
+    settings: Settings, engine: Engine, state: RolloutStatus, who: str, reason: str, details: dict[str, Any] | None
+) -> RolloutStatus:
+    """:func:`promote` of the rollout as ``state`` saw it (a decision on a stage promotes only from that stage)."""
+    from conveyor.store.models import Rollout
     from conveyor.tracking.registry import promote as registry_promote
 
-    state = _require_active(engine)
-    ended = _end(engine, state, "promoted")  # claimed first, so two promotions never move the alias twice
+    _claim(settings, engine, state, None, status="promoted", share=0.0, active_guard=None)
     try:
         registry_promote(settings, state.challenger_version, reason=f"rollout {state.id}: {reason}", who=who)
     except BaseException:
         _reopen(engine, state)
         raise
-    _record(
-        settings, engine, state.id, "promote", reason, {"version": state.challenger_version, **(details or {})}, who
-    )
-    return ended
+    with session_scope(engine) as session:
+        session.execute(
+            update(Rollout)
+            .where(Rollout.id == state.id)
+            .values(ended_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        row = session.get(Rollout, state.id, populate_existing=True)
+        assert row is not None
+        _append(settings, session, row, "promote", reason, {"version": state.challenger_version, **(details or {})},
+                who)  # fmt: skip
+        return _status(row)
 
 
 def rollback(
@@ -576,7 +624,7 @@ def rollback(
     champion alias back to the previous champion (:func:`conveyor.tracking.registry.rollback`).
 
     Raises:
-        ConveyorError: nothing to roll back.
+        ConveyorError: nothing to roll back, or the rollout was decided meanwhile.
     """
     from conveyor.tracking.registry import rollback as registry_rollback
 
@@ -584,8 +632,6 @@ def rollback(
     if state is None:
         registry_rollback(settings, reason=reason, who=who)
         return latest_rollout(engine)
-    ended = _end(engine, state, "rolled_back")
-    _record(
-        settings, engine, state.id, "rollback", reason, {"version": state.challenger_version, **(details or {})}, who
-    )
-    return ended
+    record = ("rollback", reason, {"version": state.challenger_version, **(details or {})}, who)
+    return _claim(settings, engine, state, record, status="rolled_back", ended_at=utcnow(), share=0.0,
+                  active_guard=None)  # fmt: skip

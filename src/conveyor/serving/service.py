@@ -4,7 +4,8 @@
 each as the registered pyfunc's own :class:`~conveyor.tracking.pyfunc.ConveyorModel`. It calls the model's
 preprocessing settings and classifier directly, so serving runs the training code path without paying for a pandas
 DataFrame and a schema check per request. :meth:`PredictionService.refresh` picks up a moved alias or a changed
-rollout without a restart.
+rollout without a restart, and :meth:`PredictionService.check_rollout` notices within a second a rollout that
+another server process moved (replicas share the metadata DB, which is the only record of the rollout).
 
 Uploads are decoded and scored by a scorer (:mod:`conveyor.serving.scoring`): in a thread of this process, or in
 scoring processes, one per core; either scores the requests that wait at the same time in one call of the model.
@@ -32,7 +33,7 @@ from conveyor.config import Settings
 from conveyor.data.decode import DecodeLimits
 from conveyor.errors import InvalidImageError
 from conveyor.serving.models import ServedModel, load_version
-from conveyor.serving.rollout import RolloutStatus, active_rollout, choose_arm
+from conveyor.serving.rollout import RolloutStatus, active_rollout, choose_arm, rollout_mark
 from conveyor.serving.scoring import Inspected, ModelFailed, ProcessScorer, ThreadScorer
 
 __all__ = ["ModelUnavailable", "Outcome", "PredictionLog", "PredictionService"]
@@ -47,6 +48,7 @@ class PredictionLog:
         self._engine = engine
         self._batch = batch
         self._gather_s = gather_s  # after a small write, let rows gather: one commit per request cost 1 ms of each
+        self.retry_pauses: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 4.0)  # ~8 s of a database away, then give up
         self._queue: queue.Queue[dict[str, Any] | threading.Event | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
@@ -66,9 +68,44 @@ class PredictionLog:
         self._queue.put(None)
         self._thread.join(timeout=10)
 
-    def _run(self) -> None:
+    def _store(self, rows: list[dict[str, Any]]) -> None:
+        """Store a batch: retried while the database is unreachable (a replica's PostgreSQL restarting, a dropped
+        connection), then row by row, so one bad row never takes the batch with it. Retrying is safe: a row stored by
+        an attempt whose answer was lost is refused the second time by the unique (request_id, arm)."""
+        from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+
         from conveyor.store.db import session_scope
         from conveyor.store.models import Prediction
+
+        for pause in (*self.retry_pauses, None):
+            try:
+                with session_scope(self._engine) as session:  # one executemany, not an ORM object per row
+                    session.execute(insert(Prediction), rows)
+                return
+            except IntegrityError:
+                break
+            except Exception as exc:
+                transient = isinstance(exc, OperationalError | InterfaceError) or (
+                    isinstance(exc, DBAPIError) and exc.connection_invalidated
+                )
+                if pause is None or not transient:
+                    break
+                log.warning("could not store %d prediction rows (%s); retrying in %.1f s", len(rows), exc, pause)
+                time.sleep(pause)
+        lost = 0
+        for row in rows:
+            try:
+                with session_scope(self._engine) as session:
+                    session.execute(insert(Prediction), [row])
+            except IntegrityError:  # stored already by an attempt whose answer was lost
+                continue
+            except Exception:  # the log must never stop the server; say so loudly
+                lost += 1
+                log.exception("could not store the prediction row of request %s", row.get("request_id"))
+        if lost:
+            log.error("%d of %d prediction rows were not stored", lost, len(rows))
+
+    def _run(self) -> None:
 
         stop = False
         while not stop:
@@ -80,11 +117,7 @@ class PredictionLog:
                     break
             rows = [i for i in items if isinstance(i, dict)]
             if rows:
-                try:
-                    with session_scope(self._engine) as session:  # one executemany, not an ORM object per row
-                        session.execute(insert(Prediction), rows)
-                except Exception:  # the log must never stop the server; say so loudly
-                    log.exception("could not store %d prediction rows", len(rows))
+                self._store(rows)
             for item in items:
                 if isinstance(item, threading.Event):
                     item.set()
@@ -137,6 +170,7 @@ class PredictionService:
         self.scoring_processes = scoring_processes
         self.scorer: ThreadScorer | ProcessScorer | None = ThreadScorer(self.limits) if scoring_processes == 1 else None
         self._lock = threading.Lock()  # one refresh at a time; readers take a consistent snapshot of attributes
+        self._rollout_mark: tuple[Any, ...] | None = None
         self._on_prediction = on_prediction or (lambda outcome: None)
 
     # ---------------------------------------------------------------------------------------------- loading
@@ -146,6 +180,8 @@ class PredictionService:
         from conveyor.tracking.registry import CHAMPION, current_version
 
         with self._lock:
+            # The mark first: a move after it changes it again, so check_rollout never misses one.
+            self._rollout_mark = rollout_mark(self.engine)
             rollout = active_rollout(self.engine)
             champion_version = current_version(self.settings, CHAMPION)
             if champion_version is not None and (self.champion is None or self.champion.version != champion_version):
@@ -163,6 +199,14 @@ class PredictionService:
                 scorer.warm_up()
                 self.scorer = scorer
             return self.describe()
+
+    def check_rollout(self) -> bool:
+        """Refresh if any rollout moved since the last refresh (another server process may have decided it): one
+        small query. Returns whether it refreshed."""
+        if rollout_mark(self.engine) == self._rollout_mark:
+            return False
+        self.refresh()
+        return True
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from conveyor.errors import ConfigError
@@ -42,14 +42,28 @@ def get_engine(url: str) -> Engine:
     return engine
 
 
+#: The PostgreSQL advisory lock :func:`create_schema` holds (an arbitrary constant: "conveyor" in ASCII).
+SCHEMA_LOCK = 0x636F6E7665796F72
+
+
 def create_schema(engine: Engine) -> None:
     """Create the tables that do not exist yet (idempotent): every stage's, all in :mod:`conveyor.store.models`; and
-    add to an existing table the nullable columns a newer conveyor declares (a workspace made before them)."""
+    add to an existing table the nullable columns a newer conveyor declares (a workspace made before them).
+
+    On PostgreSQL it runs in one transaction under an advisory lock: server replicas that start at once on an empty
+    database would otherwise both find a table missing and both create it, and one would fail."""
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as connection:
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+            Base.metadata.create_all(connection)
+            _add_new_columns(connection)
+        return
     Base.metadata.create_all(engine)
-    _add_new_columns(engine)
+    with engine.begin() as connection:
+        _add_new_columns(connection)
 
 
-def _add_new_columns(engine: Engine) -> None:
+def _add_new_columns(connection: Connection) -> None:
     """``ALTER TABLE ... ADD COLUMN`` for every declared nullable column an existing table lacks (with its index).
 
     Only additions that old rows can take as they are (NULL) are made here; anything else would need a migration.
@@ -57,22 +71,21 @@ def _add_new_columns(engine: Engine) -> None:
     from sqlalchemy import inspect
     from sqlalchemy.schema import CreateIndex
 
-    inspector = inspect(engine)
+    inspector = inspect(connection)
     columns = inspector.get_multi_columns()  # one query for every table, not one per table
     present_of = {name: {column["name"] for column in found} for (_, name), found in columns.items()}
-    with engine.begin() as connection:
-        for table in Base.metadata.sorted_tables:
-            if table.name not in present_of:
+    for table in Base.metadata.sorted_tables:
+        if table.name not in present_of:
+            continue
+        present = present_of[table.name]
+        for column in table.columns:
+            if column.name in present or not column.nullable:
                 continue
-            present = present_of[table.name]
-            for column in table.columns:
-                if column.name in present or not column.nullable:
-                    continue
-                kind = column.type.compile(dialect=engine.dialect)
-                connection.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
-                for index in table.indexes:
-                    if [c.name for c in index.columns] == [column.name]:
-                        connection.execute(CreateIndex(index, if_not_exists=True))
+            kind = column.type.compile(dialect=connection.dialect)
+            connection.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+            for index in table.indexes:
+                if [c.name for c in index.columns] == [column.name]:
+                    connection.execute(CreateIndex(index, if_not_exists=True))
 
 
 @contextmanager

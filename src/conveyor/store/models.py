@@ -243,9 +243,13 @@ class Feedback(Base):
 
 
 class Rollout(Base):
-    """One rollout of a challenger: its mode, its current stage, and every decision taken on it."""
+    """One rollout of a challenger: its mode, its current stage, and every decision taken on it.
+
+    ``active_guard`` is 1 while the rollout is active and NULL once it ended; its unique index lets at most one
+    rollout be active, whichever server process starts it (NULLs never collide)."""
 
     __tablename__ = "rollouts"
+    __table_args__ = (Index("uq_rollouts_active_guard", "active_guard", unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     mode: Mapped[str] = mapped_column(String(16))  # shadow | canary | ab
@@ -256,8 +260,11 @@ class Rollout(Base):
     challenger_version: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     stage_started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when the rollout ended: a promotion sets it once the champion alias has moved (promoted without ended_at:
+    # the move is under way, or its process died during it).
     ended_at: Mapped[datetime | None] = mapped_column()
     decisions: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"items": [{at, action, reason, stats}, ...]}
+    active_guard: Mapped[int | None] = mapped_column(Integer, default=None)
 
 
 class MonitoringRun(Base):

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from conveyor.config import Settings
 from conveyor.errors import ConveyorError, NotFoundError
@@ -69,12 +70,24 @@ class ModelVersionInfo:
 
 
 def audit(
-    settings: Settings, action: str, subject: str, reason: str, details: dict[str, Any], who: str | None = None
+    settings: Settings,
+    action: str,
+    subject: str,
+    reason: str,
+    details: dict[str, Any],
+    who: str | None = None,
+    *,
+    session: Session | None = None,
 ) -> None:
-    """Append one entry to the audit log."""
+    """Append one entry to the audit log: in ``session``'s transaction when given (the entry is stored if and only if
+    what it records is), else in its own."""
+    entry = AuditEntry(actor=who or actor(), action=action, subject=subject, reason=reason, details=details)
+    if session is not None:
+        session.add(entry)
+        return
     engine = open_workspace(settings)
-    with session_scope(engine) as session:
-        session.add(AuditEntry(actor=who or actor(), action=action, subject=subject, reason=reason, details=details))
+    with session_scope(engine) as own:
+        own.add(entry)
 
 
 def history(settings: Settings, subject: str | None = None) -> list[AuditRecord]:
