@@ -41,6 +41,7 @@ bench: install  ## speed and quality claims, printed as tables of ratios
 	$(BIN)/python benchmarks/selection.py
 	$(BIN)/python benchmarks/segmentation.py
 	$(BIN)/python benchmarks/conformal.py
+	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/hardening.py
 
 clean:
