@@ -86,3 +86,11 @@ def test_the_pixel_store_is_not_needed_to_serve(cnn_settings: Settings, tmp_path
             assert other.post("/v1/predict", files={"file": ("d.png", png(8, size=80), "image/png")}).status_code == 200
     finally:
         shutil.move(moved, cache)
+
+
+def test_a_cnn_champion_is_explained_by_occlusion_without_diagrams(client: TestClient) -> None:
+    response = client.post("/v1/explain", files={"file": ("slice.png", png(6, size=80, tumour=True), "image/png")})
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["diagrams_png"], body["regions"], body["groups"]) == (None, [], None)
+    assert len(body["heatmap"]) == 64 and body["method"].startswith("occlusion (Captum)")
