@@ -282,15 +282,17 @@ def _print_training(result: Any, compact: bool = False) -> None:
     metric = result.metric
     label = METRIC_LABELS[metric]
     table = Table(title=f"candidates on dataset {result.dataset_version} (finalists by CV, then the raced out)")
-    for column in ("candidate", f"CV {label}", "stage", f"test {label} [95% interval]", "F1", "ROC-AUC", "fit s"):
+    columns = ["candidate", f"CV {label}", "stage", f"test {label} [95% interval]", "test - CV", "F1", "ROC-AUC"]
+    columns.append("fit s")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("candidate", "stage") else "right", no_wrap=True)
     raced_out = [c for c in result.candidates if c.test is None]
 
-    def test_cells(m: Any, dim: bool) -> list[str]:
+    def test_cells(m: Any, dim: bool, cv: float | None = None) -> list[str]:
         value, interval = getattr(m, metric), m.intervals.get(metric)
         shown = f"{value:.3f}" + ("" if interval is None else f" [{interval.low:.2f}, {interval.high:.2f}]")
         auc = "-" if m.roc_auc is None else f"{m.roc_auc:.3f}"
-        cells = [shown, f"{m.f1:.3f}", auc]
+        cells = [shown, "" if cv is None else f"{value - cv:+.3f}", f"{m.f1:.3f}", auc]
         return [f"[dim]{c}[/]" for c in cells] if dim else cells
 
     for c in result.candidates:
@@ -299,10 +301,10 @@ def _print_training(result: Any, compact: bool = False) -> None:
             continue
         if c.test is None:
             table.add_row(f"[dim]{c.name}[/]", f"[dim]{c.cv_score:.3f} ± {c.cv_score_std:.3f}[/]", f"[dim]{stage}[/]",
-                          "-", "-", "-", f"{c.fit_seconds:.1f}")  # fmt: skip
+                          "-", "-", "-", "-", f"{c.fit_seconds:.1f}")  # fmt: skip
             continue
         cv = f"{c.cv_score:.3f} ± {c.cv_score_std:.3f}"
-        table.add_row(c.name, cv, stage, *test_cells(c.test, False), f"{c.fit_seconds:.1f}")
+        table.add_row(c.name, cv, stage, *test_cells(c.test, False, c.cv_score), f"{c.fit_seconds:.1f}")
     for name, m in result.baselines.items():
         table.add_row(f"[dim]{name}[/]", "", "", *test_cells(m, True), "")
     out.print(table)

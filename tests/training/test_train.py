@@ -446,3 +446,12 @@ def test_clips_are_scored_per_clip_as_well_as_per_frame(tmp_path: Path) -> None:
 def test_still_images_have_no_clip_score(trained: tuple[Settings, TrainResult]) -> None:
     _, result = trained
     assert result.clip_test is None and result.to_dict()["clip_test"] is None
+
+
+def test_each_finalist_reports_its_cv_test_gap(trained: tuple[Settings, TrainResult]) -> None:
+    _, result = trained
+    for row, candidate in zip(result.to_dict()["candidates"], result.candidates, strict=True):
+        if candidate.test is None:
+            assert row["cv_test_gap"] is None
+        else:
+            assert row["cv_test_gap"] == candidate.test.balanced_accuracy - candidate.cv_score

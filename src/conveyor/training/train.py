@@ -85,6 +85,11 @@ class CandidateResult:
     def name(self) -> str:
         return f"{self.family}@{self.extractor}"
 
+    def cv_test_gap(self, metric: str) -> float | None:
+        """Test minus CV score of ``metric``: how far the estimate that chose it was from the held-out truth (None
+        for a candidate that left the race before the test split)."""
+        return None if self.test is None else float(getattr(self.test, metric)) - self.cv_score
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -147,7 +152,7 @@ class TrainResult:
             "classes": self.classes,
             "positive_class": self.positive,
             "search": self.search.to_dict(),
-            "candidates": [c.to_dict() for c in self.candidates],
+            "candidates": [{**c.to_dict(), "cv_test_gap": c.cv_test_gap(self.metric)} for c in self.candidates],
             "baselines": {name: m.as_dict() for name, m in self.baselines.items()},
             "best": {**self.best.to_dict(), "calibrated_test": self.calibrated.as_dict()},
             "gate": self.gate.to_dict(),
