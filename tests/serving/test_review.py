@@ -239,3 +239,21 @@ def test_an_unsure_upload_is_reviewed_in_a_browser_and_joins_the_line(home: Path
     now = datetime.now(UTC)
     summary = monitor_log(settings, default_prediction_log(settings), now - timedelta(hours=1), now + timedelta(1))
     assert summary["n_labelled"] == 1
+
+
+def test_the_database_keeps_one_open_item_per_image(home: Path) -> None:
+    """What the check before queueing cannot do across server processes, the partial unique index does."""
+    from sqlalchemy.exc import IntegrityError
+
+    def item(request_id: str, status: str = "open") -> ReviewItem:
+        return ReviewItem(
+            request_id=request_id, input_sha256="a" * 64, format="png", path="review/x.png", model_version=1,
+            label="tumour", confidence=0.5, probabilities={"tumour": 0.5, "no_tumour": 0.5}, prediction_set=None,
+            reason="low_confidence", uncertainty=0.5, status=status,
+        )  # fmt: skip
+
+    engine = get_engine(settings_for(home).resolved_db_url)
+    with session_scope(engine) as session:
+        session.add_all([item("r1", "labelled"), item("r2")])
+    with pytest.raises(IntegrityError), session_scope(engine) as session:
+        session.add(item("r3"))

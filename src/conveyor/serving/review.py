@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, func, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from conveyor.config import Settings
 from conveyor.errors import ConveyorError, NotFoundError
@@ -100,14 +100,17 @@ def _queue(
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(target, data)
-    with session_scope(engine) as session:
-        session.add(
-            ReviewItem(
-                request_id=request_id, input_sha256=sha256, format=format, path=str(relative),
-                model_version=model_version, label=label, confidence=confidence, probabilities=probabilities,
-                prediction_set=prediction_set, reason=reason, uncertainty=1.0 - confidence,
-            )
-        )  # fmt: skip
+    try:
+        with session_scope(engine) as session:
+            session.add(
+                ReviewItem(
+                    request_id=request_id, input_sha256=sha256, format=format, path=str(relative),
+                    model_version=model_version, label=label, confidence=confidence, probabilities=probabilities,
+                    prediction_set=prediction_set, reason=reason, uncertainty=1.0 - confidence,
+                )
+            )  # fmt: skip
+    except IntegrityError:  # another process queued the same image meanwhile: it waits once
+        return False
     return True
 
 

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -298,6 +299,13 @@ class ReviewItem(Base):
     label; or dismissed)."""
 
     __tablename__ = "review_items"
+    # One open item per image, whichever server process queues it (PostgreSQL and SQLite both have partial indexes).
+    __table_args__ = (
+        Index(
+            "uq_review_open_image", "input_sha256", unique=True,
+            postgresql_where=text("status = 'open'"), sqlite_where=text("status = 'open'"),
+        ),
+    )  # fmt: skip
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(String(36), unique=True)
