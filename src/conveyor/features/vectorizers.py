@@ -491,7 +491,7 @@ class PersistenceBlock(_DiagramVectorizer):
     """
 
     prefix = "block"
-    batch_bars = 2048  # (edges x bars) temporaries: keep them under ~200 KB
+    batch_bars = 2048  # (cells x bars) temporaries: keep them under ~200 KB
 
     def __init__(
         self,
@@ -765,7 +765,7 @@ class PersistenceImage(_DiagramVectorizer):
     """
 
     prefix = "image"
-    batch_bars = 2048  # (edges x bars) temporaries: keep them under ~200 KB
+    batch_bars = 4096  # (edges x bars) temporaries: keep them under ~400 KB
 
     def __init__(
         self,
@@ -822,15 +822,20 @@ class PersistenceImage(_DiagramVectorizer):
         return np.einsum("in,jn->ij", mass_y, mass_x).ravel()
 
     def _transform_batch(self, packed: _Packed) -> np.ndarray:
+        # A bar's mass on the persistence axis depends on its persistence only, on the birth axis on its birth only,
+        # and an image has few distinct values (a 128x128 resize of 8-bit pixels: ~300 births for ~2000 bars): each
+        # is computed once per distinct value and gathered, the same operations on the same numbers, bit for bit.
         births = packed.births
-        persistence = packed.deaths - births
+        persistence, p_index = _distinct(packed.deaths - births)
         y = self.persistence_grid_
         p_max = y[-1]
         weights = np.where(persistence < p_max, persistence / p_max, 1.0)
-        mass_y = np.diff(_normal_cdf((y[:, None] - persistence) / self.sigma), axis=0) * weights  # (n_p, N)
+        mass_y = np.diff(_normal_cdf((y[:, None] - persistence) / self.sigma), axis=0) * weights  # (n_p, distinct)
+        mass_y = mass_y.take(p_index, axis=1)  # (n_p, N), C-ordered (x[:, index] is not, and einsum sums it otherwise)
         if self.birth_grid_ is None:
             return _segment_sums(mass_y, packed.offsets, axis=1).T
-        mass_x = np.diff(ndtr((self.birth_grid_[:, None] - births) / self.sigma), axis=0)  # (n_b, N)
+        births, b_index = _distinct(births)
+        mass_x = np.diff(ndtr((self.birth_grid_[:, None] - births) / self.sigma), axis=0).take(b_index, axis=1)
         return _segment_outer_sums(mass_y, mass_x, packed.offsets).reshape(packed.n_diagrams, -1)
 
 
@@ -1034,6 +1039,13 @@ def _normal_cdf(z: np.ndarray) -> np.ndarray:
             if n_below:
                 out[row, below] = ndtr(z[row, below])
     return out
+
+
+def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(distinct, index)``: the sorted distinct values and where each value is among them (``distinct[index]`` is
+    ``values``). A sort and a binary search: cheaper than ``np.unique(return_inverse=True)``'s argsort."""
+    distinct = np.unique(values)
+    return distinct, np.searchsorted(distinct, values)
 
 
 def _segment_outer_sums(a: np.ndarray, b: np.ndarray, offsets: np.ndarray) -> np.ndarray:
