@@ -642,15 +642,25 @@ class FunctionalDataAnalysis(_DiagramVectorizer):
         d = packed.deaths / self.max_death_
         out[:, 0] = _segment_sums(d - b, offsets)
         frequencies = (2.0 * np.pi) * np.arange(1, K + 1, dtype=np.float64)
-        # Running powers of exp(2 pi i x), as _vectorize does for large diagrams (~1e-16 from the direct formula).
-        step_d, step_b = _unit_circle(d), _unit_circle(b)
-        power_d, power_b = step_d.copy(), step_b.copy()
+        # sum over bars of exp(2 pi i m d) - exp(2 pi i m b) = sum over a diagram's distinct values x of
+        # (deaths at x - births at x) * exp(2 pi i m x): an image's diagram has ~7x fewer distinct values than bar
+        # ends. Running powers of exp(2 pi i x), as _vectorize does for large diagrams (~1e-16 from the direct formula).
+        values, weights, value_offsets = [], [], [0]
+        for start, stop in itertools.pairwise(offsets.tolist()):
+            for ends, sign in ((d[start:stop], 1.0), (b[start:stop], -1.0)):
+                distinct, counts = np.unique(ends, return_counts=True)
+                values.append(distinct)
+                weights.append(sign * counts)
+            value_offsets.append(value_offsets[-1] + values[-1].shape[0] + values[-2].shape[0])
+        step = _unit_circle(np.concatenate(values) if values else np.empty(0))
+        weight = np.concatenate(weights) if weights else np.empty(0)
+        grouped = np.asarray(value_offsets, dtype=np.intp)
+        power = step.copy()
         sums = np.empty((packed.n_diagrams, K), dtype=np.complex128)
         for m in range(K):
-            sums[:, m] = _segment_sums(power_d - power_b, offsets)
+            sums[:, m] = _segment_sums(power * weight, grouped)
             if m + 1 < K:
-                power_d *= step_d
-                power_b *= step_b
+                power *= step
         scale = _SQRT2 / frequencies
         out[:, 1::2] = -scale * sums.real
         out[:, 2::2] = scale * sums.imag
