@@ -241,14 +241,15 @@ def _segment_sums(values: np.ndarray, offsets: np.ndarray, axis: int = 0) -> np.
     return out
 
 
-def _padded(values: np.ndarray, segment: np.ndarray, offsets: np.ndarray, fill: float, width: int = 0) -> np.ndarray:
-    """``values`` (N, ...) grouped by diagram into a (D, L, ...) array, L the longest group (at least ``width``),
-    the rest ``fill``."""
-    n_groups = offsets.shape[0] - 1
-    length = max(int((offsets[1:] - offsets[:-1]).max(initial=0)), width)
-    out = np.full((n_groups, length, *values.shape[1:]), fill, dtype=values.dtype)
-    position = np.arange(values.shape[0]) - offsets[segment]
-    out[segment, position] = values
+def _padded(values: np.ndarray, offsets: np.ndarray, fill: float) -> np.ndarray:
+    """``values`` (k, N) split by diagram into a (D, k, L) array, L the longest diagram, the rest ``fill``.
+
+    One slice copy per diagram: cheaper than a scattered assignment when diagrams have thousands of bars.
+    """
+    counts = offsets[1:] - offsets[:-1]
+    out = np.full((counts.shape[0], values.shape[0], int(counts.max(initial=0))), fill, dtype=values.dtype)
+    for row, (start, stop) in enumerate(itertools.pairwise(offsets.tolist())):
+        out[row, :, : stop - start] = values[:, start:stop]
     return out
 
 
@@ -736,7 +737,7 @@ class SummaryStatistics(_DiagramVectorizer):
         deviation *= deviation
         std = np.sqrt(_segment_sums(deviation, offsets, axis=1).T / np.maximum(n - 1.0, 1.0))
         # every diagram's values in one (D * 4, longest) array, +inf after its own: one sort for the batch
-        padded = _padded(values.T, segment, offsets, np.inf).transpose(0, 2, 1).reshape(-1, int(counts.max()))
+        padded = _padded(values, offsets, np.inf).reshape(-1, int(counts.max()))
         padded.sort(axis=1)
         q = _row_quantiles(padded, np.repeat(counts, 4), _QUANTILE_PROBS).reshape(-1, 4, 7)
         p0, p10, p25, p50, p75, p90, p100 = np.moveaxis(q, 2, 0)
