@@ -646,16 +646,22 @@ class FunctionalDataAnalysis(_DiagramVectorizer):
         # sum over bars of exp(2 pi i m d) - exp(2 pi i m b) = sum over a diagram's distinct values x of
         # (deaths at x - births at x) * exp(2 pi i m x): an image's diagram has ~7x fewer distinct values than bar
         # ends. Running powers of exp(2 pi i x), as _vectorize does for large diagrams (~1e-16 from the direct formula).
-        values, weights, value_offsets = [], [], [0]
-        for start, stop in itertools.pairwise(offsets.tolist()):
-            for ends, sign in ((d[start:stop], 1.0), (b[start:stop], -1.0)):
-                distinct, counts = np.unique(ends, return_counts=True)
-                values.append(distinct)
-                weights.append(sign * counts)
-            value_offsets.append(value_offsets[-1] + values[-1].shape[0] + values[-2].shape[0])
-        step = _unit_circle(np.concatenate(values) if values else np.empty(0))
-        weight = np.concatenate(weights) if weights else np.empty(0)
-        grouped = np.asarray(value_offsets, dtype=np.intp)
+        # Small diagrams (smooth images) are not worth a np.unique each: every bar end counts once there.
+        if d.shape[0] < _FDA_DIRECT_MAX_BARS * packed.n_diagrams:
+            step = _unit_circle(np.stack([d, b], axis=1).ravel())  # per diagram: d0, b0, d1, b1, ...
+            weight = np.tile([1.0, -1.0], d.shape[0])
+            grouped = 2 * offsets
+        else:
+            values, weights, value_offsets = [], [], [0]
+            for start, stop in itertools.pairwise(offsets.tolist()):
+                for ends, sign in ((d[start:stop], 1.0), (b[start:stop], -1.0)):
+                    distinct, counts = np.unique(ends, return_counts=True)
+                    values.append(distinct)
+                    weights.append(sign * counts)
+                value_offsets.append(value_offsets[-1] + values[-1].shape[0] + values[-2].shape[0])
+            step = _unit_circle(np.concatenate(values) if values else np.empty(0))
+            weight = np.concatenate(weights) if weights else np.empty(0)
+            grouped = np.asarray(value_offsets, dtype=np.intp)
         power = step.copy()
         sums = np.empty((packed.n_diagrams, K), dtype=np.complex128)
         for m in range(K):
