@@ -98,3 +98,14 @@ def test_empty_batch_and_empty_diagrams_only(name: str, vectorizer: _DiagramVect
     np.testing.assert_array_equal(
         vectorizer.transform([np.empty((0, 2))] * 3), vectorizer._transform_per_diagram([np.empty((0, 2))] * 3)
     )
+
+
+def test_landscape_batch_with_more_keys_than_int16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """diagrams x grid points beyond int16 take the wide-key sort; the values do not change."""
+    rng = np.random.default_rng(3)
+    batch = [random_diagram(rng, 2) for _ in range(1700)]  # 1700 x 20 grid points > 32767 keys
+    landscape = PersistenceLandscape(k=2, grid=np.linspace(0.0, 1.0, 20)).fit(batch)
+    monkeypatch.setattr(PersistenceLandscape, "batch_bars", 10**6)
+    batched = landscape.transform(batch)
+    monkeypatch.setattr(_DiagramVectorizer, "batched", False)
+    np.testing.assert_array_equal(batched, landscape.transform(batch))

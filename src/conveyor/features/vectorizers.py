@@ -452,7 +452,11 @@ class PersistenceLandscape(_DiagramVectorizer):
         t = grid[point]
         heights = np.minimum(t - births[bar], deaths[bar] - t)  # > 0: the values _vectorize takes, bit for bit
         key = packed.segment[bar] * n_grid + point
-        order = np.lexsort((-heights, key))  # by (diagram, grid point), then decreasing height
+        # by (diagram, grid point), then decreasing height: a float argsort, then a stable sort of the small integer
+        # keys (a radix sort for 16-bit ones), ~4x faster than np.lexsort
+        order = np.argsort(-heights)
+        small = packed.n_diagrams * n_grid <= np.iinfo(np.int16).max
+        order = order[np.argsort(key[order].astype(np.int16 if small else np.intp), kind="stable")]
         key, heights = key[order], heights[order]
         starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         rank = np.arange(key.shape[0]) - np.repeat(starts, np.diff(np.r_[starts, key.shape[0]]))
