@@ -922,22 +922,20 @@ class BettiCurve(_DiagramVectorizer):
     def _transform_batch(self, packed: _Packed) -> np.ndarray:
         t = self.grid_
         n_intervals = t.shape[0] - 1
-        births, deaths, segment = packed.births, packed.deaths, packed.segment
-        first = np.searchsorted(t, births, side="right") - 1
-        last = np.searchsorted(t, deaths, side="left") - 1
-        single = (first == last) & (first >= 0) & (first < n_intervals)
+        births, deaths = packed.births, packed.deaths
+        # A bar adds to the intervals from the one holding its birth to the one holding its death (clipped to the
+        # grid): one (bar, interval) pair each, ~1.5 a bar on noisy images, against every interval when dense.
+        first = np.maximum(np.searchsorted(t, births, side="right") - 1, 0)
+        last = np.minimum(np.searchsorted(t, deaths, side="left") - 1, n_intervals - 1)
+        counts = np.maximum(last - first + 1, 0)
+        bar = np.repeat(np.arange(births.shape[0]), counts)
+        interval = np.arange(bar.shape[0]) - np.repeat(np.cumsum(counts) - counts - first, counts)
+        alive = np.minimum(t[interval + 1], deaths[bar]) - np.maximum(t[interval], births[bar])
+        np.maximum(alive, 0.0, out=alive)
         totals = np.bincount(
-            segment[single] * n_intervals + first[single],
-            weights=(deaths - births)[single],
-            minlength=packed.n_diagrams * n_intervals,
-        ).reshape(packed.n_diagrams, n_intervals)
-        spanning = ~single
-        if spanning.any():
-            _, offsets = packed.select(spanning)
-            alive = np.minimum(t[1:, None], deaths[spanning]) - np.maximum(t[:-1, None], births[spanning])
-            np.maximum(alive, 0.0, out=alive)
-            totals = totals + _segment_sums(alive, offsets, axis=1).T
-        return totals / np.diff(t)
+            packed.segment[bar] * n_intervals + interval, weights=alive, minlength=packed.n_diagrams * n_intervals
+        )
+        return totals.reshape(packed.n_diagrams, n_intervals) / np.diff(t)
 
 
 class PersistenceEntropy(_DiagramVectorizer):
