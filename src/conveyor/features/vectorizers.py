@@ -180,8 +180,8 @@ def _overlaps(
 class _Packed:
     """A batch of validated diagrams laid end to end: the shape every batched transform works on.
 
-    ``births``, ``deaths`` (N,) contiguous float64; ``offsets`` (D + 1,) int, diagram i is rows
-    ``offsets[i]:offsets[i + 1]``; ``segment`` (N,) the diagram of each row. One Python step per batch, not per diagram.
+    ``births``, ``deaths`` (N,) contiguous float64; ``counts`` (D,) bars per diagram; ``offsets`` (D + 1,) int,
+    diagram i is rows ``offsets[i]:offsets[i + 1]``; ``segment`` (N,) the diagram of each row.
     """
 
     __slots__ = ("births", "counts", "deaths", "n_diagrams", "offsets", "segment")
@@ -195,14 +195,6 @@ class _Packed:
         self.births = np.ascontiguousarray(pooled[:, 0])
         self.deaths = np.ascontiguousarray(pooled[:, 1])
         self.segment = np.repeat(np.arange(self.n_diagrams, dtype=np.intp), self.counts)
-
-    def select(self, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(segment[keep], offsets)`` of the rows ``keep`` (a boolean mask), still grouped by diagram."""
-        segment = self.segment[keep]
-        counts = np.bincount(segment, minlength=self.n_diagrams)
-        offsets = np.zeros(self.n_diagrams + 1, dtype=np.intp)
-        np.cumsum(counts, out=offsets[1:])
-        return segment, offsets
 
 
 def _batches(diagrams: list[np.ndarray], batch_bars: int) -> list[tuple[int, int]]:
