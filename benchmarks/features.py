@@ -7,7 +7,7 @@ checkout at ../shared/data/brain_mri_yes_no):
   persistence alone (decode, preprocess, both filtrations' diagrams) against the whole feature vector (what
   ``conveyor features`` computes per image: the same, then every configured extractor, in chunks of 64), with the
   vectorisers batched and with their reference path (one diagram at a time, as before batching), and each
-  extractor's own share;
+  extractor's own share (``--per-core-only``: this table alone, for both sets);
 * floor: read and decode every stored image (one process, then every core);
 * conveyor: ``compute_features`` for every extractor, both filtrations, H0 and H1, on every core, from nothing
   (decode, preprocess, diagrams, vectorise, write the master tables);
@@ -207,6 +207,11 @@ def main() -> None:
         ingest(workdir / "generated", settings)
         raw = sorted(str(p) for p in (settings.home / "raw").rglob("*.*"))
         print_per_core("generated 256x256", per_core(settings, raw), len(raw))
+        if REAL_SET.is_dir():
+            real = Settings(home=workdir / "per-core-real")
+            ingest(REAL_SET, real)
+            real_raw = sorted(str(p) for p in (real.home / "raw").rglob("*.*"))
+            print_per_core("brain MRI (real)", per_core(real, real_raw), len(real_raw))
         if args.per_core_only:
             return
         rows = measure("generated 256x256", workdir / "generated", workdir, args.gtda)
