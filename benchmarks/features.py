@@ -3,6 +3,11 @@
 In one run, on the same stored images (generated 256x256 demo JPEGs, and the real brain-MRI set when it is beside the
 checkout at ../shared/data/brain_mri_yes_no):
 
+* per core (issue 15, goal: whole vector <= 1.5x persistence alone): in one process, CPU time per image of
+  persistence alone (decode, preprocess, both filtrations' diagrams) against the whole feature vector (what
+  ``conveyor features`` computes per image: the same, then every configured extractor, in chunks of 64), with the
+  vectorisers batched and with their reference path (one diagram at a time, as before batching), and each
+  extractor's own share (``--per-core-only``: this table alone, for both sets);
 * floor: read and decode every stored image (one process, then every core);
 * conveyor: ``compute_features`` for every extractor, both filtrations, H0 and H1, on every core, from nothing
   (decode, preprocess, diagrams, vectorise, write the master tables);
@@ -11,7 +16,7 @@ checkout at ../shared/data/brain_mri_yes_no):
   persistence image and entropy vectorisers on the same preprocessed images, every core;
 * peak memory (``--memory``): the resident set of a features run at n and 4n images, each in a fresh process.
 
-Usage: python benchmarks/features.py [--n 2000] [--gtda /path/to/venv/bin/python] [--memory]
+Usage: python benchmarks/features.py [--n 2000] [--gtda /path/to/venv/bin/python] [--memory] [--per-core-only]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -34,7 +40,11 @@ from conveyor.config import Settings
 from conveyor.data.decode import decode_image
 from conveyor.data.ingest import ingest
 from conveyor.data.synthetic import render_slice
-from conveyor.features.store import compute_features
+from conveyor.features.extractors import check_bundles
+from conveyor.features.persistence import diagram_bundle
+from conveyor.features.pipeline import FeaturePipeline
+from conveyor.features.store import _CHUNK, compute_features, configured_extractors
+from conveyor.features.vectorizers import _DiagramVectorizer
 from conveyor.preprocess import Preprocessor
 
 REAL_SET = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain_mri_yes_no"
@@ -80,6 +90,62 @@ def decode_floor(raw: list[str], workers: int) -> float:
         with ProcessPoolExecutor(workers) as pool:
             list(pool.map(_decode, chunks))
     return time.perf_counter() - start
+
+
+def _cpu_ms(run: Any, n: int, repeat: int) -> float:
+    """Best of ``repeat`` runs, in CPU milliseconds of this process per image (a busy machine does not count)."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.process_time()
+        run()
+        best = min(best, time.process_time() - start)
+    return 1e3 * best / n
+
+
+def per_core(settings: Settings, raw: list[str], repeat: int = 2) -> list[tuple[str, float]]:
+    """(stage, CPU ms per image) in this one process; see the module docstring."""
+    blobs = [Path(p).read_bytes() for p in raw]
+    n = len(blobs)
+    specs = [(e.name, e.get_params(deep=False)) for e in configured_extractors(settings)]
+    pipeline = FeaturePipeline(settings.preprocess, specs)
+
+    def persistence() -> None:
+        for blob in blobs:
+            diagram_bundle(pipeline.image(blob))
+
+    def whole() -> None:  # store._compute_chunk without the file reads
+        for start in range(0, n, _CHUNK):
+            pipeline.transform(pipeline.prepare([pipeline.image(blob) for blob in blobs[start : start + _CHUNK]]))
+
+    images = [pipeline.image(blob) for blob in blobs]
+    prepared = pipeline.prepare(images)
+    pipeline.transform(pipeline.prepare(images[:1]))  # fits the extractors (fixed grids)
+    chunks = [slice(start, start + _CHUNK) for start in range(0, n, _CHUNK)]
+    rows = [("persistence alone: decode, preprocess, both filtrations", _cpu_ms(persistence, n, repeat))]
+    for batched in (True, False):
+        _DiagramVectorizer.batched = batched
+        label = "batched" if batched else "per diagram, as before"
+        rows.append((f"whole feature vector, vectorisers {label}", _cpu_ms(whole, n, repeat)))
+    rows.append(("  check the bundles (once per chunk)", _cpu_ms(lambda: check_bundles(prepared.bundles), n, repeat)))
+    for name, extractor in pipeline._fitted.items():
+        for batched in (True, False) if extractor.input_kind == "bundle" else (True,):
+            _DiagramVectorizer.batched = batched
+            inputs = prepared.bundles if extractor.input_kind == "bundle" else images
+            label = "" if extractor.input_kind == "image" else (" batched" if batched else " per diagram")
+            ms = _cpu_ms(lambda e=extractor, x=inputs: [e.transform(x[c]) for c in chunks], n, repeat)
+            rows.append((f"  {name}{label}", ms))
+    _DiagramVectorizer.batched = True
+    return rows
+
+
+def print_per_core(name: str, rows: list[tuple[str, float]], n: int) -> None:
+    floor = rows[0][1]
+    print(f"\n{name}: one core, {n} images, CPU ms per image")
+    print(f"{'stage':<62}{'ms/image':>10}{'x persistence':>15}")
+    for stage, ms in rows:
+        print(f"{stage:<62}{ms:>10.3f}{ms / floor:>15.2f}")
+    whole = rows[1][1] / floor
+    print(f"whole vector / persistence alone: {whole:.2f}x (goal <= 1.5x; {rows[2][1] / floor:.2f}x per diagram)")
 
 
 def measure(name: str, source: Path, workdir: Path, gtda: str | None) -> list[tuple[str, str, float, int]]:
@@ -132,10 +198,22 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="generated images")
     parser.add_argument("--gtda", help="python of a virtual environment with giotto-tda")
     parser.add_argument("--memory", action="store_true", help="also measure peak memory at n and 4n images")
+    parser.add_argument("--per-core-only", action="store_true", help="only the one-core table (generated images)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         generate(workdir / "generated", args.n)
+        settings = Settings(home=workdir / "per-core")
+        ingest(workdir / "generated", settings)
+        raw = sorted(str(p) for p in (settings.home / "raw").rglob("*.*"))
+        print_per_core("generated 256x256", per_core(settings, raw), len(raw))
+        if REAL_SET.is_dir():
+            real = Settings(home=workdir / "per-core-real")
+            ingest(REAL_SET, real)
+            real_raw = sorted(str(p) for p in (real.home / "raw").rglob("*.*"))
+            print_per_core("brain MRI (real)", per_core(real, real_raw), len(real_raw))
+        if args.per_core_only:
+            return
         rows = measure("generated 256x256", workdir / "generated", workdir, args.gtda)
         if REAL_SET.is_dir():
             rows += measure("brain MRI (real)", REAL_SET, workdir, args.gtda)

@@ -181,7 +181,11 @@ class _BundleExtractor(_Configured, TransformerMixin, BaseEstimator):
             float64, columns as :meth:`get_feature_names_out`.
         """
         check_is_fitted(self)
-        bundles = check_bundles(X)
+        return self._transform_checked(check_bundles(X))
+
+    def _transform_checked(self, bundles: list[DiagramBundle]) -> np.ndarray:
+        """:meth:`transform` of bundles that :func:`check_bundles` returned (the pipeline checks them once for all
+        extractors)."""
         blocks = [
             vectorizer._transform_valid([bundle[key] for bundle in bundles])
             for key, vectorizer in self.vectorizers_.items()

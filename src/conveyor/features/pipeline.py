@@ -16,7 +16,7 @@ import numpy as np
 
 from conveyor.config import PreprocessSettings
 from conveyor.data.decode import DecodeLimits, decode_image
-from conveyor.features.extractors import make_extractor
+from conveyor.features.extractors import check_bundles, make_extractor
 from conveyor.features.persistence import DiagramBundle, diagram_bundle
 from conveyor.preprocess.transforms import Preprocessor, to_gray_unit
 
@@ -115,9 +115,14 @@ class FeaturePipeline:
         if not prepared.images:
             return {}
         out: dict[str, np.ndarray] = {}
+        checked: list[DiagramBundle] | None = None  # validated once, read by every topological extractor
         for name, extractor in self._extractors(prepared).items():
-            inputs: Any = prepared.images if extractor.input_kind == "image" else prepared.bundles
-            out[name] = np.asarray(extractor.transform(inputs), dtype=np.float64)
+            if extractor.input_kind == "image":
+                out[name] = np.asarray(extractor.transform(prepared.images), dtype=np.float64)
+                continue
+            if checked is None:
+                checked = check_bundles(prepared.bundles)
+            out[name] = extractor._transform_checked(checked)
         return out
 
     def columns(self) -> dict[str, list[str]]:
