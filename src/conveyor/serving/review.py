@@ -67,40 +67,18 @@ def queue_for_review(
     """Keep the upload and queue the answer; False when it is not queued (its image already waits, the queue holds
     ``serving.review_max_open`` items, or the disk or database failed: logged, never the request's failure)."""
     try:
-        return _queue(settings, engine, data, request_id, sha256, format, model_version, label, confidence,
-                      probabilities, prediction_set, reason)  # fmt: skip
-    except (OSError, SQLAlchemyError):
-        log.exception("could not queue request %s for review", request_id)
-        return False
-
-
-def _queue(
-    settings: Settings,
-    engine: Engine,
-    data: bytes,
-    request_id: str,
-    sha256: str,
-    format: str,
-    model_version: int,
-    label: str,
-    confidence: float,
-    probabilities: dict[str, float],
-    prediction_set: list[str] | None,
-    reason: str,
-) -> bool:
-    with session_scope(engine) as session:
-        waiting = session.scalar(select(func.count()).select_from(ReviewItem).where(ReviewItem.status == "open"))
-        if waiting is not None and waiting >= settings.serving.review_max_open:
-            return False
-        twin = select(ReviewItem.id).where(ReviewItem.input_sha256 == sha256, ReviewItem.status == "open")
-        if session.scalar(twin) is not None:
-            return False
-    relative = Path(REVIEW_DIR) / sha256[:2] / f"{sha256}.{format}"
-    target = settings.home / relative
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(target, data)
-    try:
+        with session_scope(engine) as session:
+            waiting = session.scalar(select(func.count()).select_from(ReviewItem).where(ReviewItem.status == "open"))
+            if waiting is not None and waiting >= settings.serving.review_max_open:
+                return False
+            twin = select(ReviewItem.id).where(ReviewItem.input_sha256 == sha256, ReviewItem.status == "open")
+            if session.scalar(twin) is not None:
+                return False
+        relative = Path(REVIEW_DIR) / sha256[:2] / f"{sha256}.{format}"
+        target = settings.home / relative
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(target, data)
         with session_scope(engine) as session:
             session.add(
                 ReviewItem(
@@ -110,6 +88,9 @@ def _queue(
                 )
             )  # fmt: skip
     except IntegrityError:  # another process queued the same image meanwhile: it waits once
+        return False
+    except (OSError, SQLAlchemyError):
+        log.exception("could not queue request %s for review", request_id)
         return False
     return True
 
