@@ -70,6 +70,7 @@ class Pool:
         self.client: Any = None
         self.executor: ProcessPoolExecutor | None = None
         self.workers = workers
+        self._cluster_size: int | None = None
         if settings.compute.distributed:
             require_cluster_db(settings)
             self.client = dask_client(settings)
@@ -96,10 +97,11 @@ class Pool:
 
     @property
     def size(self) -> int:
-        """Workers (processes or Dask worker threads) results can come from at once."""
-        if self.client is not None:
-            return max(1, sum(self.client.nthreads().values()))
-        return self.workers
+        """Workers (processes or Dask worker threads) results can come from at once; the cluster's, asked once (it is
+        read for every chunk submitted)."""
+        if self.client is not None and self._cluster_size is None:
+            self._cluster_size = max(1, sum(self.client.nthreads().values()))
+        return self.workers if self._cluster_size is None else self._cluster_size
 
     def close(self) -> None:
         if self.client is not None:
