@@ -122,3 +122,17 @@ def test_bad_input_to_explain_is_4xx_with_a_detail(client: TestClient, body: byt
     assert response.status_code == status and response.json()["detail"]
     if reason is not None:
         assert response.json()["reason"] == reason
+
+
+def test_explanations_beyond_the_queue_are_refused_with_retry_after(settings: Settings) -> None:
+    from conveyor.serving.routes.explain import MAX_WAITING
+
+    app = create_app(settings)
+    with TestClient(app) as client:
+        app.state.explain_slots.waiting = MAX_WAITING  # as many as may wait are waiting
+        refused = client.post("/v1/explain", files={"file": ("t.png", png(3), "image/png")})
+        app.state.explain_slots.waiting = 0
+        served = client.post("/v1/explain", files={"file": ("t.png", png(3), "image/png")})
+    assert (refused.status_code, refused.headers["retry-after"]) == (429, "2")
+    assert refused.json()["detail"] == f"{MAX_WAITING} explanations are already waiting; try again shortly"
+    assert served.status_code == 200 and app.state.explain_slots.waiting == 0

@@ -124,6 +124,7 @@ def create_app(settings: Settings, scoring_processes: int = 1) -> FastAPI:
     app.state.service = service
     app.state.metrics = metrics
     app.state.feedback_limiter = RateLimiter()
+    app.state.explain_slots = explain.ExplainSlots()
     for module in (predict, explain, segment, feedback, review, ops, health, admin, page):
         app.include_router(module.router)
 
