@@ -345,12 +345,19 @@ def _print_conformal(report: dict[str, Any] | None) -> None:
         for name in classes:
             c = found["per_class"][name]
             mark = "" if c["met"] else " [red]under[/]"
+            if c.get("always_in_set"):  # too few calibration cases for a threshold at this coverage
+                mark += " [yellow]in every set[/]"
             if c["coverage"] is None:  # no test image of this class
                 cells.append("-")
                 continue
             cells.append(f"{c['coverage']:.3f} [{c['low']:.2f}, {c['high']:.2f}]{mark}")
         table.add_row(level, *cells, f"{found['coverage']:.3f}", f"{found['singleton_share']:.0%}")
     out.print(table)
+    if any(c.get("always_in_set") for found in levels.values() for c in found["per_class"].values()):
+        out.print(
+            "[yellow]in every set[/]: too few calibration images of that class for a threshold at that coverage "
+            "(19 are needed at 0.95, 9 at 0.9): its coverage is 1 by construction"
+        )
 
 
 @app.command()

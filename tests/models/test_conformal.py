@@ -49,9 +49,17 @@ def test_coverage_holds_per_class_on_data_with_a_known_answer() -> None:
 def test_the_report_counts_singletons_and_sizes() -> None:
     report = _calibrated().evaluate(np.array([[0.25, 0.75], [0.15, 0.85], [0.5, 0.5]]), [0, 1, 0], 0.8)
     assert (report["coverage"], report["singleton_share"], report["mean_size"]) == (1.0, 1 / 3, 5 / 3)
-    assert report["per_class"]["b"] == {"n": 1, "coverage": 1.0, "low": 0.0, "high": 1.0, "met": True} | {
-        "low": report["per_class"]["b"]["low"]
-    }
+    found = report["per_class"]["b"]
+    assert found == {"n": 1, "coverage": 1.0, "low": found["low"], "high": 1.0, "met": True, "always_in_set": False}
+    assert found["low"] == pytest.approx(0.025)  # Clopper-Pearson: 1 success in 1 trial
+
+
+def test_a_class_with_too_few_calibration_cases_for_the_coverage_is_in_every_set() -> None:
+    """Ten cases per class: a finite threshold at 0.9 (needs 9), none at 0.95 (needs 19)."""
+    conformal = _calibrated()
+    assert conformal.always_in_set(0.9) == [] and conformal.always_in_set(0.95) == ["a", "b"]
+    assert conformal.sets(np.array([[0.999, 0.001], [0.001, 0.999]]), 0.95).all()
+    assert conformal.evaluate(np.array([[0.9, 0.1]]), [0], 0.95)["per_class"]["a"]["always_in_set"] is True
 
 
 def test_the_calibration_survives_its_json() -> None:

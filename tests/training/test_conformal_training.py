@@ -122,3 +122,20 @@ def test_on_real_mri_each_class_is_covered_within_its_interval(tmp_path: Path) -
     for level, found in report["levels"].items():
         for name, c in found["per_class"].items():
             assert c["met"], (level, name, c)
+
+
+def test_classes_with_too_few_calibration_cases_for_a_coverage_are_flagged(calibrated) -> None:  # type: ignore[no-untyped-def]
+    _, result = calibrated
+    held = result.conformal["n_calibration"]
+    for level, found in result.conformal["levels"].items():
+        expected = {name: n < float(level) / (1 - float(level)) for name, n in held.items()}
+        assert {name: c["always_in_set"] for name, c in found["per_class"].items()} == expected
+
+
+def test_the_train_command_says_which_classes_are_in_every_set(calibrated, capsys) -> None:  # type: ignore[no-untyped-def]
+    from conveyor.cli import _print_conformal
+
+    _, result = calibrated
+    _print_conformal(result.conformal)
+    printed = capsys.readouterr().out
+    assert "in every set" in printed and "19 are needed at 0.95" in printed

@@ -16,6 +16,7 @@ the probabilities it already has; MAPIE wraps the estimator and refits or re-pre
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,18 +87,20 @@ class MondrianConformal:
 
     def evaluate(self, proba: np.ndarray, labels: Sequence[int], coverage: float) -> dict[str, Any]:
         """On labelled images: the share whose set holds the true class (overall and per class, with the 95%
-        binomial interval), the share of singleton sets, the mean set size, and whether each class met the target
-        (its coverage's interval reaches it)."""
+        binomial interval), the share of singleton sets, the mean set size, whether each class met the target (its
+        coverage's interval reaches it), and whether it is in every set (:meth:`always_in_set`)."""
         member = self.sets(proba, coverage)
         y = np.asarray(labels, dtype=np.int64)
         covered = member[np.arange(len(y)), y]
         sizes = member.sum(axis=1)
         per_class = {}
+        trivial = self.always_in_set(coverage)
         for c, name in enumerate(self.classes):
             mine = covered[y == c]
             low, high = binomial_interval(int(mine.sum()), len(mine))
             per_class[name] = {"n": len(mine), "coverage": float(mine.mean()) if len(mine) else None,
-                               "low": low, "high": high, "met": high is None or high >= coverage}  # fmt: skip
+                               "low": low, "high": high, "met": high is None or high >= coverage,
+                               "always_in_set": name in trivial}  # fmt: skip
         low, high = binomial_interval(int(covered.sum()), len(covered))
         return {
             "target": coverage,
@@ -110,6 +113,16 @@ class MondrianConformal:
             "mean_size": float(sizes.mean()) if len(y) else None,
             "per_class": per_class,
         }
+
+    def always_in_set(self, coverage: float) -> list[str]:
+        """The classes in every prediction set at ``coverage``: too few calibration cases for a finite threshold.
+
+        Split conformal keeps a class while its score is at most the ``ceil((n + 1) * coverage)``-th smallest of its
+        n calibration scores; with ``n < coverage / (1 - coverage)`` (19 cases at 0.95, 9 at 0.9) there is no such
+        score, and the class is never left out: its coverage is 1 by construction, not by the model's merit.
+        """
+        counts = self.counts()
+        return [name for name in self.classes if math.ceil((counts[name] + 1) * coverage - 1e-9) > counts[name]]
 
     def to_json(self) -> str:
         return json.dumps(
