@@ -346,6 +346,11 @@ class TrainingSettings(BaseModel):
     positive_class: str | None = Field(None, description="Binary tasks: the class F1 is about (default: last sorted).")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for the 95% intervals.")
     calibration: Literal["sigmoid", "isotonic"] = "sigmoid"
+    stacking: bool = Field(
+        True,
+        description="Also race the finalists stacked: a logistic regression over their out-of-fold scores (family "
+        "'stack'); it wins only on its CV score.",
+    )
     cnn: CNNSettings = CNNSettings()
     search: SearchSettings = SearchSettings()
     feature_selection: FeatureSelectionSettings = FeatureSelectionSettings()

@@ -188,11 +188,11 @@ def test_a_search_run_in_this_process_leaves_it_running(data: Any) -> None:
 
 
 def test_grouped_folds_never_split_a_group() -> None:
-    from conveyor.training.search import _splits
+    from conveyor.training.search import cv_splits
 
     y = np.array([0, 1] * 60)
     groups = np.arange(120) // 4  # 30 patients of 4 images
-    for train, val in _splits(y, np.arange(120), 3, seed=0, groups=groups):
+    for train, val in cv_splits(y, np.arange(120), 3, seed=0, groups=groups):
         assert not set(groups[train]) & set(groups[val])
         assert sorted(np.concatenate([train, val]).tolist()) == list(range(120))
 

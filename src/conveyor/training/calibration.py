@@ -17,6 +17,8 @@ from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from conveyor.models.scores import decision_scores
+
 __all__ = ["OutOfFoldCalibrated", "decision_scores", "platt"]
 
 
@@ -45,17 +47,6 @@ def platt(scores: np.ndarray, target: np.ndarray) -> tuple[float, float]:
         loss_grad, start, method="L-BFGS-B", jac=True, options={"gtol": 1e-6, "ftol": 64 * np.finfo(float).eps}
     )
     return float(found.x[0] / scale), float(found.x[1])
-
-
-def decision_scores(estimator: Any, X: Any) -> np.ndarray:
-    """The estimator's per-class scores, (n, classes), as scikit-learn's calibration takes them: its decision function
-    when it has one (a binary one becomes ``[-d, d]``), else its probabilities."""
-    if not hasattr(estimator, "decision_function"):
-        return np.asarray(estimator.predict_proba(X), dtype=np.float64)
-    decision = np.asarray(estimator.decision_function(X), dtype=np.float64)
-    if decision.ndim == 1:
-        return np.column_stack([-decision, decision])
-    return decision
 
 
 class OutOfFoldCalibrated(ClassifierMixin, BaseEstimator):

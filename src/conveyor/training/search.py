@@ -245,7 +245,7 @@ class _Pool:
         return results
 
 
-def _splits(
+def cv_splits(
     y: np.ndarray, subset: np.ndarray, folds: int, seed: int, groups: np.ndarray | None = None
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified folds of ``subset``; with ``groups``, no group on both sides of a fold (``StratifiedGroupKFold``)."""
@@ -343,7 +343,7 @@ def search(
             )  # fmt: skip
         else:
             raise ValueError(f"unknown search mode {mode!r}; one of {SEARCH_MODES}")
-        splits = _splits(y, full, folds, seed, groups)
+        splits = cv_splits(y, full, folds, seed, groups)
         tasks = [_Task(c, tr, va, k) for c in final_configs for k, (tr, va) in enumerate(splits)]
         pool.total = pool.done + len(tasks)
         began = time.perf_counter()
@@ -426,7 +426,7 @@ def _race(
     for index, size in enumerate(sizes):
         began = time.perf_counter()
         subset = stratified_subset(y, size, seed, min_per_class=race_folds)
-        splits = _splits(y, subset, race_folds, seed, groups)
+        splits = cv_splits(y, subset, race_folds, seed, groups)
         tasks = [_Task(c, tr, va, k) for c in alive for k, (tr, va) in enumerate(splits)]
         mean_grid = sum(len(p) for p in candidate_points.values()) / len(candidate_points)
         planned = sum(counts[index + 1 :]) * race_folds + round(finalists * mean_grid * folds)

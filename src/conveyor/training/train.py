@@ -387,6 +387,9 @@ def _candidates(
         jobs=cfg.search.jobs, on_progress=on_progress, groups=data.groups,
     ) if plan.tabular else SearchOutcome(plan.mode, [], [], 0, 0.0)  # fmt: skip
     candidates = _finalists(outcome, plan.settings_of, inputs, data, settings)
+    stacked = _stacked(candidates, inputs, data, settings, scorer) if cfg.stacking else None
+    if stacked is not None:
+        candidates.append(stacked)
     if plan.imaging:
         inputs[PIXELS] = _load_inputs(settings, PIXELS, data.version, data.members)
         fixed = {} if previous is None else {(e["extractor"], e["family"]): e["params"] for e in previous.ranking}
@@ -591,12 +594,7 @@ def _finalists(
     )
     results = []
     for score, (estimator, seconds) in zip(outcome.finalists, fitted, strict=True):
-        proba = _scores(estimator, inputs[score.extractor].X_test, len(data.classes))
-        predicted = [data.classes[i] for i in proba.argmax(axis=1)]
-        metrics = evaluate(
-            data.test_labels, predicted, proba, data.classes, positive=data.positive, n_boot=cfg.bootstrap,
-            seed=cfg.seed,
-        )  # fmt: skip
+        metrics = _test_metrics(estimator, inputs[score.extractor].X_test, data, settings)
         results.append(
             CandidateResult(
                 score.extractor, score.family, score.cv_mean, score.cv_std, score.params, metrics,
@@ -613,6 +611,42 @@ def _finalists(
                 )
             )  # fmt: skip
     return results
+
+
+def _test_metrics(estimator: Any, X_test: Any, data: _Data, settings: Settings) -> Metrics:
+    """A fitted candidate on the test split (before calibration: the ranking's scores)."""
+    proba = _scores(estimator, X_test, len(data.classes))
+    predicted = [data.classes[i] for i in proba.argmax(axis=1)]
+    return evaluate(
+        data.test_labels, predicted, proba, data.classes, positive=data.positive, n_boot=settings.training.bootstrap,
+        seed=settings.training.seed,
+    )  # fmt: skip
+
+
+def _stacked(
+    candidates: list[CandidateResult], inputs: dict[str, _Inputs], data: _Data, settings: Settings, scorer: Scorer
+) -> CandidateResult | None:
+    """The finalists stacked (:mod:`conveyor.training.stacking`), scored on their folds and on the test split; None
+    with fewer than two finalists, or finalists on tables no one table holds (the whole image and a region)."""
+    from conveyor.training.search import cv_splits
+    from conveyor.training.stacking import STACK, fit_stack, stack_table
+
+    bases = [c for c in candidates if c.stage == "final" and c.oof_scores is not None and c.estimator is not None]
+    table = stack_table([c.extractor for c in bases], list(inputs))
+    if len(bases) < 2 or table is None:
+        return None
+    cfg = settings.training
+    splits = cv_splits(data.y_train, np.arange(len(data.y_train)), data.folds, cfg.seed, data.groups)
+    found = fit_stack(
+        [(c.extractor, c.estimator, c.oof_scores) for c in bases], table, inputs[table].columns, data.y_train, splits,
+        scorer, cfg.seed,
+    )  # fmt: skip
+    metrics = _test_metrics(found.estimator, inputs[table].X_test, data, settings)
+    return CandidateResult(
+        table, STACK, float(np.mean(found.fold_scores)), float(np.std(found.fold_scores)),
+        {"members": [c.name for c in bases]}, metrics, found.seconds + sum(c.fit_seconds for c in bases), "final",
+        len(data.y_train), data.folds, estimator=found.estimator, oof_scores=found.oof_scores,
+    )  # fmt: skip
 
 
 def _refit(estimator: Any, params: dict[str, Any], X: Any, y: np.ndarray, parent: int) -> tuple[Any, float]:

@@ -1,0 +1,94 @@
+"""A stacked classifier: the search's finalists, each on its own feature columns, combined by a logistic regression
+over their scores.
+
+The finalists disagree where their features do (an SVM on the intensity statistics, boosted trees on the persistence
+images): a small model over their per-class scores can beat each of them. The combiner is fitted on the finalists'
+out-of-fold scores from the search (each image scored by fold models that never saw it), never on scores of models
+that trained on the same images, so it learns how far each base can be trusted on new images; its inputs are
+standardised, since an SVM's decision values and a forest's probabilities live on different scales.
+
+A binary base contributes one column (its positive-class score: the other is its negative), a multi-class base one
+per class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted
+
+from conveyor.models.scores import decision_scores
+
+__all__ = ["StackedClassifier", "combiner", "stack_inputs"]
+
+
+def stack_inputs(scores: Sequence[np.ndarray]) -> np.ndarray:
+    """The combiner's inputs from each base's per-class scores ((n, classes) each, as
+    :func:`conveyor.models.scores.decision_scores` gives them): a binary base's positive column only."""
+    columns = [s[:, 1:] if s.shape[1] == 2 else s for s in (np.asarray(part, dtype=np.float64) for part in scores)]
+    return np.hstack(columns)
+
+
+def combiner(seed: int) -> Pipeline:
+    """A logistic regression over standardised scores: few parameters, so a few hundred images fit it."""
+    return make_pipeline(
+        StandardScaler(), LogisticRegression(max_iter=5000, class_weight="balanced", random_state=seed)
+    )
+
+
+class StackedClassifier(ClassifierMixin, BaseEstimator):
+    """Fitted base classifiers, each reading ``columns[i]`` of X, and a combiner over their scores.
+
+    Parameters
+    ----------
+    bases : list of fitted classifiers
+        Used as they are (already fitted on the whole training split), never refitted.
+    columns : list of integer arrays
+        The columns of X each base reads, in its own training order.
+    seed : int
+        The combiner's random state.
+
+    ``fit(oof_scores, y)`` fits the combiner on the bases' out-of-fold scores (one (n, classes) array per base, in
+    ``bases``' order) and labels coded ``0 .. classes-1``.
+    """
+
+    def __init__(self, bases: list[Any] | None = None, columns: list[Any] | None = None, seed: int = 0) -> None:
+        self.bases = bases
+        self.columns = columns
+        self.seed = seed
+
+    def fit(self, oof_scores: Sequence[np.ndarray], y: np.ndarray) -> StackedClassifier:
+        if self.bases is None or self.columns is None or len(self.bases) != len(self.columns):
+            raise ValueError("a stack needs as many column sets as bases")
+        if len(oof_scores) != len(self.bases):
+            raise ValueError(f"{len(oof_scores)} out-of-fold score arrays for {len(self.bases)} bases")
+        y = np.asarray(y)
+        self.combiner_ = combiner(self.seed).fit(stack_inputs(oof_scores), y)
+        self.classes_ = self.combiner_.classes_
+        return self
+
+    def base_scores(self, X: Any) -> np.ndarray:
+        """The combiner's inputs for X: each base's scores on its own columns."""
+        X = np.asarray(X)
+        assert self.bases is not None and self.columns is not None
+        return stack_inputs(
+            [decision_scores(base, X[:, cols]) for base, cols in zip(self.bases, self.columns, strict=True)]
+        )
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "combiner_")
+        return np.asarray(self.combiner_.decision_function(self.base_scores(X)))
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "combiner_")
+        return np.asarray(self.combiner_.predict_proba(self.base_scores(X)))
+
+    def predict(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "combiner_")
+        return np.asarray(self.combiner_.predict(self.base_scores(X)))

@@ -1,0 +1,151 @@
+"""The stacked candidate: finalists on their own columns combined by a logistic regression fitted on their
+out-of-fold scores, scored on the search's folds, raced and registered like any family."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+from conveyor.data.ingest import ingest
+from conveyor.data.synthetic import SyntheticSpec, generate_dataset
+from conveyor.data.versions import dataset_members
+from conveyor.models.stacking import StackedClassifier, stack_inputs
+from conveyor.store.db import get_engine
+from conveyor.training.evaluate import Scorer
+from conveyor.training.stacking import base_columns, fit_stack, stack_table
+from conveyor.training.train import train
+from tests.training.test_train import load_champion, small_settings
+
+
+def _two_views(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A label that is the XOR-free sum of two signals, each seen by one half of the columns only."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    y = (a + b > 0).astype(int)
+    X = np.column_stack([a + 0.3 * rng.normal(size=n), rng.normal(size=n), b + 0.3 * rng.normal(size=n)])
+    return X, y
+
+
+def _bases(X: np.ndarray, y: np.ndarray) -> list[tuple[str, object, np.ndarray]]:
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    out = []
+    for name, cols in (("left", [0, 1]), ("right", [2])):
+        model = LogisticRegression()
+        oof = cross_val_predict(model, X[:, cols], y, cv=folds, method="decision_function")
+        out.append((name, model.fit(X[:, cols], y), np.column_stack([-oof, oof])))
+    return out
+
+
+def test_a_binary_base_gives_the_combiner_one_column_and_a_multiclass_base_one_per_class() -> None:
+    binary, three = np.array([[-1.0, 1.0], [2.0, -2.0]]), np.arange(6.0).reshape(2, 3)
+    assert stack_inputs([binary, three]).tolist() == [[1.0, 0.0, 1.0, 2.0], [-2.0, 3.0, 4.0, 5.0]]
+
+
+def test_bases_that_share_a_table_read_it_and_others_read_all() -> None:
+    assert stack_table(["stats", "stats"], ["stats", "all"]) == "stats"
+    assert stack_table(["stats", "intensity"], ["stats", "intensity", "all"]) == "all"
+    assert stack_table(["roi-stats", "roi-all"], ["roi-stats", "roi-all"]) == "roi-all"
+
+
+def test_bases_on_the_whole_image_and_a_region_or_without_all_are_not_stacked() -> None:
+    assert stack_table(["stats", "roi-stats"], ["stats", "roi-stats", "all", "roi-all"]) is None
+    assert stack_table(["stats", "intensity"], ["stats", "intensity"]) is None
+
+
+def test_a_base_reads_its_own_columns_of_all_in_their_order() -> None:
+    columns = ["intensity__mean", "stats__h0_count", "intensity__std", "stats__h1_count"]
+    assert base_columns("stats", "all", columns).tolist() == [1, 3]
+    assert base_columns("roi-intensity", "roi-all", columns).tolist() == [0, 2]
+    assert base_columns("all", "all", columns).tolist() == [0, 1, 2, 3]
+
+
+def test_the_stack_beats_each_base_when_they_see_different_signals() -> None:
+    X, y = _two_views()
+    X_new, y_new = _two_views(seed=1)
+    bases = _bases(X, y)
+    stack = StackedClassifier([m for _, m, _ in bases], [np.array([0, 1]), np.array([2])]).fit(
+        [oof for _, _, oof in bases], y
+    )
+    alone = [float((m.predict(X_new[:, c]) == y_new).mean()) for (_, m, _), c in zip(bases, ([0, 1], [2]), strict=True)]
+    assert float((stack.predict(X_new) == y_new).mean()) > max(alone) + 0.1
+    assert stack.predict_proba(X_new).shape == (400, 2) and np.allclose(stack.predict_proba(X_new).sum(axis=1), 1.0)
+
+
+def test_a_stack_survives_pickling_with_the_same_answers() -> None:
+    X, y = _two_views()
+    bases = _bases(X, y)
+    stack = StackedClassifier([m for _, m, _ in bases], [np.array([0, 1]), np.array([2])]).fit(
+        [oof for _, _, oof in bases], y
+    )
+    assert np.array_equal(pickle.loads(pickle.dumps(stack)).predict_proba(X), stack.predict_proba(X))
+
+
+def test_a_stack_refuses_scores_for_another_number_of_bases() -> None:
+    X, y = _two_views()
+    bases = _bases(X, y)
+    with pytest.raises(ValueError, match="1 out-of-fold score arrays for 2 bases"):
+        StackedClassifier([m for _, m, _ in bases], [np.array([0, 1]), np.array([2])]).fit([bases[0][2]], y)
+
+
+def test_the_stack_is_scored_on_every_fold_with_out_of_fold_scores_for_every_image() -> None:
+    X, y = _two_views()
+    splits = list(StratifiedKFold(4, shuffle=True, random_state=0).split(X, y))
+    found = fit_stack(
+        _bases(X, y), "all", ["left__a", "left__noise", "right__b"], y, splits, Scorer("accuracy", 2, 1), 0
+    )
+    assert len(found.fold_scores) == 4 and min(found.fold_scores) > 0.85
+    assert found.oof_scores.shape == (400, 2) and np.all(found.oof_scores[:, 0] == -found.oof_scores[:, 1])
+    assert [c.tolist() for c in found.estimator.columns] == [[0, 1], [2]]
+
+
+@pytest.fixture(scope="module")
+def stacked(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("stacked")
+    settings = small_settings(root / "ws", families=["logreg", "svm"], extractors=["intensity", "stats", "all"])
+    generate_dataset(root / "src", SyntheticSpec(n_per_class=40, size=96, seed=3))
+    ingest(root / "src", settings)
+    return settings, train(settings)
+
+
+def test_training_races_the_finalists_stacked(stacked) -> None:  # type: ignore[no-untyped-def]
+    _, result = stacked
+    finals = [c for c in result.candidates if c.stage == "final" and c.family != "stack"]
+    (stack,) = [c for c in result.candidates if c.family == "stack"]
+    assert stack.params == {"members": [c.name for c in finals]} and stack.extractor == "all"
+    assert stack.folds == 3 and stack.test is not None and stack.test.n == finals[0].test.n
+
+
+def test_a_stack_that_wins_on_cv_is_registered_and_served_as_evaluated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stack made to win the ranking (its fold scores lifted by 1): calibration, the gate, registration and the
+    served model then run as for any winner, and the served answers are the evaluated ones."""
+    import conveyor.training.stacking as stacking
+
+    real = stacking.fit_stack
+
+    def winning(*args, **kwargs):  # type: ignore[no-untyped-def]
+        found = real(*args, **kwargs)
+        return stacking.StackFit(found.estimator, found.table, [s + 1.0 for s in found.fold_scores],
+                                 found.oof_scores, found.seconds)  # fmt: skip
+
+    monkeypatch.setattr(stacking, "fit_stack", winning)
+    settings = small_settings(tmp_path / "ws", families=["logreg", "svm"], extractors=["intensity", "stats", "all"])
+    generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=40, size=96, seed=3))
+    ingest(tmp_path / "src", settings)
+    result = train(settings)
+    assert result.best.family == "stack" and result.registered_version == 1
+    model = load_champion(settings)
+    assert model.unwrap_python_model().spec.family == "stack"
+    engine = get_engine(settings.resolved_db_url)
+    test = [(sha, label) for sha, label, split in dataset_members(engine, result.dataset_version) if split == "test"]
+    blobs = [next((settings.home / "raw" / sha[:2]).glob(f"{sha}.*")).read_bytes() for sha, _ in test]
+    out = model.predict(pd.DataFrame({"image": blobs}))
+    accuracy = float(np.mean(out["label"].to_numpy() == np.array([label for _, label in test])))
+    assert accuracy == pytest.approx(result.calibrated.accuracy)
