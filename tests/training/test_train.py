@@ -54,6 +54,7 @@ def test_every_candidate_is_in_the_table(trained: tuple[Settings, TrainResult]) 
         "logreg@intensity",
         "random_forest@all",
         "random_forest@intensity",
+        "stack@all",  # the two families' finalists, stacked on the table that holds both
     ]
     finalists = [c.cv_score for c in result.candidates if c.stage == "final"]
     assert finalists == sorted(finalists, reverse=True)
@@ -87,8 +88,8 @@ def test_runs_are_tracked_in_mlflow(trained: tuple[Settings, TrainResult]) -> No
     children = mlflow.search_runs(
         experiment_ids=[experiment], filter_string=f"tags.mlflow.parentRunId = '{result.parent_run_id}'"
     )
-    assert len(children) == 4
-    assert set(children["params.family"]) == {"logreg", "random_forest"}
+    assert len(children) == 5
+    assert set(children["params.family"]) == {"logreg", "random_forest", "stack"}
     assert children["metrics.cv_balanced_accuracy"].notna().all()
     client = mlflow.MlflowClient()
     artifacts = {a.path for a in client.list_artifacts(result.best.run_id, "plots")}

@@ -627,13 +627,14 @@ def _stacked(
     candidates: list[CandidateResult], inputs: dict[str, _Inputs], data: _Data, settings: Settings, scorer: Scorer
 ) -> CandidateResult | None:
     """The finalists stacked (:mod:`conveyor.training.stacking`), scored on their folds and on the test split; None
-    with fewer than two finalists, or finalists on tables no one table holds (the whole image and a region)."""
+    with finalists of fewer than two model families (one family's variants make near-identical errors, so a stack of
+    them costs fits and gains nothing), or on tables no one table holds (the whole image and a region)."""
     from conveyor.training.search import cv_splits
     from conveyor.training.stacking import STACK, fit_stack, stack_table
 
     bases = [c for c in candidates if c.stage == "final" and c.oof_scores is not None and c.estimator is not None]
     table = stack_table([c.extractor for c in bases], list(inputs))
-    if len(bases) < 2 or table is None:
+    if len({c.family.split("+")[0] for c in bases}) < 2 or table is None:
         return None
     cfg = settings.training
     splits = cv_splits(data.y_train, np.arange(len(data.y_train)), data.folds, cfg.seed, data.groups)
