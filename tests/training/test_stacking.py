@@ -107,7 +107,7 @@ def test_the_stack_is_scored_on_every_fold_with_out_of_fold_scores_for_every_ima
 @pytest.fixture(scope="module")
 def stacked(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("stacked")
-    settings = small_settings(root / "ws", families=["logreg", "svm"], extractors=["intensity", "stats", "all"])
+    settings = small_settings(root / "ws", families=["logreg", "random_forest"], extractors=["intensity", "all"])
     generate_dataset(root / "src", SyntheticSpec(n_per_class=40, size=96, seed=3))
     ingest(root / "src", settings)
     return settings, train(settings)
@@ -136,7 +136,7 @@ def test_a_stack_that_wins_on_cv_is_registered_and_served_as_evaluated(
                                  found.oof_scores, found.seconds)  # fmt: skip
 
     monkeypatch.setattr(stacking, "fit_stack", winning)
-    settings = small_settings(tmp_path / "ws", families=["logreg", "svm"], extractors=["intensity", "stats", "all"])
+    settings = small_settings(tmp_path / "ws", families=["logreg", "random_forest"], extractors=["intensity", "all"])
     generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=40, size=96, seed=3))
     ingest(tmp_path / "src", settings)
     result = train(settings)
