@@ -58,6 +58,23 @@ def _settings(home: Path, db: str, scheduler: str) -> Settings:
     )
 
 
+_TASK_MODULES = ("conveyor.features.store", "conveyor.training.search", "sklearn.ensemble", "sklearn.linear_model")
+
+
+def _warm(address: str) -> float:
+    """Seconds the cluster's fresh worker processes take to import what the tasks run: a long-lived cluster pays it
+    once, while the local pool's forked processes inherit it, so the runs below are timed on warm workers."""
+    import importlib
+
+    from distributed import Client
+
+    began = time.perf_counter()
+    with Client(address) as client:
+        for module in _TASK_MODULES:
+            client.run(importlib.import_module, module)
+    return time.perf_counter() - began
+
+
 def _features(settings: Settings, workers: int | None) -> float:
     shutil.rmtree(settings.features_dir, ignore_errors=True)
     settings.features_dir.mkdir(parents=True)
@@ -95,6 +112,8 @@ def main() -> None:
             rows.append(("local pool", 2, seconds, train_s, fits))
             for workers in (1, 2):
                 with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+                    warm_s = _warm(c.scheduler_address)
+                    print(f"Dask, {workers} worker(s): {warm_s:.1f} s to import the task modules (not timed below)")
                     remote = _settings(root / "ws", db, c.scheduler_address)
                     seconds = _features(remote, None)
                     train_s, fits = _train(remote)

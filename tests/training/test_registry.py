@@ -12,6 +12,7 @@ from conveyor.errors import ConveyorError
 from conveyor.tracking.registry import (
     CHALLENGER,
     CHAMPION,
+    audit,
     champion_history,
     current_version,
     history,
@@ -57,3 +58,11 @@ def test_promote_without_a_challenger_is_refused(tmp_path: Path) -> None:
     train(settings)
     with pytest.raises(ConveyorError, match="has no challenger to promote"):
         promote(settings)
+
+
+def test_two_rollbacks_from_the_same_champion_pop_it_once(tmp_path: Path) -> None:
+    """Two `conveyor rollback` run at once both read champion 3 and both move the alias to 2: the stack is [1, 2]."""
+    settings = small_settings(tmp_path / "ws")
+    for version, details in [(1, {}), (2, {}), (3, {}), (2, {"rolled_back_from": 3}), (2, {"rolled_back_from": 3})]:
+        audit(settings, f"set_{CHAMPION}", settings.model_name, "test", {"version": version, **details})
+    assert champion_history(settings) == [1, 2]

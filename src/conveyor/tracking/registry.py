@@ -182,13 +182,18 @@ def _clear_alias(settings: Settings, alias: str) -> None:
 
 
 def champion_history(settings: Settings) -> list[int]:
-    """The stack of champions, oldest first: each promotion pushes a version, each rollback pops one."""
+    """The stack of champions, oldest first: each promotion pushes a version, each rollback pops one.
+
+    A rollback pops only the version it rolled back from: two rollbacks run at once both move the alias from the same
+    champion to the same earlier one, and the second must not pop that earlier one off the stack as well."""
     stack: list[int] = []
     for record in history(settings, settings.model_name):
         if record.action != f"set_{CHAMPION}":
             continue
-        if record.details.get("rolled_back_from") is not None and stack:
-            stack.pop()
+        rolled_back_from = record.details.get("rolled_back_from")
+        if rolled_back_from is not None:
+            if stack and stack[-1] == rolled_back_from:
+                stack.pop()
         else:
             stack.append(int(record.details["version"]))
     return stack
