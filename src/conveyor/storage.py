@@ -263,7 +263,12 @@ class Storage:
             probe = fsspec.filesystem(self.protocol, skip_instance_cache=True, **self._quick(timeout_s))
             if self.protocol in _S3:
                 probe.retries = 1  # s3fs's own retries on top of botocore's, which _quick turned off
-            probe.info(self.bucket)
+                # One listing of the store's own prefix: what conveyor needs, and all that credentials limited to the
+                # prefix may do (HeadBucket asks for more).
+                inside = self._prefix.partition("/")[2]
+                probe.call_s3("list_objects_v2", Bucket=self.bucket, Prefix=f"{inside}/" if inside else "", MaxKeys=1)
+            else:
+                probe.info(self.bucket)
         except Exception as exc:  # whatever the filesystem raises: every failure here is the store's
             raise StorageError(f"storage.url {self.url}: {self._explain(exc)}") from exc
 
