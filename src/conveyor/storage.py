@@ -60,7 +60,8 @@ class Storage:
         found = _PROTOCOL.match(str(url))
         if found is None or found.group(1).lower() == "file":
             self.protocol = "file"
-            self.root = Path(found.group(2) if found is not None else url)
+            # Absolute: a worker started in another folder (or on another machine, at the same mount) finds it too.
+            self.root = Path(found.group(2) if found is not None else url).absolute()
             self.url = str(self.root)
             self._prefix = ""
         else:
