@@ -7,8 +7,9 @@ value. Dask reruns the tasks of a worker that dies (``compute.retries``), and th
 a lost worker loses and doubles nothing. No scheduler of conveyor's own: the same code reaches a laptop's
 ``LocalCluster``, SLURM or PBS (dask-jobqueue) and Kubernetes (the Dask operator).
 
-The workers read the files the tasks name (the raw store, the source folder): on several machines those must be a
-shared filesystem path that every worker mounts at the same place (NFS works as it is).
+The workers read the source folders the tasks name: on several machines a shared filesystem path that every worker
+mounts at the same place (NFS works as it is). The raw store and the feature tables they read and write are those of
+``storage.url`` (:mod:`conveyor.storage`): that shared path, or an object store every worker reaches.
 """
 
 from __future__ import annotations

@@ -26,7 +26,15 @@ from pydantic_settings import (
 from conveyor.monitoring.settings import MonitoringSettings
 from conveyor.serving.settings import ServingSettings
 
-__all__ = ["FeatureSettings", "IngestSettings", "PreprocessSettings", "Settings", "TrainingSettings", "get_settings"]
+__all__ = [
+    "FeatureSettings",
+    "IngestSettings",
+    "PreprocessSettings",
+    "Settings",
+    "StorageSettings",
+    "TrainingSettings",
+    "get_settings",
+]
 
 CONFIG_FILE_NAME = "conveyor.yaml"
 
@@ -393,6 +401,39 @@ class ComputeSettings(BaseModel):
         return self.scheduler != "local"
 
 
+class StorageSettings(BaseModel):
+    """Where the raw store, the feature tables and the diagram cache live (see :mod:`conveyor.storage`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(
+        None,
+        description="A folder (default: the workspace; a shared filesystem such as an NFS path works as it is) or an "
+        "fsspec URL: s3://bucket/prefix reaches any S3-compatible service through s3fs. A store other than the "
+        "workspace also keeps the embedded MLflow store's artifacts, under <url>/mlflow.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments of the fsspec filesystem, e.g. for s3 {client_kwargs: {endpoint_url: ..., "
+        "region_name: ...}, key: ..., secret: ...}; without key and secret, s3fs takes AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY (or a role) as boto3 does.",
+    )
+    check_timeout_s: float = Field(
+        5.0, gt=0, description="Seconds the check at the start of ingest, features and train waits for the store."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        found = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", value)
+        if found is not None and found.group(1).lower() != "file" and not found.group(2).split("/")[0]:
+            raise ValueError(f"storage.url {value!r} names no bucket or container, expected e.g. s3://bucket/prefix")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything conveyor can be told; see the module docstring for where values come from."""
 
@@ -415,6 +456,7 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = MonitoringSettings()
     serving: ServingSettings = ServingSettings()
     compute: ComputeSettings = ComputeSettings()
+    storage: StorageSettings = StorageSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -446,6 +488,7 @@ class Settings(BaseSettings):
 
     @property
     def raw_dir(self) -> Path:
+        """The raw store in the workspace: where it is unless ``storage.url`` puts it elsewhere."""
         return self.home / "raw"
 
     @property
@@ -458,6 +501,7 @@ class Settings(BaseSettings):
 
     @property
     def features_dir(self) -> Path:
+        """The feature tables in the workspace: where they are unless ``storage.url`` puts them elsewhere."""
         return self.home / "features"
 
     @property

@@ -30,6 +30,9 @@ _CONFIG_TEMPLATE = """\
 # (e.g. CONVEYOR_INGEST__MAX_PIXELS=50000000). Commented values are the defaults.
 # db_url: postgresql://user@127.0.0.1:5432/conveyor     # default: sqlite file conveyor.db here
 # mlflow_tracking_uri: http://127.0.0.1:5000          # default: sqlite file mlflow.db here
+# storage:                     # raw store and feature tables; default: here (a shared NFS folder works as a path)
+#   url: s3://bucket/conveyor  # any S3-compatible service (s3fs); the embedded MLflow's artifacts go to <url>/mlflow
+#   options: {client_kwargs: {endpoint_url: "http://127.0.0.1:9000"}}   # fsspec options; keys from AWS_* variables
 # ingest:
 #   min_side: 32
 #   max_pixels: 100000000
@@ -60,10 +63,14 @@ _FOLDERS = ("raw", "incoming", "quarantine", "features", "reports", "logs", "mla
 
 
 def init_workspace(settings: Settings) -> Path:
-    """Create the workspace folders, a commented ``conveyor.yaml`` and the DB tables; safe to run again."""
+    """Create the workspace folders, a commented ``conveyor.yaml`` and the DB tables; safe to run again. ``raw/`` and
+    ``features/`` are made where they are: here, unless ``storage.url`` puts them elsewhere (their writers make the
+    folders they need there)."""
     home = settings.home
+    elsewhere = {"raw", "features"} if settings.storage.url is not None else set()
     for name in _FOLDERS:
-        (home / name).mkdir(parents=True, exist_ok=True)
+        if name not in elsewhere:
+            (home / name).mkdir(parents=True, exist_ok=True)
     config = home / CONFIG_FILE_NAME
     if not config.exists():
         atomic_write(config, _CONFIG_TEMPLATE.encode())

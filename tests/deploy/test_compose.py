@@ -49,6 +49,23 @@ def test_the_dask_workers_see_the_workspace_where_conveyor_does(compose: dict[st
     assert worker["command"][:3] == ["dask", "worker", "tcp://dask-scheduler:8786"]
 
 
+@pytest.mark.parametrize("service", ["conveyor-api", "airflow-scheduler", "dask-worker", "mlflow"])
+def test_every_reader_of_the_store_gets_the_same_bucket_and_keys(compose: dict[str, Any], service: str) -> None:
+    """storage.url is empty (the workspace volume) unless deploy/.env names a bucket; conveyor, its workers and the
+    MLflow server (whose artifact destination may be the same bucket) reach it with the same endpoint and keys."""
+    env = compose["services"][service]["environment"]
+    assert env["AWS_ENDPOINT_URL_S3"] == "${S3_ENDPOINT_URL:-}"
+    assert env["AWS_ACCESS_KEY_ID"] == "${S3_ACCESS_KEY_ID:-}"
+    assert env["AWS_SECRET_ACCESS_KEY"] == "${S3_SECRET_ACCESS_KEY:-}"
+    if service == "mlflow":
+        assert (
+            "--artifacts-destination=${MLFLOW_ARTIFACTS_DESTINATION:-/mlartifacts}"
+            in compose["services"]["mlflow"]["command"]
+        )
+    else:
+        assert env["CONVEYOR_STORAGE__URL"] == "${CONVEYOR_STORAGE_URL:-}"
+
+
 def test_airflow_runs_conveyor_from_its_own_venv_with_the_dag_folder_mounted(compose: dict[str, Any]) -> None:
     scheduler = compose["services"]["airflow-scheduler"]
 

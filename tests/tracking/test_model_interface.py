@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from conveyor.config import Settings
-from conveyor.data.versions import raw_paths
+from conveyor.data.versions import raw_images
 from conveyor.serving.models import load_version
 from tests.tracking.test_integrity import registered  # noqa: F401  (fixture)
 
@@ -16,8 +16,8 @@ def test_bytes_and_stored_features_give_the_same_answer(registered: Settings) ->
 
     model = load_version(registered, 1).model
     features, _ = load_matrix(registered, model.spec.extractor, split="test")
-    raws = raw_paths(registered, list(features.index[:5]))
-    from_bytes = model.predict_images([model.image(raws[sha].read_bytes()) for sha in features.index[:5]])
+    shas = list(features.index[:5])
+    from_bytes = model.predict_images([model.image(data) for data in raw_images(registered, shas).read_all(shas)])
     from_store = model.predict_features(features.to_numpy()[:5])
     np.testing.assert_allclose(from_bytes, from_store, atol=1e-9)
     assert from_bytes.shape == (5, len(model.classes))

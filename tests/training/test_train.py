@@ -370,7 +370,7 @@ def test_the_gate_scores_the_champion_from_the_feature_store(tmp_path: Path, mon
         raise AssertionError("an image was read again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "raw_paths", no_image_reads)
+        patch.setattr(train_module, "raw_images", no_image_reads)
         from_store = train_module._champion_metrics(settings, 1, members)
     shutil.rmtree(settings.home / "features")  # nothing stored: every test image from its bytes
     from_bytes = train_module._champion_metrics(settings, 1, members)

@@ -2,7 +2,8 @@
 
 Each input file ends in exactly one place, recorded in ``ingest_files``:
 
-* ``stored``: new bytes, copied once into the raw store as ``raw/<sha[:2]>/<sha256>.<format>``;
+* ``stored``: new bytes, copied once into the raw store as ``raw/<sha[:2]>/<sha256>.<format>`` (in the workspace, or
+  the store of ``storage.url``, see :mod:`conveyor.storage`);
 * ``duplicate``: bytes already stored under the same label;
 * ``conflict``: bytes already stored under another label (kept out of training until resolved);
 * ``quarantined``: refused, with a reason code and a sentence, the file copied to ``quarantine/`` with the reason
@@ -44,6 +45,7 @@ from conveyor.data.subgroups import csv_subgroups, image_subgroups
 from conveyor.data.versions import record_dataset_version
 from conveyor.data.video import encode_png, sample_frames, sniff_video
 from conveyor.errors import InvalidImageError
+from conveyor.storage import RAW, Storage
 from conveyor.store.db import session_scope
 from conveyor.store.models import AuditEntry, Image, Ingest, IngestFile, LabelConflict, Mask, utcnow
 from conveyor.workspace import PRIVATE, atomic_write, available_cores, die_with_parent, open_workspace, workspace_lock
@@ -140,25 +142,29 @@ def ingest(
 
     Raises:
         SourceError: the source cannot be opened or its labels CSV is malformed.
+        StorageError: the store of ``storage.url`` cannot be reached (before anything is written).
         ConveyorError: another command holds the workspace lock.
     """
+    storage = Storage.of(settings)
+    storage.check(settings.storage.check_timeout_s)
     engine = open_workspace(settings)
     source = open_source(path, labels_csv)
     try:
         with workspace_lock(settings.home):
-            _remove_partial_copies(settings.home)
-            return _ingest_source(source, str(path), engine, settings, on_start, on_file)
+            _remove_partial_copies(settings.home, storage)
+            return _ingest_source(source, str(path), engine, settings, storage, on_start, on_file)
     finally:
         source.close()
 
 
-def _remove_partial_copies(home: Path) -> None:
+def _remove_partial_copies(home: Path, storage: Storage) -> None:
     """Delete the half-written copies (``.<name>.<pid>.tmp``) a killed ingest left in raw/ and quarantine/: under
-    the workspace lock no other writer can own one."""
-    for folder in (home / "raw", home / "quarantine"):
-        if folder.is_dir():
-            for partial_copy in folder.rglob(".*.tmp"):
-                partial_copy.unlink(missing_ok=True)
+    the workspace lock no other writer can own one (an object store has none: an object is written whole)."""
+    storage.remove_partial_writes(RAW)
+    quarantine = home / "quarantine"
+    if quarantine.is_dir():
+        for partial_copy in quarantine.rglob(".*.tmp"):
+            partial_copy.unlink(missing_ok=True)
 
 
 def _ingest_source(
@@ -166,6 +172,7 @@ def _ingest_source(
     display: str,
     engine: Engine,
     settings: Settings,
+    storage: Storage,
     on_start: Callable[[int], None] | None,
     on_file: Callable[[SourceFile], None] | None,
 ) -> IngestSummary:
@@ -196,7 +203,7 @@ def _ingest_source(
         on_start(len(source.files))
     run = _Run(engine, settings, source_key, ingest_id, names, workspace_salt(settings.home), known, conflicts)
     context = _PrepareContext(
-        str(settings.home),
+        storage,
         limits,
         settings.ingest.max_file_bytes,
         frozenset((stored_path, sha, outcome.label) for (stored_path, sha), outcome in decided.items()),
@@ -352,7 +359,7 @@ _CLUSTER_CHUNK = 128  # ... on a Dask cluster: seconds of work per task
 class _PrepareContext:
     """What reading and inspecting a file needs; sent once to each worker process."""
 
-    home: str
+    storage: Storage  # where the raw store is: the workspace's folder, a shared one, or an object store
     limits: DecodeLimits
     max_file_bytes: int
     already: frozenset[tuple[str, str, str | None]]  # (stored path, sha256, label) decided by earlier runs
@@ -488,7 +495,7 @@ def _image_row(
 
 
 def _raw_path(sha: str, fmt: str) -> str:
-    return f"raw/{sha[:2]}/{sha}{FORMATS[fmt]}"
+    return f"{RAW}/{sha[:2]}/{sha}{FORMATS[fmt]}"
 
 
 def _task(index: int, item: SourceFile, context: _PrepareContext) -> _Task:
@@ -516,8 +523,9 @@ def _file_task(index: int, item: SourceFile, context: _PrepareContext) -> _Task:
     return _Task(index, item.relpath, item.label, item.problem is not None, None, None, data)
 
 
-def _prepare(task: _Task, context: _PrepareContext) -> _Prepared:
-    """Read, hash and inspect one file, and copy a valid new one into the raw store.
+def _prepare(task: _Task, context: _PrepareContext, copies: _RawCopies | None = None) -> _Prepared:
+    """Read, hash and inspect one file, and copy a valid new one into the raw store (at once, or with ``copies``
+    when its chunk's copies are sent together, before the chunk's results are returned).
 
     Copying before the decision is safe: the raw store is named by content, so a copy the decision does not record
     (a duplicate within this run, a kill before the commit) holds the same bytes as the one it does.
@@ -539,7 +547,7 @@ def _prepare(task: _Task, context: _PrepareContext) -> _Prepared:
         if task.mask_path is not None or task.mask_data is not None:  # its mask would be silently dropped
             refusal = InvalidImageError("bad_mask", "a video clip cannot have a mask; masks go with still images")
             return _Prepared(task.index, sha, len(data), error=refusal)
-        return _prepare_clip(task.index, sha, data, context)
+        return _prepare_clip(task.index, sha, data, context, copies)
     try:
         decoded = decode_image(data, context.limits)
         inspection = inspect_decoded(decoded)
@@ -550,17 +558,19 @@ def _prepare(task: _Task, context: _PrepareContext) -> _Prepared:
     mask = None
     if task.mask_path is not None or task.mask_data is not None:
         try:
-            mask = _prepare_mask(task, inspection, context)
+            mask = _prepare_mask(task, inspection, context, copies)
         except InvalidImageError as exc:
             return _Prepared(task.index, sha, len(data), error=exc)
-    _write_raw(Path(context.home) / _raw_path(sha, inspection.format), data)
+    _copy_raw(context, copies, _raw_path(sha, inspection.format), data)
     return _Prepared(
         task.index, sha, len(data), inspection=inspection, subject=decoded.subject, mask=mask,
         header_subgroups=decoded.subgroups,
     )  # fmt: skip
 
 
-def _prepare_mask(task: _Task, inspection: Inspection, context: _PrepareContext) -> _PreparedMask:
+def _prepare_mask(
+    task: _Task, inspection: Inspection, context: _PrepareContext, copies: _RawCopies | None
+) -> _PreparedMask:
     """The file's mask, checked against it and ``ingest.masks`` and copied into ``raw/masks/``.
 
     Raises:
@@ -574,12 +584,12 @@ def _prepare_mask(task: _Task, inspection: Inspection, context: _PrepareContext)
         raise InvalidImageError("bad_mask", f"the mask's {len(data):,} bytes exceed {context.max_file_bytes:,}")
     checked = check_mask(data, inspection.width, inspection.height, context.mask_classes)
     sha = hashlib.sha256(checked.png).hexdigest()
-    raw = f"raw/masks/{sha[:2]}/{sha}.png"
-    _write_raw(Path(context.home) / raw, checked.png)
+    raw = f"{RAW}/masks/{sha[:2]}/{sha}.png"
+    _copy_raw(context, copies, raw, checked.png)
     return _PreparedMask(sha, raw, checked.areas)
 
 
-def _prepare_clip(index: int, sha: str, data: bytes, context: _PrepareContext) -> _Prepared:
+def _prepare_clip(index: int, sha: str, data: bytes, context: _PrepareContext, copies: _RawCopies | None) -> _Prepared:
     """A clip's frames (``ingest.video``), each encoded as PNG, inspected and copied into the raw store; a frame that
     repeats one before it, or is no usable image (blank, too small), is left out."""
     video = context.video
@@ -601,7 +611,7 @@ def _prepare_clip(index: int, sha: str, data: bytes, context: _PrepareContext) -
             inspection = inspect_decoded(check_decoded(DecodedImage(frame.pixels, "png", "RGB", 8, 1), context.limits))
         except InvalidImageError:
             continue
-        _write_raw(Path(context.home) / _raw_path(frame_sha, "png"), png)
+        _copy_raw(context, copies, _raw_path(frame_sha, "png"), png)
         kept.append(_PreparedFrame(frame_sha, frame.time, len(png), inspection))
     if not kept:
         empty = InvalidImageError("empty_video", f"none of its {len(frames)} sampled frames is a usable image")
@@ -627,7 +637,7 @@ def _init_worker(context: _PrepareContext) -> None:
 
 def _prepare_chunk(tasks: list[_Task]) -> list[_Prepared]:
     assert _WORKER_CONTEXT is not None, "worker process not initialised"
-    return [_prepare(task, _WORKER_CONTEXT) for task in tasks]
+    return _prepare_with(tasks, _WORKER_CONTEXT)
 
 
 def _prepare_in_order(
@@ -644,8 +654,13 @@ def _prepare_in_order(
         return
     workers = min(8, available_cores())
     if workers < 2 or len(files) < _PARALLEL_FROM:
-        for index, item in enumerate(files):
-            yield item, _prepare(_task(index, item, context), context)
+        if context.storage.local:
+            for index, item in enumerate(files):
+                yield item, _prepare(_task(index, item, context), context)
+            return
+        for start in range(0, len(files), _CHUNK):  # an object store takes a chunk's copies at once
+            tasks = [_task(i, files[i], context) for i in range(start, min(start + _CHUNK, len(files)))]
+            yield from ((files[p.index], p) for p in _prepare_with(tasks, context))
         return
     # Fork: the workers start at once with everything imported. They use neither the DB nor the terminal, so
     # locks that other threads hold at the fork do not matter to them.
@@ -664,8 +679,12 @@ def _prepare_in_order(
 
 
 def _prepare_with(tasks: list[_Task], context: _PrepareContext) -> list[_Prepared]:
-    """:func:`_prepare` a chunk on a cluster's worker (the context arrives scattered, once per worker)."""
-    return [_prepare(task, context) for task in tasks]
+    """:func:`_prepare` a chunk in a worker process or on a cluster's worker (the context arrives scattered, once
+    per worker); its copies into the raw store are sent together, and are whole before the results leave."""
+    copies = _RawCopies(context.storage)
+    prepared = [_prepare(task, context, copies) for task in tasks]
+    copies.send()
+    return prepared
 
 
 def _prepare_on_cluster(
@@ -673,8 +692,8 @@ def _prepare_on_cluster(
 ) -> Iterator[tuple[SourceFile, _Prepared]]:
     """The cluster's version of :func:`_prepare_in_order`: chunks of ``_CLUSTER_CHUNK`` files, results in order.
 
-    The workers read the files the tasks name and write the raw store under ``context.home``: a path every worker
-    sees (one machine, or a shared filesystem).
+    The workers read the files the tasks name (a path every worker sees: one machine, or a shared filesystem) and
+    write the raw store of ``storage.url`` (an object store, a shared folder), never the driver's disk.
     """
     from conveyor import compute
 
@@ -895,20 +914,48 @@ def _withdraw_conflict(connection: Connection, sha: str, label: str) -> None:
         connection.execute(update(images).where(images.c.sha256 == sha).values(conflict=False))
 
 
-_MADE_FOLDERS: set[Path] = set()
+def _write_raw(storage: Storage, relative: str, data: bytes) -> None:
+    """Copy ``data`` into the raw store, unless a killed run already left the same bytes in a local one (an object
+    store is sent the bytes again: asking first would cost every new image a request)."""
+    if storage.local:
+        try:
+            if storage.path(relative).stat().st_size == len(data):
+                return
+        except FileNotFoundError:
+            pass
+    storage.write_bytes(relative, data, private=True)
 
 
-def _write_raw(target: Path, data: bytes) -> None:
-    """Copy ``data`` into the raw store, unless a killed run already left the same bytes there."""
-    try:
-        if target.stat().st_size == len(data):
+def _copy_raw(context: _PrepareContext, copies: _RawCopies | None, relative: str, data: bytes) -> None:
+    if copies is None:
+        _write_raw(context.storage, relative, data)
+    else:
+        copies.add(relative, data)
+
+
+class _RawCopies:
+    """Copies into the raw store, held until :meth:`send` (or until they pass ``limit`` bytes) and sent together:
+    an object store takes them concurrently, so a chunk of images costs a few round trips, not one per image."""
+
+    def __init__(self, storage: Storage, limit: int = 64 << 20) -> None:
+        self.storage = storage
+        self.limit = limit
+        self.held: dict[str, bytes] = {}
+        self.size = 0
+
+    def add(self, relative: str, data: bytes) -> None:
+        if self.storage.local:  # a local folder gains nothing from holding them
+            _write_raw(self.storage, relative, data)
             return
-    except FileNotFoundError:
-        pass
-    if target.parent not in _MADE_FOLDERS:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _MADE_FOLDERS.add(target.parent)
-    atomic_write(target, data, make_parent=False, mode=PRIVATE)
+        self.held[relative] = data
+        self.size += len(data)
+        if self.size >= self.limit:
+            self.send()
+
+    def send(self) -> None:
+        if self.held:
+            self.storage.write_many(self.held, private=True)
+        self.held, self.size = {}, 0
 
 
 def _quarantine(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,17 +17,19 @@ from sqlalchemy import Engine, insert, select
 
 from conveyor.config import Settings
 from conveyor.errors import NotFoundError
+from conveyor.storage import Storage
 from conveyor.store.db import session_scope
 from conveyor.store.models import DatasetMember, DatasetVersion, Image
 
 __all__ = [
     "DatasetRecord",
+    "RawImages",
     "clips_of",
     "cv_groups",
     "dataset_members",
     "latest_version",
     "list_versions",
-    "raw_paths",
+    "raw_images",
     "record_dataset_version",
     "subgroups_of",
     "version_id",
@@ -168,13 +169,48 @@ def subgroups_of(engine: Engine, shas: list[str]) -> dict[str, dict[str, str]]:
     return out
 
 
-def raw_paths(settings: Settings, shas: list[str]) -> dict[str, Path]:
-    """Where each stored image's bytes are in the raw store, by sha256 (absent shas are left out)."""
+@dataclass(frozen=True)
+class RawImages:
+    """Stored images, by sha256: where each one's bytes are in the store, read when asked for."""
+
+    storage: Storage
+    paths: dict[str, str]  # sha256 -> path in the store, as the images table records it
+
+    def __contains__(self, sha: object) -> bool:
+        return sha in self.paths
+
+    def read(self, sha: str) -> bytes:
+        """One image's bytes.
+
+        Raises:
+            KeyError: not a stored image.
+            OSError: its bytes are not in the store.
+        """
+        return self.storage.read_bytes(self.paths[sha])
+
+    def read_all(self, shas: list[str]) -> list[bytes]:
+        """The bytes of ``shas``, in that order (fetched concurrently from an object store).
+
+        Raises:
+            KeyError, OSError: as :meth:`read`, for the first that fails.
+        """
+        found = self.storage.read_many(self.paths[sha] for sha in shas)
+        out = []
+        for sha in shas:
+            data = found[self.paths[sha]]
+            if isinstance(data, Exception):
+                raise data
+            out.append(data)
+        return out
+
+
+def raw_images(settings: Settings, shas: list[str]) -> RawImages:
+    """The stored images of ``shas`` (absent shas are left out), read from the store of ``storage.url``."""
     from conveyor.workspace import open_workspace
 
-    out: dict[str, Path] = {}
+    out: dict[str, str] = {}
     with session_scope(open_workspace(settings)) as session:
         for start in range(0, len(shas), 5000):  # keep IN lists short for every database
             query = select(Image.sha256, Image.raw_path).where(Image.sha256.in_(shas[start : start + 5000]))
-            out.update({sha: settings.home / raw for sha, raw in session.execute(query)})
-    return out
+            out.update({sha: raw for sha, raw in session.execute(query)})
+    return RawImages(Storage.of(settings), out)

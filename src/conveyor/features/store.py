@@ -1,6 +1,6 @@
 """The feature store: one master table per extractor, and a cache of persistence diagrams.
 
-Layout under ``features/`` in the workspace::
+Layout under ``features/`` in the store (the workspace, or the folder or object store of ``storage.url``)::
 
     diagrams-<preprocess hash>-v<diagram version>/part-*.parquet     sha256 + the four diagrams of each image
     <extractor>-<extractor hash>-<preprocess hash>/table.json        extractor and preprocessing config, columns
@@ -11,9 +11,9 @@ Layout under ``features/`` in the workspace::
 
 A master table's folder name carries the hash of its extractor's config and of the preprocessing config (and the key
 of the region it was computed in), so a changed config starts a new table and old and new features never mix. Tables
-grow by appending part files, each written atomically: a run killed at any point leaves whole parts, and the next run
-computes only what is missing. Reading a table takes the last row of each sha256, so a part written twice (a kill
-between a write and a compaction) is harmless.
+grow by appending part files, each written whole (a local file renamed into place, an object in one upload): a run
+killed at any point leaves whole parts, and the next run computes only what is missing. Reading a table takes the
+last row of each sha256, so a part written twice (a kill between a write and a compaction) is harmless.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -38,21 +38,16 @@ from conveyor.errors import ConfigError, InvalidImageError, NotFoundError
 from conveyor.features.extractors import EXTRACTORS, make_extractor
 from conveyor.features.persistence import BUNDLE_KEYS, DIAGRAM_VERSION, DiagramBundle
 from conveyor.features.pipeline import FeaturePipeline, Region
+from conveyor.storage import FEATURES, Storage
 from conveyor.store.db import session_scope
 from conveyor.store.models import Image
-from conveyor.workspace import (
-    atomic_path,
-    atomic_write,
-    available_cores,
-    die_with_parent,
-    open_workspace,
-    workspace_lock,
-)
+from conveyor.workspace import available_cores, die_with_parent, open_workspace, workspace_lock
 
 __all__ = [
     "ROI_PREFIX",
     "FeatureSummary",
     "FeatureTable",
+    "Parts",
     "compute_features",
     "configured_extractors",
     "load_matrix",
@@ -70,17 +65,62 @@ _COMPACT_AFTER = 16  # parts in a table before they are merged into one
 
 
 @dataclass(frozen=True)
+class Parts:
+    """A folder of Parquet parts in the store (a master table, or the diagram cache)."""
+
+    storage: Storage
+    folder: str  # relative to the store, e.g. features/stats-<hash>-<hash>
+
+    @property
+    def path(self) -> Path:
+        """The folder's local path (a local store only; see :meth:`conveyor.storage.Storage.path`)."""
+        return self.storage.path(self.folder)
+
+    @property
+    def url(self) -> str:
+        return self.storage.url_of(self.folder)
+
+    def names(self) -> list[str]:
+        """The parts, oldest first (their names begin with the time they were written)."""
+        return self.storage.list(self.folder, "part-*.parquet")
+
+    def read_part(
+        self, relative: str, columns: Sequence[str] | None = None, schema: pa.Schema | None = None
+    ) -> pa.Table:
+        if self.storage.local:
+            return pq.read_table(self.storage.path(relative), columns=columns, schema=schema)
+        with self.storage.open(relative) as handle:  # the footer and the columns asked for: byte ranges
+            return pq.read_table(handle, columns=columns, schema=schema)
+
+    def read_schema(self, relative: str) -> pa.Schema:
+        if self.storage.local:
+            return pq.read_schema(self.storage.path(relative))
+        with self.storage.open(relative) as handle:
+            return pq.read_schema(handle)
+
+
+@dataclass(frozen=True)
 class FeatureTable:
     """One master table: where it lives and what made it."""
 
     name: str
     extractor_hash: str
     preprocess_hash: str
-    path: Path
+    parts: Parts
 
     @property
     def key(self) -> str:
-        return self.path.name
+        return PurePosixPath(self.parts.folder).name
+
+    @property
+    def path(self) -> Path:
+        """The table's local folder (a local store only)."""
+        return self.parts.path
+
+    @property
+    def url(self) -> str:
+        """Where the table is: a folder's path or an object store's URL."""
+        return self.parts.url
 
 
 @dataclass
@@ -137,65 +177,79 @@ def table_for(settings: Settings, extractor: Any, region_key: str | None = None)
     """The master table of ``extractor`` under the workspace's preprocessing config (inside a region, if keyed)."""
     ehash, phash = extractor.config_hash()[:12], settings.preprocess.config_hash()
     suffix = "" if region_key is None else f"-{ROI_PREFIX}{region_key}"
-    return FeatureTable(
-        extractor.name, ehash, phash, settings.features_dir / f"{extractor.name}-{ehash}-{phash}{suffix}"
-    )
+    folder = f"{FEATURES}/{extractor.name}-{ehash}-{phash}{suffix}"
+    return FeatureTable(extractor.name, ehash, phash, Parts(Storage.of(settings), folder))
 
 
-def diagrams_dir(settings: Settings, region_key: str | None = None) -> Path:
+def diagrams_dir(settings: Settings, region_key: str | None = None) -> Parts:
+    """The diagram cache of the workspace's preprocessing (inside a region, if keyed)."""
     suffix = "" if region_key is None else f"-{ROI_PREFIX}{region_key}"
-    return settings.features_dir / f"diagrams-{settings.preprocess.config_hash()}{suffix}-v{DIAGRAM_VERSION}"
+    folder = f"{FEATURES}/diagrams-{settings.preprocess.config_hash()}{suffix}-v{DIAGRAM_VERSION}"
+    return Parts(Storage.of(settings), folder)
 
 
-def read_table(path: Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """A master table (or the diagram cache) as a DataFrame indexed by sha256; empty if it has no parts yet."""
-    parts = sorted(path.glob("part-*.parquet"))
-    if not parts:
+def _parts_of(table: FeatureTable | Parts | Path) -> Parts:
+    if isinstance(table, FeatureTable):
+        return table.parts
+    if isinstance(table, Parts):
+        return table
+    return Parts(Storage(table), "")  # a local folder, as earlier callers name a table
+
+
+def read_table(table: FeatureTable | Parts | Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """A master table (or the diagram cache) as a DataFrame indexed by sha256; empty if it has no parts yet.
+
+    ``table``: a :class:`FeatureTable` (:func:`table_for`), a :class:`Parts` folder, or a local table's folder.
+    """
+    parts = _parts_of(table)
+    names = parts.names()
+    if not names:
         return pd.DataFrame(index=pd.Index([], name="sha256"))
     wanted = None if columns is None else ["sha256", *columns]
-    frame = pd.concat([pq.read_table(p, columns=wanted).to_pandas() for p in parts], ignore_index=True)
+    frame = pd.concat([parts.read_part(name, wanted).to_pandas() for name in names], ignore_index=True)
     return frame.drop_duplicates("sha256", keep="last").set_index("sha256")
 
 
-def _stored_shas(path: Path) -> set[str]:
-    parts = sorted(path.glob("part-*.parquet"))
-    return {sha for p in parts for sha in pq.read_table(p, columns=["sha256"]).column("sha256").to_pylist()}
+def _stored_shas(parts: Parts) -> set[str]:
+    return {sha for name in parts.names() for sha in parts.read_part(name, ["sha256"]).column("sha256").to_pylist()}
 
 
 def _part_name() -> str:
     return f"part-{pd.Timestamp.now('UTC').strftime('%Y%m%dT%H%M%S%f')}-{uuid.uuid4().hex[:8]}.parquet"
 
 
-def _write_part(path: Path, frame: pa.Table) -> None:
-    """Write one part atomically (temporary name, then rename)."""
-    with atomic_path(path / _part_name()) as tmp:
+def _write_part(parts: Parts, frame: pa.Table) -> None:
+    """Write one part whole (a temporary file renamed, or uploaded in one piece)."""
+    with parts.storage.writing(f"{parts.folder}/{_part_name()}") as tmp:
         pq.write_table(frame, tmp, compression="zstd")
 
 
-def _compact(path: Path) -> None:
+def _compact(parts: Parts) -> None:
     """Merge a table's parts into one once there are many, streaming one part at a time (memory stays flat).
 
-    The merged part is written (atomically) before the old ones are removed; a kill in between leaves rows twice,
-    which :func:`read_table` resolves by keeping the last.
+    The merged part is written (whole) before the old ones are removed; a kill in between leaves rows twice, which
+    :func:`read_table` resolves by keeping the last.
     """
-    parts = sorted(path.glob("part-*.parquet"))
-    if len(parts) < _COMPACT_AFTER:
+    names = parts.names()
+    if len(names) < _COMPACT_AFTER:
         return
-    schema = pq.read_schema(parts[0])
-    with atomic_path(path / _part_name()) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-        for part in parts:
-            writer.write_table(pq.read_table(part, schema=schema))
-    for part in parts:
-        part.unlink()
+    schema = parts.read_schema(names[0])
+    with (
+        parts.storage.writing(f"{parts.folder}/{_part_name()}") as tmp,
+        pq.ParquetWriter(tmp, schema, compression="zstd") as writer,
+    ):
+        for name in names:
+            writer.write_table(parts.read_part(name, schema=schema))
+    parts.storage.remove(names)
 
 
 def _write_table_info(
     table: FeatureTable, extractor: Any, columns: list[str], preprocess: PreprocessSettings, region_key: str | None
 ) -> None:
-    info = table.path / "table.json"
-    if info.exists():
+    info = f"{table.parts.folder}/table.json"
+    storage = table.parts.storage
+    if storage.exists(info):
         return
-    table.path.mkdir(parents=True, exist_ok=True)
     payload = {
         "extractor": extractor.config(),
         "region": region_key,
@@ -206,7 +260,7 @@ def _write_table_info(
         "key": "sha256 of the image's bytes",
         "columns": columns,
     }
-    atomic_write(info, json.dumps(payload, indent=2).encode())
+    storage.write_bytes(info, json.dumps(payload, indent=2).encode())
 
 
 def _bundles_table(shas: list[str], bundles: list[DiagramBundle]) -> pa.Table:
@@ -241,21 +295,26 @@ class _ChunkResult:
 
 
 def _compute_chunk(
-    home: str,
+    storage: Storage,
     rows: list[tuple[str, str]],
     preprocess: dict[str, Any],
     specs: list[tuple[str, dict[str, Any]]],
     cached: dict[str, DiagramBundle],
     region: Region | None = None,
 ) -> _ChunkResult:
-    """Decode, preprocess, take diagrams (unless cached) and vectorise one chunk of images; runs in a worker."""
+    """Decode, preprocess, take diagrams (unless cached) and vectorise one chunk of images; runs in a worker, which
+    reads the images' bytes from the store (all of the chunk's at once: an object store sends them concurrently)."""
     pipeline = FeaturePipeline(PreprocessSettings(**preprocess), specs, region=region)
     shas: list[str] = []
     images: list[np.ndarray] = []
     failed: list[tuple[str, str]] = []
+    blobs = storage.read_many(raw_path for _, raw_path in rows)
     for sha, raw_path in rows:
         try:
-            images.append(pipeline.image((Path(home) / raw_path).read_bytes()))
+            data = blobs[raw_path]
+            if isinstance(data, Exception):
+                raise data
+            images.append(pipeline.image(data))
             shas.append(sha)
         except (OSError, InvalidImageError) as exc:
             failed.append((sha, f"{raw_path}: {exc}"))
@@ -283,9 +342,11 @@ def compute_features(
 
     Raises:
         ConfigError: see :func:`configured_extractors`.
+        StorageError: the store of ``storage.url`` cannot be reached (before anything is written).
     """
-    engine = open_workspace(settings)
     extractors = configured_extractors(settings)
+    Storage.of(settings).check(settings.storage.check_timeout_s)
+    engine = open_workspace(settings)
     summary = FeatureSummary()
     with workspace_lock(settings.home):
         with session_scope(engine) as session:
@@ -312,7 +373,7 @@ def _missing(
 ) -> tuple[list[tuple[str, str]], dict[str, set[str]]]:
     """The images some table (of ``region``) lacks, and each table's stored shas."""
     key = None if region is None else region.key
-    have = {e.name: _stored_shas(table_for(settings, e, key).path) for e in extractors}
+    have = {e.name: _stored_shas(table_for(settings, e, key).parts) for e in extractors}
     return [(sha, raw) for sha, raw in images if any(sha not in shas for shas in have.values())], have
 
 
@@ -337,11 +398,12 @@ def _compute_tables(
     buffers: dict[str, list[pd.DataFrame]] = {name: [] for name in tables}
     diagram_shas: list[str] = []
     diagram_bundles: list[DiagramBundle] = []
+    described: set[str] = set()  # tables whose table.json this run wrote or found
 
     def flush(force: bool = False) -> None:
         for name, frames in buffers.items():
             if frames and (force or sum(len(f) for f in frames) >= _PART_ROWS):
-                _write_part(tables[name].path, pa.Table.from_pandas(pd.concat(frames), preserve_index=False))
+                _write_part(tables[name].parts, pa.Table.from_pandas(pd.concat(frames), preserve_index=False))
                 frames.clear()
         if diagram_shas and (force or len(diagram_shas) >= _DIAGRAM_PART_ROWS):
             _write_part(cache_dir, _bundles_table(diagram_shas, diagram_bundles))
@@ -357,7 +419,9 @@ def _compute_tables(
         diagram_shas.extend(result.bundles)
         diagram_bundles.extend(result.bundles.values())
         for name, values in result.features.items():
-            _write_table_info(tables[name], by_name[name], result.columns[name], settings.preprocess, key)
+            if name not in described:  # once per run: on an object store each look costs a request
+                _write_table_info(tables[name], by_name[name], result.columns[name], settings.preprocess, key)
+                described.add(name)
             frame = pd.DataFrame(values, columns=result.columns[name])
             frame.insert(0, "sha256", result.shas)
             new_rows = frame[~frame["sha256"].isin(have[name])]
@@ -369,17 +433,17 @@ def _compute_tables(
             on_progress(len(result.shas) + len(result.failed))
     flush(force=True)
     for table in tables.values():
-        _compact(table.path)
+        _compact(table.parts)
     _compact(cache_dir)
     for name, table in tables.items():
-        summary.tables[name] = {"path": str(table.path), "rows": len(have[name])}
+        summary.tables[name] = {"path": table.url, "rows": len(have[name])}
 
 
 def _run_chunks(
     settings: Settings,
     todo: list[tuple[str, str]],
     cached_shas: set[str],
-    cache_dir: Path,
+    cache_dir: Parts,
     preprocess: dict[str, Any],
     specs: list[tuple[str, dict[str, Any]]],
     workers: int | None,
@@ -388,7 +452,7 @@ def _run_chunks(
     """Run :func:`_compute_chunk` over ``todo`` in processes, yielding results as they finish."""
     if not todo:
         return
-    home = str(settings.home)
+    storage = Storage.of(settings)
     uncached = [row for row in todo if row[0] not in cached_shas]
     cached_rows = {sha: raw for sha, raw in todo if sha in cached_shas}
 
@@ -398,8 +462,8 @@ def _run_chunks(
         """Chunks with their cached diagrams, read one cache part at a time so memory stays flat."""
         for start in range(0, len(uncached), size):
             yield uncached[start : start + size], {}
-        for part in sorted(cache_dir.glob("part-*.parquet")) if cached_rows else []:
-            table = pq.read_table(part).to_pandas().drop_duplicates("sha256", keep="last").set_index("sha256")
+        for part in cache_dir.names() if cached_rows else []:
+            table = cache_dir.read_part(part).to_pandas().drop_duplicates("sha256", keep="last").set_index("sha256")
             wanted = [sha for sha in table.index if sha in cached_rows]
             for start in range(0, len(wanted), size):
                 shas = wanted[start : start + size]
@@ -408,12 +472,12 @@ def _run_chunks(
     n_workers = workers or available_cores()
     if not settings.compute.distributed and (n_workers == 1 or len(todo) <= _CHUNK):
         for chunk, cached in tasks():
-            yield _compute_chunk(home, chunk, preprocess, specs, cached, region)
+            yield _compute_chunk(storage, chunk, preprocess, specs, cached, region)
         return
     with compute.pool(settings, n_workers, initializer=die_with_parent) as workers_pool:
         pending = set()
         for chunk, cached in tasks():  # a bounded number of chunks in flight: memory stays flat
-            pending.add(workers_pool.submit(_compute_chunk, home, chunk, preprocess, specs, cached, region))
+            pending.add(workers_pool.submit(_compute_chunk, storage, chunk, preprocess, specs, cached, region))
             if len(pending) >= 2 * workers_pool.size:
                 done = next(workers_pool.as_completed(pending))
                 pending.remove(done)
@@ -447,7 +511,7 @@ def stored_features(
     wanted = pd.Index(shas)
     frames = []
     for name, params in extractors:
-        table = read_table(table_for(local, make_extractor(name, **params), region_key).path)
+        table = read_table(table_for(local, make_extractor(name, **params), region_key))
         frames.append(table.set_axis(feature_column_names(extractors, name, list(table.columns)), axis=1))
     if not frames:
         return pd.DataFrame(index=wanted), []
@@ -496,7 +560,7 @@ def load_matrix(
     shas = [sha for sha, _ in members]
     frames = []
     for e in chosen:
-        table = read_table(table_for(settings, e, region_key).path)
+        table = read_table(table_for(settings, e, region_key))
         missing = [sha for sha in shas if sha not in table.index]
         if missing:
             where = "" if region_key is None else f" inside region {region_key}"

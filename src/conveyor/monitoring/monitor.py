@@ -29,7 +29,7 @@ from sqlalchemy import Engine, select, update
 
 from conveyor.config import Settings
 from conveyor.data.ingest import IngestSummary, ingest
-from conveyor.data.versions import raw_paths, subgroups_of
+from conveyor.data.versions import raw_images, subgroups_of
 from conveyor.errors import InvalidImageError, SourceError
 from conveyor.monitoring.alerts import Alert, evaluate_rules, post_webhook
 from conveyor.monitoring.drift import DriftResult, drift_report_html, drift_table
@@ -113,14 +113,12 @@ def _batch_current(
             compute_features(settings, region=feature_region(settings))  # only the new images lack features
         stored, missing = read_features(settings, champion, extractors, shas)
         if missing:  # the workspace's configured tables differ from the champion's: compute with its pipeline
-            raws = raw_paths(settings, missing)
-            computed = compute_features_of(champion, extractors, [raws[s].read_bytes() for s in missing])
+            computed = compute_features_of(champion, extractors, raw_images(settings, missing).read_all(missing))
             computed.index = pd.Index(missing)
             stored = pd.concat([stored, computed])
         features = stored.reindex(shas).reset_index(drop=True)
     if champion.spec.input_kind != "features":
-        raws = raw_paths(settings, shas)
-        blobs = [raws[s].read_bytes() for s in shas]
+        blobs = raw_images(settings, shas).read_all(shas)
     proba = predict(champion, features, blobs)
     stats = image_stats_from_db(engine, shas).reset_index(drop=True)
     groups = subgroups_of(engine, shas)

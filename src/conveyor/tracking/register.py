@@ -160,7 +160,16 @@ def _signature(classes: list[str]) -> Any:
 
 
 def _example_image(settings: Settings) -> bytes:
-    """The bytes of one stored image, as the input example of the model's signature."""
-    for path in sorted((settings.home / "raw").rglob("*.*"))[:1]:
-        return path.read_bytes()
-    raise ConveyorError("no stored image to use as the model's input example")
+    """The bytes of one stored image (the first by its path in the store), as the input example of the model's
+    signature."""
+    from sqlalchemy import select
+
+    from conveyor.storage import Storage
+    from conveyor.store.db import get_engine, session_scope
+    from conveyor.store.models import Image
+
+    with session_scope(get_engine(settings.resolved_db_url)) as session:
+        first = session.scalar(select(Image.raw_path).order_by(Image.raw_path).limit(1))
+    if first is None:
+        raise ConveyorError("no stored image to use as the model's input example")
+    return Storage.of(settings).read_bytes(first)

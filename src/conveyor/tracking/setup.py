@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from conveyor.config import Settings
+from conveyor.storage import MLFLOW, Storage
 
 __all__ = ["EXPERIMENT", "configure_mlflow", "disable_telemetry", "run_tags"]
 
@@ -18,8 +19,11 @@ EXPERIMENT = "conveyor"
 def configure_mlflow(settings: Settings) -> str:
     """Set the tracking and registry URI and make sure the experiment exists; returns its id.
 
-    With the embedded store (a SQLite file), artifacts go to ``mlartifacts/`` in the workspace; with a server, to
-    wherever the server keeps them.
+    With the embedded store (a SQLite file), artifacts go to ``mlartifacts/`` in the workspace, or to ``mlflow/`` in
+    the store of ``storage.url`` when that is elsewhere (an object store, a shared folder); with a server, to wherever
+    the server keeps them (``mlflow server --artifacts-destination <storage.url>/mlflow``). The location is the
+    experiment's, fixed when it is created. An S3 store's endpoint and credentials (``storage.options``) are put in
+    the environment, where MLflow's S3 client reads them.
     """
     disable_telemetry()
     import mlflow
@@ -39,12 +43,25 @@ def configure_mlflow(settings: Settings) -> str:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+    storage = Storage.of(settings)
+    os.environ.update(storage.mlflow_environment())
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
         return str(experiment.experiment_id)
     embedded = uri.startswith(("sqlite:", "file:")) or "://" not in uri
-    location = (settings.home / "mlartifacts").resolve().as_uri() if embedded else None
+    location = None
+    if embedded:
+        in_workspace = storage.local and storage.root.resolve() == settings.home.resolve()
+        store = settings.home / "mlartifacts" if in_workspace else None
+        location = store.resolve().as_uri() if store is not None else _artifact_uri(storage)
     return str(mlflow.create_experiment(EXPERIMENT, artifact_location=location))
+
+
+def _artifact_uri(storage: Storage) -> str:
+    """The embedded store's artifact location in a store other than the workspace."""
+    if storage.local:
+        return storage.path(MLFLOW).resolve().as_uri()
+    return storage.url_of(MLFLOW)
 
 
 def disable_telemetry() -> None:

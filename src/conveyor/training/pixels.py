@@ -23,12 +23,15 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from conveyor.config import PreprocessSettings, Settings
 from conveyor.workspace import atomic_write
+
+if TYPE_CHECKING:
+    from conveyor.data.versions import RawImages
 
 __all__ = ["ImageRows", "PixelStore"]
 
@@ -122,9 +125,9 @@ class PixelStore:
     def of(cls, settings: Settings) -> PixelStore:
         return cls(settings.home, settings.preprocess)
 
-    def rows(self, shas: Sequence[str], locate: Callable[[list[str]], dict[str, Path]] | None = None) -> ImageRows:
-        """The images of ``shas`` in that order, preprocessing those not stored yet from their raw files, which
-        ``locate`` finds (sha256s -> paths; asked only about the missing ones).
+    def rows(self, shas: Sequence[str], locate: Callable[[list[str]], RawImages] | None = None) -> ImageRows:
+        """The images of ``shas`` in that order, preprocessing those not stored yet from their stored bytes, which
+        ``locate`` finds (asked only about the missing ones; see :func:`conveyor.data.versions.raw_images`).
 
         Raises:
             KeyError: a sha256 is neither stored nor found by ``locate``.
@@ -133,18 +136,20 @@ class PixelStore:
             index = self._load_index()
             missing = [sha for sha in dict.fromkeys(shas) if sha not in index]
             if missing:
-                index = self._append(missing, locate(missing) if locate is not None else {}, index)
+                index = self._append(missing, locate(missing) if locate is not None else None, index)
         return ImageRows(self._data, self.row_shape, np.array([index[sha] for sha in shas], dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self._load_index())
 
-    def _append(self, shas: list[str], raw: dict[str, Path], index: dict[str, int]) -> dict[str, int]:
+    def _append(self, shas: list[str], raw: RawImages | None, index: dict[str, int]) -> dict[str, int]:
         from conveyor.features.pipeline import FeaturePipeline
 
-        absent = [sha for sha in shas if sha not in raw]
+        absent = [sha for sha in shas if raw is None or sha not in raw]
         if absent:
             raise KeyError(f"{len(absent)} image(s) are not in the raw store, e.g. {absent[0]}")
+        if raw is None:  # nothing to append
+            return index
         pipeline = FeaturePipeline(self.preprocess, [])
         index = dict(index)
         row_bytes = _DTYPE.itemsize * int(np.prod(self.row_shape))
@@ -152,7 +157,7 @@ class PixelStore:
             handle.truncate(len(index) * row_bytes)  # rows a killed append wrote past the index
             handle.seek(len(index) * row_bytes)
             for sha in shas:
-                image = pipeline.image(raw[sha].read_bytes(), colour=True)
+                image = pipeline.image(raw.read(sha), colour=True)
                 if image.shape != self.row_shape:  # a misfit row would shift every later one
                     raise ValueError(f"image {sha} preprocessed to {image.shape}, the store holds {self.row_shape}")
                 handle.write(np.ascontiguousarray(image, dtype=_DTYPE).tobytes())

@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from conveyor.config import Settings
 from conveyor.errors import ConfigError, ConveyorError
+from conveyor.storage import Storage
 from conveyor.workspace import open_workspace
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ def _pairs(settings: Settings, version: str | None) -> tuple[str, dict[str, list
     from conveyor.tracking.segmentation_model import resize_mask, to_model_input
 
     engine = open_workspace(settings)
+    storage = Storage.of(settings)
     vid = version or latest_version(engine)
     split_of = {sha: split for sha, _, split in dataset_members(engine, vid)}
     size = settings.segmentation.size
@@ -127,8 +129,8 @@ def _pairs(settings: Settings, version: str | None) -> tuple[str, dict[str, list
     for sha, mask_path, image_path in sorted(rows):
         if sha not in split_of:
             continue
-        pixels = decode_image((settings.home / image_path).read_bytes(), limits).pixels
-        mask = read_mask((settings.home / mask_path).read_bytes())
+        pixels = decode_image(storage.read_bytes(image_path), limits).pixels
+        mask = read_mask(storage.read_bytes(mask_path))
         out[split_of[sha]].append((to_model_input(pixels, size), resize_mask(mask, size[0], size[1])))
     return vid, out
 
@@ -182,6 +184,7 @@ def train_segmentation(
 
     Raises:
         ConveyorError: too few images with masks in the train or test split.
+        StorageError: the store of ``storage.url`` cannot be reached.
     """
     import mlflow
 
@@ -192,6 +195,7 @@ def train_segmentation(
     began = time.perf_counter()
     cfg = settings.segmentation
     classes = list(settings.ingest.masks.classes)
+    Storage.of(settings).check(settings.storage.check_timeout_s)
     vid, pairs = _pairs(settings, version)
     if len(pairs["train"]) < 4 or not pairs["test"]:
         raise ConveyorError(

@@ -27,12 +27,21 @@ import pandas as pd
 
 from conveyor import compute
 from conveyor.config import Settings
-from conveyor.data.versions import clips_of, cv_groups, dataset_members, latest_version, raw_paths, subgroups_of
+from conveyor.data.versions import (
+    RawImages,
+    clips_of,
+    cv_groups,
+    dataset_members,
+    latest_version,
+    raw_images,
+    subgroups_of,
+)
 from conveyor.data.video import clip_probabilities
 from conveyor.errors import ConfigError, ConveyorError
 from conveyor.features.store import ROI_PREFIX, compute_features, configured_extractors, load_matrix
 from conveyor.models.conformal import MondrianConformal
 from conveyor.models.families import Family, family, with_selection
+from conveyor.storage import RAW, Storage
 from conveyor.training.baselines import evaluate_baselines
 from conveyor.training.evaluate import (
     Metrics,
@@ -289,8 +298,10 @@ def train(
 
     Raises:
         ConveyorError: fewer than two classes, or too few images per class for the folds.
+        StorageError: the store of ``storage.url`` (features, images, MLflow's artifacts) cannot be reached.
     """
     began = time.perf_counter()
+    Storage.of(settings).check(settings.storage.check_timeout_s)
     data = _dataset(settings, version)
     plan = _plan(settings, data, mode, drift)
     with compute.joblib_backend(settings):  # the fits run on the cluster of compute.scheduler, if one is set
@@ -773,8 +784,8 @@ def _load_inputs(
     # Preprocessed once into the workspace's pixel store and read batch by batch: never the whole split in memory.
     store = PixelStore.of(settings)
 
-    def locate(missing: list[str]) -> dict[str, Path]:
-        return raw_paths(settings, missing)
+    def locate(missing: list[str]) -> RawImages:
+        return raw_images(settings, missing)
 
     rows = {part: store.rows(found, locate) for part, found in shas.items()}
     return _Inputs(rows["train"], rows["test"], [], rows[CALIBRATION])
@@ -847,7 +858,7 @@ def _mlflow_dataset(members: list[tuple[str, str, str]], vid: str, settings: Set
     with warnings.catch_warnings():  # "source can be interpreted in multiple ways": both readings are the folder
         warnings.simplefilter("ignore", UserWarning)
         return from_pandas(
-            frame, source=str((settings.home / "raw").resolve()), name=f"conveyor-{vid}", targets="label", digest=vid
+            frame, source=Storage.of(settings).url_of(RAW), name=f"conveyor-{vid}", targets="label", digest=vid
         )
 
 
@@ -913,8 +924,7 @@ def _champion_metrics(settings: Settings, version: int, members: list[tuple[str,
         if len(stored):
             rows.update(zip(stored.index, model.predict_features(stored.to_numpy()), strict=True))
     if missing:
-        raw = raw_paths(settings, missing)
-        images = [model.image(raw[sha].read_bytes()) for sha in missing]
+        images = [model.image(data) for data in raw_images(settings, missing).read_all(missing)]
         rows.update(zip(missing, model.predict_images(images), strict=True))
     served = list(model.classes)
     classes = sorted({label for _, label in test} | set(served))
