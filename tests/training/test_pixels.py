@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,9 @@ from PIL import Image
 from sklearn.utils import _safe_indexing
 
 from conveyor.config import PreprocessSettings
+from conveyor.data.versions import RawImages
 from conveyor.features.pipeline import FeaturePipeline
+from conveyor.storage import Storage
 from conveyor.training.pixels import ImageRows, PixelStore
 
 PREPROCESS = PreprocessSettings(size=(16, 20))
@@ -31,9 +34,12 @@ def write_images(folder: Path, n: int, mode: str = "L") -> dict[str, Path]:
     return out
 
 
-def found(raw: dict[str, Path]) -> Callable[[list[str]], dict[str, Path]]:
-    """A ``locate`` for the store: the paths of the asked sha256s that ``raw`` has."""
-    return lambda missing: {sha: raw[sha] for sha in missing if sha in raw}
+def found(raw: dict[str, Path]) -> Callable[[list[str]], RawImages]:
+    """A ``locate`` for the store: the asked sha256s that ``raw`` has, in a store over the folder that holds them."""
+    root = Path(os.path.commonpath([p.parent for p in raw.values()]))
+    return lambda missing: RawImages(
+        Storage(root), {sha: str(raw[sha].relative_to(root)) for sha in missing if sha in raw}
+    )
 
 
 def expected(path: Path, preprocess: PreprocessSettings = PREPROCESS) -> np.ndarray:
