@@ -32,8 +32,12 @@ class Family:
         build: makes a fresh, unfitted estimator (``seed`` in, so results repeat).
         grid: the parameter grid, with the estimator's parameter names (``clf__C`` for pipelines).
         input_kind: ``"features"`` or ``"image"``.
-        search: ``"kfold"`` (stratified k-fold CV on the training split) or ``"holdout"`` (one stratified
-            validation split: for families too slow for k fits per grid point).
+        search: ``"kfold"`` (stratified k-fold CV on the training split), ``"holdout"`` (one stratified
+            validation split, then a refit on the whole training split: for families too slow for k fits per grid
+            point) or ``"validation"`` (one fit per grid point on the whole training split: the estimator holds out
+            its own validation fold, keeping ``fit(..., val_groups=...)``'s groups whole, and exposes its held-out
+            scores as ``val_index_`` and ``val_proba_``; the best point's model is final).
+        search_for_settings: where the settings choose the search (``training.cnn.refit``), what it is under them.
         configure: sets the built estimator's parameters and picks the grid from the settings (a family with
             settings of its own); without it, ``build`` and ``grid`` are used as they are.
     """
@@ -42,8 +46,13 @@ class Family:
     build: Callable[[int], BaseEstimator]
     grid: dict[str, list[Any]] = field(default_factory=dict)
     input_kind: Literal["features", "image"] = "features"
-    search: Literal["kfold", "holdout"] = "kfold"
+    search: Literal["kfold", "holdout", "validation"] = "kfold"
     configure: Callable[[BaseEstimator, Settings], tuple[BaseEstimator, dict[str, list[Any]]]] | None = None
+    search_for_settings: Callable[[Settings], Literal["kfold", "holdout", "validation"]] | None = None
+
+    def search_under(self, settings: Settings) -> Literal["kfold", "holdout", "validation"]:
+        """The search this family runs under the settings (``search`` unless the settings choose)."""
+        return self.search if self.search_for_settings is None else self.search_for_settings(settings)
 
     def estimator_and_grid(self, settings: Settings) -> tuple[BaseEstimator, dict[str, list[Any]]]:
         """A fresh estimator (seeded by ``training.seed``) and the grid to search, as the settings say."""
@@ -93,8 +102,13 @@ def _cnn(seed: int) -> BaseEstimator:
     return CNNClassifier(seed=seed)
 
 
+def _cnn_search(settings: Settings) -> Literal["holdout", "validation"]:
+    return "holdout" if settings.training.cnn.refit else "validation"
+
+
 def _configure_cnn(estimator: BaseEstimator, settings: Settings) -> tuple[BaseEstimator, dict[str, list[Any]]]:
-    """``training.cnn``: the architecture, the epochs, and the search's time budget shared equally by its fits.
+    """``training.cnn``: the architecture, the training recipe, and the search's time budget shared equally by its
+    fits (one per grid point, and the refit with ``refit``).
 
     Raises:
         ConfigError: the grid names a parameter CNNClassifier does not have, or gives one no values.
@@ -109,10 +123,11 @@ def _configure_cnn(estimator: BaseEstimator, settings: Settings) -> tuple[BaseEs
             raise ConfigError(f"training.cnn.grid: CNNClassifier has no parameter {name!r}; it has {sorted(known)}")
         if not values:
             raise ConfigError(f"training.cnn.grid: {name!r} has no values to search")
-    fits = math.prod(len(values) for values in grid.values()) + 1  # one per grid point on the holdout, then the refit
+    fits = math.prod(len(values) for values in grid.values()) + int(cnn.refit)
     estimator.set_params(
         architecture=cnn.architecture, max_epochs=cnn.max_epochs, patience=cnn.patience, batch_size=cnn.batch_size,
-        time_budget_s=cnn.time_budget_s / fits, n_threads=cnn.threads, progress=cnn.progress,
+        augment=cnn.augment, schedule=cnn.schedule, tta=cnn.tta, time_budget_s=cnn.time_budget_s / fits,
+        n_threads=cnn.threads, progress=cnn.progress,
     )  # fmt: skip
     return estimator, grid
 
@@ -136,7 +151,9 @@ for _family in (
         {"clf__learning_rate": [0.05, 0.1], "clf__max_depth": [None, 4]},
     ),
     Family("xgboost", _xgboost, {"clf__max_depth": [3, 6], "clf__learning_rate": [0.05, 0.1]}),
-    Family("cnn", _cnn, input_kind="image", search="holdout", configure=_configure_cnn),
+    Family(
+        "cnn", _cnn, input_kind="image", search="validation", configure=_configure_cnn, search_for_settings=_cnn_search
+    ),
 ):
     register_family(_family)
 

@@ -807,45 +807,65 @@ def _scores(estimator: Any, X: Any, n_classes: int) -> np.ndarray:
 def _fit_image_candidate(
     fam: Family, data: _Inputs, d: _Data, settings: Settings, params: dict[str, Any] | None, scorer: Scorer
 ) -> CandidateResult:
-    """An image family: its grid searched on one stratified validation split (grouped like the search's folds; k fits
-    of a network per grid point would not fit any budget), or the given parameters (a refit); torch parallelises
-    inside each fit."""
-    from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedShuffleSplit
+    """An image family, searched as the family says under the settings (k fits of a network per grid point would not
+    fit any budget), or with the given parameters (a refit); torch parallelises inside each fit.
+
+    ``"validation"``: each grid point fitted once on the whole training split, scored on the validation fold it holds
+    out itself (patient and near-duplicate groups whole); the best point's model is final. ``"holdout"``: each point
+    fitted on four fifths of the groups and scored on the rest, the best refitted on the whole split (one fit more).
+    """
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedGroupKFold, StratifiedShuffleSplit
 
     cfg = settings.training
-
-    def score(estimator: Any, X: Any, y: np.ndarray) -> float:  # GridSearchCV's scorer protocol
-        return scorer(y, estimator.predict(X), _scores(estimator, X, len(d.classes)) if scorer.needs_scores else None)
-
-    cv: Any = StratifiedShuffleSplit(1, test_size=0.2, random_state=cfg.seed)
-    if d.groups is not None:  # a fifth of the groups, none of them also in training
-        grouped = StratifiedGroupKFold(5, shuffle=True, random_state=cfg.seed)
-        cv = [next(grouped.split(np.zeros(len(d.y_train)), d.y_train, d.groups))]
     estimator, grid = fam.estimator_and_grid(settings)
     if params is not None:
         grid = {name: [value] for name, value in params.items()}
-    found = GridSearchCV(estimator, grid, cv=cv, scoring=score, n_jobs=1, refit=True, error_score="raise")
+    fit_params = {} if d.groups is None else {"val_groups": d.groups}  # the network's own validation fold, grouped
     start = time.perf_counter()
-    found.fit(data.X_train, d.y_train)
+    if fam.search_under(settings) == "validation":
+        best: tuple[float, dict[str, Any], Any] | None = None
+        for point in ParameterGrid(grid):
+            fitted = clone(estimator).set_params(**point).fit(data.X_train, d.y_train, **fit_params)
+            proba = np.asarray(fitted.val_proba_)
+            held_out = d.y_train[fitted.val_index_]
+            value = scorer(held_out, fitted.classes_[proba.argmax(axis=1)], proba if scorer.needs_scores else None)
+            if best is None or value > best[0]:
+                best = (value, dict(point), fitted)
+        assert best is not None  # ParameterGrid of a non-empty grid (checked by the family's configure)
+        cv_score, chosen, final = best
+    else:
+
+        def score(estimator: Any, X: Any, y: np.ndarray) -> float:  # GridSearchCV's scorer protocol
+            scores = _scores(estimator, X, len(d.classes)) if scorer.needs_scores else None
+            return scorer(y, estimator.predict(X), scores)
+
+        cv: Any = StratifiedShuffleSplit(1, test_size=0.2, random_state=cfg.seed)
+        if d.groups is not None:  # a fifth of the groups, none of them also in training
+            grouped = StratifiedGroupKFold(5, shuffle=True, random_state=cfg.seed)
+            cv = [next(grouped.split(np.zeros(len(d.y_train)), d.y_train, d.groups))]
+        found = GridSearchCV(estimator, grid, cv=cv, scoring=score, n_jobs=1, refit=True, error_score="raise")
+        found.fit(data.X_train, d.y_train, **fit_params)
+        cv_score = float(found.cv_results_["mean_test_score"][found.best_index_])
+        chosen, final = dict(found.best_params_), found.best_estimator_
     seconds = time.perf_counter() - start
-    proba = _scores(found.best_estimator_, data.X_test, len(d.classes))
+    proba = _scores(final, data.X_test, len(d.classes))
     predicted = [d.classes[i] for i in proba.argmax(axis=1)]
     metrics = evaluate(
         d.test_labels, predicted, proba, d.classes, positive=d.positive, n_boot=cfg.bootstrap, seed=cfg.seed
     )
-    index = found.best_index_
     return CandidateResult(
         extractor=PIXELS,
         family=fam.name,
-        cv_score=float(found.cv_results_["mean_test_score"][index]),
-        cv_score_std=float(found.cv_results_["std_test_score"][index]),
-        params=dict(found.best_params_),
+        cv_score=float(cv_score),
+        cv_score_std=0.0,  # one validation fold: no spread to report
+        params=chosen,
         test=metrics,
         fit_seconds=seconds,
         stage="final",
         n=len(d.y_train),
         folds=1,
-        estimator=found.best_estimator_,
+        estimator=final,
     )
 
 
