@@ -467,3 +467,12 @@ def test_a_store_travels_as_its_url_and_options_and_never_shows_them() -> None:
 def test_a_url_without_a_bucket_is_refused(url: str) -> None:
     with pytest.raises(ValueError, match="names no bucket or container"):
         Settings(storage={"url": url})  # type: ignore[arg-type]
+
+
+def test_a_local_write_remakes_a_folder_removed_since_this_process_made_it(tmp_path: Path) -> None:
+    """A long-lived process (a server, a benchmark) whose store folder was removed under it still writes."""
+    storage = Storage(tmp_path / "store")
+    storage.write_bytes("features/t/table.json", b"one")
+    shutil.rmtree(tmp_path / "store" / "features")
+    storage.write_bytes("features/t/table.json", b"two")
+    assert (tmp_path / "store" / "features" / "t" / "table.json").read_bytes() == b"two"

@@ -186,7 +186,12 @@ class Storage:
         if target.parent not in _MADE_FOLDERS:
             target.parent.mkdir(parents=True, exist_ok=True)
             _MADE_FOLDERS.add(target.parent)
-        atomic_write(target, data, make_parent=False, mode=PRIVATE if private else 0o666)
+        mode = PRIVATE if private else 0o666
+        try:
+            atomic_write(target, data, make_parent=False, mode=mode)
+        except FileNotFoundError:  # the folder was removed since this process made it (a long-lived server)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(target, data, make_parent=False, mode=mode)
 
     @contextlib.contextmanager
     def writing(self, relative: str) -> Iterator[Path]:
