@@ -23,15 +23,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,42 +38,8 @@ from conveyor.data.versions import raw_images
 from conveyor.features.store import compute_features
 from conveyor.storage import Storage
 
-BUCKET = "bench"
-KEYS = {"key": "bench", "secret": "bench"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _start_moto(log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-p", str(port), "-H", "127.0.0.1"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
-            break
-        except urllib.error.HTTPError:
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto did not start: {log.read_text()[-2000:]}") from None
-            time.sleep(0.1)
-    import boto3
-
-    client = boto3.client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id=KEYS["key"], aws_secret_access_key=KEYS["secret"],
-    )  # fmt: skip
-    client.create_bucket(Bucket=BUCKET)
-    return process, endpoint
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' moto server, started the same way
+from tests.test_storage import BUCKET, Moto
 
 
 def _cpu_s(pid: int | None) -> float:
@@ -134,21 +95,20 @@ def main() -> None:
         root = Path(tmp)
         generate_dataset(root / "src", SyntheticSpec(n_per_class=args.n // 2, size=256, seed=3, fmt="jpeg"))
         generate_dataset(root / "warm", SyntheticSpec(n_per_class=50, size=256, seed=4, fmt="jpeg"))
-        moto, endpoint = _start_moto(root / "moto.log")
+        moto = Moto(root / "moto.log")  # the tests' server: a free loopback port, a bucket, stopped below
         try:
-            options = {**KEYS, "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+            options = moto.options()
             warm = Settings(home=root / "warm-ws", storage={"url": f"s3://{BUCKET}/warm", "options": options})  # type: ignore[arg-type]
             ingest(root / "warm", warm)  # imports, the S3 client and the server's first requests: not timed
             compute_features(warm, workers=args.workers)
             local = _stages(Settings(home=root / "local"), root / "src", args.workers, None)
             s3 = Settings(home=root / "s3", storage={"url": f"s3://{BUCKET}/conveyor", "options": options})  # type: ignore[arg-type]
-            remote = _stages(s3, root / "src", args.workers, moto.pid)
+            remote = _stages(s3, root / "src", args.workers, moto.process.pid)
             storage = Storage.of(s3)
-            first = storage.list("raw/00", "*")[0] if storage.list("raw/00", "*") else None
-            latency = _get_latency(storage, first) if first else float("nan")
+            listed = storage.list("raw/00", "*")
+            latency = _get_latency(storage, listed[0]) if listed else float("nan")
         finally:
-            os.killpg(moto.pid, signal.SIGTERM)
-            moto.wait(timeout=10)
+            moto.stop()
     n = args.n
     print(f"\n{n} generated 256x256 JPEGs; {args.workers} worker processes; S3: moto on 127.0.0.1")
     print(f"{'stage':<34}{'local s':>9}{'S3 s':>8}{'S3 / local':>12}{'S3 ms/image':>13}{'of it, moto CPU s':>19}")
