@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from conveyor.features.vectorizers import _sorted_quantiles
+from conveyor.features.vectorizers import _interpolate, _quantile_ranks
 
 __all__ = ["IntensityFeatures", "check_images"]
 
@@ -193,10 +193,7 @@ class IntensityFeatures(TransformerMixin, BaseEstimator):
             kurtosis = float((sq * sq).mean()) / (m2 * m2) - 3.0
         else:
             skewness = kurtosis = 0.0
-        # = np.percentile(values, q), from one sort, which is several times faster than its multi-kth partition
-        percentiles = _sorted_quantiles(
-            np.sort(image, axis=None).astype(np.float64), np.asarray(self.percentiles, dtype=np.float64) / 100.0
-        )
+        percentiles = _percentiles(image, np.asarray(self.percentiles, dtype=np.float64) / 100.0)
 
         gx = np.diff(image, axis=1)[:-1, :]
         gy = np.diff(image, axis=0)[:, :-1]
@@ -233,6 +230,33 @@ class IntensityFeatures(TransformerMixin, BaseEstimator):
                 [grad_mean, grad_std, contrast, homogeneity, energy, correlation, entropy],
             ]
         )
+
+
+_FINE_BINS = 1024
+
+
+def _percentiles(image: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """``np.percentile(image, 100 * probs)`` (linear), bit for bit, without sorting every pixel.
+
+    The quantiles read ~14 order statistics: binning the pixels on [0, 1] (monotone in value) says which bins hold
+    them, and only those bins' pixels (~1% of a 128x128 image) are sorted. A third of the time of a full sort, which
+    was half of this extractor's cost.
+    """
+    values = image.ravel()
+    fine = np.minimum((values * _FINE_BINS).astype(np.intp), _FINE_BINS - 1)  # truncation: tiny negatives in bin 0
+    counts = np.bincount(fine, minlength=_FINE_BINS)
+    ends = np.cumsum(counts)  # pixels in bins 0..b
+    lower, upper, gamma = _quantile_ranks(np.array(values.size), probs)
+    ranks = np.concatenate([lower, upper])
+    bins = np.searchsorted(ends, ranks, side="right")  # the bin of the pixel at each rank
+    needed = np.zeros(_FINE_BINS, dtype=bool)
+    needed[bins] = True
+    kept = np.where(needed, counts, 0)
+    picked = np.sort(values[needed[fine]])  # the needed bins' pixels, in value order
+    # rank r's position among them: the kept pixels of lower bins, plus its rank within its own bin
+    position = (np.cumsum(kept) - kept)[bins] + ranks - (ends[bins] - counts[bins])
+    at = picked[position].astype(np.float64)
+    return _interpolate(at[: probs.shape[0]], at[probs.shape[0] :], gamma)
 
 
 def _format_percentile(value: float) -> str:

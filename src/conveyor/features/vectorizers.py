@@ -236,18 +236,6 @@ def _segment_sums(values: np.ndarray, offsets: np.ndarray, axis: int = 0) -> np.
     return out
 
 
-def _padded(values: np.ndarray, offsets: np.ndarray, fill: float) -> np.ndarray:
-    """``values`` (k, N) split by diagram into a (D, k, L) array, L the longest diagram, the rest ``fill``.
-
-    One slice copy per diagram: cheaper than a scattered assignment when diagrams have thousands of bars.
-    """
-    counts = offsets[1:] - offsets[:-1]
-    out = np.full((counts.shape[0], values.shape[0], int(counts.max(initial=0))), fill, dtype=values.dtype)
-    for row, (start, stop) in enumerate(itertools.pairwise(offsets.tolist())):
-        out[row, :, : stop - start] = values[:, start:stop]
-    return out
-
-
 # ------------------------------------------------------------------------------------------------------- base class
 
 
@@ -747,11 +735,16 @@ class SummaryStatistics(_DiagramVectorizer):
         deviation = values - mean[segment].T
         deviation *= deviation
         std = np.sqrt(_segment_sums(deviation, offsets, axis=1).T / np.maximum(n - 1.0, 1.0))
-        # every diagram's values in one (D * 4, longest) array, +inf after its own: one sort for the batch
-        padded = _padded(values, offsets, np.inf).reshape(-1, int(counts.max()))
-        padded.sort(axis=1)
-        q = _row_quantiles(padded, np.repeat(counts, 4), _QUANTILE_PROBS).reshape(-1, 4, 7)
-        p0, p10, p25, p50, p75, p90, p100 = np.moveaxis(q, 2, 0)
+        # Each diagram's (4, n) block sorted in place, then every quantile of the batch read at once: padding the
+        # diagrams to one (D * 4, longest) array for a single sort sorted ~25% more values.
+        for start, stop in itertools.pairwise(offsets.tolist()):
+            values[:, start:stop].sort(axis=1)
+        lower, upper, gamma = _quantile_ranks(counts, _QUANTILE_PROBS)  # (D, 7)
+        last = offsets[-1] - 1  # an empty diagram's ranks may point past the end: its garbage is masked below
+        lower = np.minimum(offsets[:-1, None] + lower, last)
+        upper = np.minimum(offsets[:-1, None] + upper, last)
+        q = _interpolate(values[:, lower], values[:, upper], gamma)  # (4 keys, D, 7)
+        p0, p10, p25, p50, p75, p90, p100 = q.transpose(2, 1, 0)  # each (D, 4 keys)
         table = np.stack([mean, std, p50, p75 - p25, p100 - p0, p10, p25, p75, p90], axis=2)  # (D, 4 keys, 9 stats)
         out[many, :36] = table[many].reshape(-1, 36)
         return out
@@ -964,25 +957,35 @@ class PersistenceEntropy(_DiagramVectorizer):
         return _segment_entropy(packed.deaths - packed.births, packed)[:, None]
 
 
+def _quantile_ranks(counts: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where numpy's default ("linear") quantiles of ``counts`` sorted values read them: (lower rank, upper rank,
+    gamma), each shaped ``counts.shape + probs.shape``; :func:`_interpolate` of the values at those ranks is
+    ``np.quantile``, bit for bit. A count of 0 is taken as 1 (its quantiles are garbage: callers mask them)."""
+    n = np.maximum(counts, 1)[..., None]
+    virtual = (n - 1) * probs
+    previous = np.floor(virtual)
+    previous = np.where(virtual >= n - 1, n - 1, previous)
+    lower = previous.astype(np.intp)
+    return lower, np.minimum(lower + 1, n - 1), virtual - previous
+
+
+def _interpolate(lower: np.ndarray, upper: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+    """``np.quantile``'s linear interpolation, step for step, between the values at :func:`_quantile_ranks`."""
+    diff = upper - lower
+    result = lower + diff * gamma
+    high = np.broadcast_to(gamma >= 0.5, result.shape)
+    result[high] = (upper - diff * (1 - gamma))[high]
+    return result
+
+
 def _sorted_quantiles(sorted_values: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """numpy's default ("linear") quantiles of values already sorted along the last axis.
 
     The same floating-point steps as ``np.quantile`` (so the same bits), without its partition: one sort serves
     every quantile. Shape ``sorted_values.shape[:-1] + probs.shape``; needs at least one value.
     """
-    n = sorted_values.shape[-1]
-    virtual = (n - 1) * probs
-    previous = np.floor(virtual)
-    previous[virtual >= n - 1] = n - 1
-    gamma = virtual - previous
-    lower_index = previous.astype(np.intp)
-    lower = sorted_values[..., lower_index]
-    upper = sorted_values[..., np.minimum(lower_index + 1, n - 1)]
-    diff = upper - lower
-    result = lower + diff * gamma
-    high = gamma >= 0.5
-    result[..., high] = (upper - diff * (1 - gamma))[..., high]
-    return result
+    lower, upper, gamma = _quantile_ranks(np.array(sorted_values.shape[-1]), probs)
+    return _interpolate(sorted_values[..., lower], sorted_values[..., upper], gamma)
 
 
 def _entropy(lifespans: np.ndarray) -> float:
@@ -1004,29 +1007,6 @@ def _segment_entropy(lifespans: np.ndarray, packed: _Packed) -> np.ndarray:
     entropy = -_segment_sums(terms, packed.offsets)
     entropy[~(total > 0.0)] = 0.0
     return entropy
-
-
-def _row_quantiles(sorted_rows: np.ndarray, counts: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """:func:`_sorted_quantiles` of each row's first ``counts[i]`` values (sorted, padding after them), (D, P).
-
-    The same floating-point steps, with each row's own length; rows with no value give garbage (callers mask them).
-    """
-    n = np.maximum(counts, 1)[:, None]
-    virtual = (n - 1) * probs
-    previous = np.floor(virtual)
-    top = virtual >= n - 1
-    previous[top] = np.broadcast_to(n - 1, top.shape)[top]
-    gamma = virtual - previous
-    lower_index = previous.astype(np.intp)
-    rows = np.arange(sorted_rows.shape[0])[:, None]
-    lower = sorted_rows[rows, lower_index]
-    upper = sorted_rows[rows, np.minimum(lower_index + 1, n - 1)]
-    with np.errstate(invalid="ignore"):  # inf - inf in the padding of an empty row
-        diff = upper - lower
-        result = lower + diff * gamma
-        high = gamma >= 0.5
-        result[high] = (upper - diff * (1 - gamma))[high]
-    return result
 
 
 def _unit_circle(x: np.ndarray) -> np.ndarray:
