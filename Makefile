@@ -34,6 +34,7 @@ lint: install  ## ruff, mypy, and the import layering contract (pyproject's [too
 bench: install  ## speed and quality claims, printed as tables of ratios
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/features.py
+	$(BIN)/python benchmarks/extractor_value.py
 	$(BIN)/python benchmarks/cnn.py
 	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/train.py

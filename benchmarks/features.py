@@ -6,8 +6,8 @@ checkout at ../shared/data/brain_mri_yes_no):
 * per core (issue 15, goal: whole vector <= 1.5x persistence alone): in one process, CPU time per image of
   persistence alone (decode, preprocess, both filtrations' diagrams) against the whole feature vector (what
   ``conveyor features`` computes per image: the same, then every configured extractor, in chunks of 64), with the
-  vectorisers batched and with their reference path (one diagram at a time, as before batching), and each
-  extractor's own share (``--per-core-only``: this table alone, for both sets);
+  vectorisers batched and with their reference path (one diagram at a time, as before batching), against all eight
+  extractors, and each extractor's own share (``--per-core-only``: this table alone, for both sets);
 * floor: read and decode every stored image (one process, then every core);
 * conveyor: ``compute_features`` for every extractor, both filtrations, H0 and H1, on every core, from nothing
   (decode, preprocess, diagrams, vectorise, write the master tables);
@@ -40,7 +40,7 @@ from conveyor.config import Settings
 from conveyor.data.decode import decode_image
 from conveyor.data.ingest import ingest
 from conveyor.data.synthetic import render_slice
-from conveyor.features.extractors import check_bundles
+from conveyor.features.extractors import EXTRACTORS, check_bundles
 from conveyor.features.persistence import diagram_bundle
 from conveyor.features.pipeline import FeaturePipeline
 from conveyor.features.store import _CHUNK, compute_features, configured_extractors
@@ -106,28 +106,32 @@ def per_core(settings: Settings, raw: list[str], repeat: int = 2) -> list[tuple[
     """(stage, CPU ms per image) in this one process; see the module docstring."""
     blobs = [Path(p).read_bytes() for p in raw]
     n = len(blobs)
-    specs = [(e.name, e.get_params(deep=False)) for e in configured_extractors(settings)]
-    pipeline = FeaturePipeline(settings.preprocess, specs)
+    configured = [(e.name, e.get_params(deep=False)) for e in configured_extractors(settings)]
+    pipeline = FeaturePipeline(settings.preprocess, configured)
+    every = FeaturePipeline(settings.preprocess, [(name, {}) for name in EXTRACTORS])
 
     def persistence() -> None:
         for blob in blobs:
             diagram_bundle(pipeline.image(blob))
 
-    def whole() -> None:  # store._compute_chunk without the file reads
+    def whole(of: FeaturePipeline) -> None:  # store._compute_chunk without the file reads
         for start in range(0, n, _CHUNK):
-            pipeline.transform(pipeline.prepare([pipeline.image(blob) for blob in blobs[start : start + _CHUNK]]))
+            of.transform(of.prepare([of.image(blob) for blob in blobs[start : start + _CHUNK]]))
 
     images = [pipeline.image(blob) for blob in blobs]
-    prepared = pipeline.prepare(images)
-    pipeline.transform(pipeline.prepare(images[:1]))  # fits the extractors (fixed grids)
+    prepared = every.prepare(images)
+    for fitted in (pipeline, every):
+        fitted.transform(fitted.prepare(images[:1]))  # fits the extractors (fixed grids)
     chunks = [slice(start, start + _CHUNK) for start in range(0, n, _CHUNK)]
+    names = ", ".join(name for name, _ in configured)
     rows = [("persistence alone: decode, preprocess, both filtrations", _cpu_ms(persistence, n, repeat))]
     for batched in (True, False):
         _DiagramVectorizer.batched = batched
         label = "batched" if batched else "per diagram, as before"
-        rows.append((f"whole feature vector, vectorisers {label}", _cpu_ms(whole, n, repeat)))
+        rows.append((f"whole vector ({names}), {label}", _cpu_ms(lambda: whole(pipeline), n, repeat)))
+    rows.append((f"all {len(EXTRACTORS)} extractors, batched", _cpu_ms(lambda: whole(every), n, repeat)))
     rows.append(("  check the bundles (once per chunk)", _cpu_ms(lambda: check_bundles(prepared.bundles), n, repeat)))
-    for name, extractor in pipeline._fitted.items():
+    for name, extractor in every._fitted.items():
         for batched in (True, False) if extractor.input_kind == "bundle" else (True,):
             _DiagramVectorizer.batched = batched
             inputs = prepared.bundles if extractor.input_kind == "bundle" else images
@@ -145,7 +149,10 @@ def print_per_core(name: str, rows: list[tuple[str, float]], n: int) -> None:
     for stage, ms in rows:
         print(f"{stage:<62}{ms:>10.3f}{ms / floor:>15.2f}")
     whole = rows[1][1] / floor
-    print(f"whole vector / persistence alone: {whole:.2f}x (goal <= 1.5x; {rows[2][1] / floor:.2f}x per diagram)")
+    print(
+        f"whole vector / persistence alone: {whole:.2f}x (goal <= 1.5x; {rows[2][1] / floor:.2f}x per diagram; "
+        f"{rows[3][1] / floor:.2f}x with every extractor)"
+    )
 
 
 def measure(name: str, source: Path, workdir: Path, gtda: str | None) -> list[tuple[str, str, float, int]]:

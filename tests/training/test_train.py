@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from conveyor.config import Settings
 from conveyor.data.ingest import ingest
 from conveyor.data.synthetic import SyntheticSpec, generate_dataset
 from conveyor.data.versions import dataset_members
+from conveyor.features.extractors import EXTRACTORS
 from conveyor.store.db import get_engine
 from conveyor.tracking.registry import history
 from conveyor.tracking.setup import configure_mlflow
@@ -330,6 +332,8 @@ def test_the_search_workers_of_a_killed_train_exit_with_it(tmp_path: Path) -> No
     generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=60, size=96, seed=9))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONVEYOR_", "MLFLOW_"))}
     env.update(CONVEYOR_HOME=str(tmp_path / "ws"), CONVEYOR_PREPROCESS__SIZE="[64, 64]")
+    # every extractor: a search long enough to be killed mid-fit (the default two finish in seconds)
+    env["CONVEYOR_FEATURES__EXTRACTORS"] = json.dumps(sorted(EXTRACTORS))
     run = [sys.executable, "-m", "conveyor"]
     subprocess.run([*run, "ingest", str(tmp_path / "src")], env=env, check=True, capture_output=True, timeout=120)
     subprocess.run([*run, "features"], env=env, check=True, capture_output=True, timeout=300)
