@@ -339,3 +339,93 @@ def test_a_rollout_mark_changes_with_every_move(home) -> None:  # type: ignore[n
     assert marks[0] is None and len(set(marks)) == 4
     assert promoted.status == "promoted" and promoted.decisions[-1]["action"] == "promote"
     assert current_version(settings, CHAMPION) == 2
+
+
+def _killed_promotion(settings, engine, *, moved: bool, minutes_ago: float = 11.0) -> RolloutStatus:  # type: ignore[no-untyped-def]
+    """What a promotion killed after its claim leaves: the rollout claimed ``minutes_ago``, the alias moved or not."""
+    from datetime import timedelta
+
+    from conveyor.store.models import utcnow
+    from conveyor.tracking.registry import promote as registry_promote
+
+    state = rollout.start(settings, engine, "canary", "test")
+    claimed_at = utcnow() - timedelta(minutes=minutes_ago)
+    claim = {"status": "promoted", "share": 0.0, "active_guard": None, "claimed_at": claimed_at}
+    rollout._claim(settings, engine, state, None, **claim)
+    if moved:
+        registry_promote(settings, state.challenger_version, reason="killed right after this", who="test")
+    return state
+
+
+def _ended_at(engine, rollout_id: int) -> object:  # type: ignore[no-untyped-def]
+    from conveyor.store.db import session_scope
+    from conveyor.store.models import Rollout
+
+    with session_scope(engine) as session:
+        row = session.get(Rollout, rollout_id)
+        assert row is not None
+        return row.ended_at
+
+
+def test_a_promotion_killed_after_the_alias_moved_is_finished(home) -> None:  # type: ignore[no-untyped-def]
+    from conveyor.workspace import open_workspace
+
+    settings = settings_for(home)
+    engine = open_workspace(settings)
+    state = _killed_promotion(settings, engine, moved=True)
+    [recovered] = rollout.recover_interrupted(settings, engine, "ops")
+    assert (recovered.id, recovered.status) == (state.id, "promoted")
+    assert recovered.decisions[-1]["action"] == "promote" and recovered.decisions[-1]["recovered"] is True
+    assert _ended_at(engine, state.id) is not None
+    assert current_version(settings, CHAMPION) == state.challenger_version
+
+
+def test_a_promotion_killed_before_the_alias_moved_reopens_the_rollout(home) -> None:  # type: ignore[no-untyped-def]
+    from conveyor.workspace import open_workspace
+
+    settings = settings_for(home)
+    engine = open_workspace(settings)
+    state = _killed_promotion(settings, engine, moved=False)
+    [recovered] = rollout.recover_interrupted(settings, engine, "ops")
+    assert (recovered.status, recovered.share, recovered.decisions[-1]["action"]) == ("active", state.share, "recover")
+    assert rollout.active_rollout(engine) == recovered
+    assert current_version(settings, CHAMPION) == state.champion_version
+
+
+def test_the_next_promote_after_a_killed_one_promotes(home) -> None:  # type: ignore[no-untyped-def]
+    from conveyor.workspace import open_workspace
+
+    settings = settings_for(home)
+    engine = open_workspace(settings)
+    state = _killed_promotion(settings, engine, moved=False)
+    promoted = rollout.promote(settings, engine, "ops")
+    assert (promoted.id, promoted.status) == (state.id, "promoted")
+    assert [d["action"] for d in promoted.decisions] == ["start", "recover", "promote"]
+    assert current_version(settings, CHAMPION) == state.challenger_version
+
+
+def test_a_promotion_claimed_moments_ago_is_left_to_its_process(home) -> None:  # type: ignore[no-untyped-def]
+    from conveyor.workspace import open_workspace
+
+    settings = settings_for(home)
+    engine = open_workspace(settings)
+    state = _killed_promotion(settings, engine, moved=False, minutes_ago=0.0)
+    assert rollout.recover_interrupted(settings, engine, "ops") == []
+    latest = rollout.latest_rollout(engine)
+    assert latest is not None and (latest.id, latest.status) == (state.id, "promoted")
+    assert _ended_at(engine, state.id) is None
+
+
+def test_rollout_status_finishes_a_killed_promotion(home, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from conveyor.workspace import open_workspace
+
+    settings = settings_for(home)
+    engine = open_workspace(settings)
+    state = _killed_promotion(settings, engine, moved=True)
+    monkeypatch.setattr("conveyor.serving.commands._settings", lambda: settings)
+    app = typer.Typer()
+    app.add_typer(rollout_app, name="rollout")
+    out = CliRunner().invoke(app, ["rollout", "status", "--json"])
+    assert out.exit_code == 0, out.output
+    shown = json.loads(out.stdout.strip().splitlines()[-1])["rollout"]
+    assert (shown["id"], shown["status"], shown["decisions"][-1]["action"]) == (state.id, "promoted", "promote")

@@ -58,6 +58,7 @@ def rollout_status(as_json: JsonOption = False) -> None:
     settings = _settings()
     with errors(as_json):
         engine = open_workspace(settings)
+        rollout.recover_interrupted(settings, engine, _who())
         state = rollout.active_rollout(engine) or rollout.latest_rollout(engine)
         decision = None
         if state is not None and state.status == "active":

@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Engine, case, func, select, update
+from sqlalchemy import Engine, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.config import Settings
@@ -60,6 +60,7 @@ __all__ = [
     "judge",
     "policy_decision",
     "promote",
+    "recover_interrupted",
     "rollback",
     "rollout_mark",
     "stage_stats",
@@ -248,6 +249,7 @@ def start(settings: Settings, engine: Engine, mode: str, who: str) -> RolloutSta
 
     if mode not in MODES:
         raise ConveyorError(f"rollout mode must be one of {', '.join(MODES)}, got {mode!r}")
+    recover_interrupted(settings, engine, who)
     _refuse_if_active(engine)
     champion, challenger = current_version(settings, CHAMPION), current_version(settings, CHALLENGER)
     if champion is None or challenger is None:
@@ -278,6 +280,66 @@ def start(settings: Settings, engine: Engine, mode: str, who: str) -> RolloutSta
     except IntegrityError as exc:  # another process started one meanwhile
         _refuse_if_active(engine)
         raise ConveyorError("another rollout was started meanwhile; nothing done") from exc
+
+
+STALE_CLAIM_S = 600.0
+"""A promotion claimed longer ago than this and not finished died during its alias move (the move takes seconds)."""
+
+
+def recover_interrupted(settings: Settings, engine: Engine, who: str) -> list[RolloutStatus]:
+    """Finish what a promotion killed between its claim and its end left: the rollout says ``promoted`` with no end.
+
+    If the champion alias reached the challenger, the promotion happened: the rollout ends, its decision recorded.
+    If not, nothing was promoted: the rollout is active again, as before the claim (unless another rollout was
+    started since: then it stays ended without a promotion). Either way the audit log says so. Called before every
+    rollout decision, so the next command resumes from a consistent state; claims younger than
+    :data:`STALE_CLAIM_S` are left alone (their process may still be moving the alias).
+    """
+    from conveyor.store.models import Rollout
+    from conveyor.tracking.registry import CHAMPION, current_version
+
+    cutoff = utcnow() - timedelta(seconds=STALE_CLAIM_S)
+    with session_scope(engine) as session:
+        stale = [
+            _status(row)
+            for row in session.scalars(
+                select(Rollout).where(
+                    Rollout.status == "promoted",
+                    Rollout.ended_at.is_(None),
+                    or_(Rollout.claimed_at.is_(None), Rollout.claimed_at < cutoff),
+                )
+            )
+        ]
+    recovered = []
+    for state in stale:
+        moved = current_version(settings, CHAMPION) == state.challenger_version
+        with session_scope(engine) as session:
+            claimed = update(Rollout).where(
+                Rollout.id == state.id, Rollout.status == "promoted", Rollout.ended_at.is_(None)
+            )
+            if moved:
+                result: Any = session.execute(
+                    claimed.values(ended_at=utcnow()).execution_options(synchronize_session=False)
+                )
+                record = ("promote", "finished after an interrupted promotion: the champion alias had moved",
+                          {"version": state.challenger_version, "recovered": True}, who)  # fmt: skip
+            else:
+                active = session.scalars(select(Rollout.id).where(Rollout.status == "active")).first()
+                values: dict[str, Any] = {"status": "rolled_back", "ended_at": utcnow()}
+                reason = "a promotion died before the champion alias moved; another rollout had started, so it ended"
+                if active is None:
+                    share = _share(state.mode, state.stage, settings.serving)  # the claim zeroed it
+                    values = {"status": "active", "share": share, "active_guard": 1, "claimed_at": None}
+                    reason = "a promotion died before the champion alias moved; the rollout is active again"
+                result = session.execute(claimed.values(**values).execution_options(synchronize_session=False))
+                record = ("recover", reason, {"version": state.challenger_version, "recovered": True}, who)
+            if result.rowcount != 1:
+                continue  # another process recovered it first
+            row = session.get(Rollout, state.id, populate_existing=True)
+            assert row is not None
+            _append(settings, session, row, *record)
+            recovered.append(_status(row))
+    return recovered
 
 
 def _refuse_if_active(engine: Engine) -> None:
@@ -482,6 +544,7 @@ def advance(settings: Settings, engine: Engine, who: str, *, force: bool = False
         ConveyorError: no rollout in progress.
     """
 
+    recover_interrupted(settings, engine, who)
     state = _require_active(engine)
     cfg = settings.serving
     decision = policy_decision(settings, engine, state)
@@ -583,6 +646,7 @@ def promote(
     Raises:
         ConveyorError: no rollout in progress, or it was decided meanwhile.
     """
+    recover_interrupted(settings, engine, who)
     return _promote(settings, engine, _require_active(engine), who, reason, details)
 
 
@@ -593,19 +657,21 @@ def _promote(
     from conveyor.store.models import Rollout
     from conveyor.tracking.registry import promote as registry_promote
 
-    _claim(settings, engine, state, None, status="promoted", share=0.0, active_guard=None)
+    _claim(settings, engine, state, None, status="promoted", share=0.0, active_guard=None, claimed_at=utcnow())
     try:
         registry_promote(settings, state.challenger_version, reason=f"rollout {state.id}: {reason}", who=who)
     except BaseException:
         _reopen(engine, state)
         raise
     with session_scope(engine) as session:
-        session.execute(
+        result: Any = session.execute(
             update(Rollout)
-            .where(Rollout.id == state.id)
+            .where(Rollout.id == state.id, Rollout.status == "promoted", Rollout.ended_at.is_(None))
             .values(ended_at=utcnow())
             .execution_options(synchronize_session=False)
         )
+        if result.rowcount != 1:  # recover_interrupted took this claim for dead (its move outlived STALE_CLAIM_S)
+            raise ConveyorError(f"rollout {state.id}: the alias moved after its promotion was given up; see the audit")
         row = session.get(Rollout, state.id, populate_existing=True)
         assert row is not None
         _append(settings, session, row, "promote", reason, {"version": state.challenger_version, **(details or {})},
@@ -628,6 +694,7 @@ def rollback(
     """
     from conveyor.tracking.registry import rollback as registry_rollback
 
+    recover_interrupted(settings, engine, who)
     state = active_rollout(engine)
     if state is None:
         registry_rollback(settings, reason=reason, who=who)

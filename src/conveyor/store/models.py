@@ -262,8 +262,9 @@ class Rollout(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     stage_started_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Set when the rollout ended: a promotion sets it once the champion alias has moved (promoted without ended_at:
-    # the move is under way, or its process died during it).
+    # the move is under way, or its process died during it; claimed_at says since when).
     ended_at: Mapped[datetime | None] = mapped_column()
+    claimed_at: Mapped[datetime | None] = mapped_column()  # when a promotion claimed the rollout
     decisions: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"items": [{at, action, reason, stats}, ...]}
     active_guard: Mapped[int | None] = mapped_column(Integer, default=None)
 
