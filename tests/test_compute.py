@@ -177,6 +177,38 @@ def test_training_on_the_cluster_picks_the_local_champion_with_the_same_scores(
     assert found.calibrated.as_dict() == expected.calibrated.as_dict()
 
 
+def _fits_per_task(keys: list[str]) -> list[tuple[str, int]]:
+    """joblib's Dask keys, ``batch_of_<function>_<calls>_calls-<uuid>``: (function, calls) per task."""
+    out = []
+    for key in keys:
+        name, calls = key.split("-")[0].removeprefix("batch_of_").removesuffix("_calls").rsplit("_", 1)
+        out.append((name, int(calls)))
+    return out
+
+
+def test_a_forest_fitted_on_the_cluster_grows_its_trees_inside_its_task(
+    cluster: Cluster, tmp_path: Path, postgres_url: str
+) -> None:
+    """joblib's Dask backend ignores a forest's n_jobs=1 (joblib#1013); the search's fits are the only tasks."""
+    from distributed import Client, get_task_stream
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier
+
+    from conveyor.compute import joblib_backend
+    from conveyor.training.evaluate import Scorer
+    from conveyor.training.search import search
+
+    X, y = make_classification(n_samples=90, n_features=6, random_state=0)
+    forest = RandomForestClassifier(n_estimators=20, n_jobs=1, random_state=0)
+    settings = _settings(tmp_path / "ws", db_url=postgres_url, compute={"scheduler": cluster.address})
+    with Client(cluster.address) as client, get_task_stream(client) as stream, joblib_backend(settings):
+        found = search("grid", {"forest": (forest, {})}, {"t": X}, y, folds=3, scorer=Scorer("f1", 2, 1), seed=0)
+    tasks = _fits_per_task([str(task["key"]) for task in stream.data])
+    assert found.fits == 3
+    assert {name for name, _ in tasks} == {"_indexed"}  # no task of _parallel_build_trees
+    assert sum(calls for _, calls in tasks) == 3
+
+
 def test_a_worker_killed_mid_run_loses_and_doubles_nothing(
     cluster: Cluster, source: Path, tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

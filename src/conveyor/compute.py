@@ -22,7 +22,7 @@ from typing import Any
 from conveyor.config import Settings
 from conveyor.errors import ConfigError, ConveyorError
 
-__all__ = ["Pool", "dask_client", "joblib_backend", "pool", "require_cluster_db"]
+__all__ = ["Pool", "dask_client", "in_this_process", "joblib_backend", "pool", "require_cluster_db"]
 
 
 class SchedulerUnreachable(ConveyorError):
@@ -142,3 +142,15 @@ def joblib_backend(settings: Settings) -> Iterator[None]:
             yield
     finally:
         client.close()
+
+
+def in_this_process() -> contextlib.AbstractContextManager[Any]:
+    """Within it, an estimator's own joblib loops (a random forest's trees) run in this process, as its ``n_jobs`` says.
+
+    A task of joblib's Dask backend runs under that backend, which ignores ``n_jobs`` (joblib#1013): a forest with
+    ``n_jobs=1`` fitted in a task sends its trees back to the cluster as tasks of their own, four times slower per
+    fit (benchmarks/scale.py). A task of the local pool gets the same threads, so both run one fit the same way.
+    """
+    import joblib
+
+    return joblib.parallel_config(backend="threading")

@@ -180,12 +180,14 @@ def _fit_fold(
     scores there, when kept)."""
     from sklearn.base import clone
 
+    from conveyor.compute import in_this_process
     from conveyor.workspace import exit_with_parent
 
     exit_with_parent(parent)  # a worker of a killed search stops, instead of fitting on for minutes
     start = time.perf_counter()
     model = clone(estimator).set_params(**task.config.params_dict())
-    model.fit(X[task.train], y[task.train])
+    with in_this_process():
+        model.fit(X[task.train], y[task.train])
     held_out = X[task.val]
     predicted = model.predict(held_out)
     scores = decision_scores(model, held_out) if keep_scores or scorer.needs_scores else None

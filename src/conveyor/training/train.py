@@ -669,7 +669,9 @@ def _refit(estimator: Any, params: dict[str, Any], X: Any, y: np.ndarray, parent
 
     exit_with_parent(parent)
     began = time.perf_counter()
-    return clone(estimator).set_params(**params).fit(X, y), time.perf_counter() - began
+    with compute.in_this_process():
+        fitted = clone(estimator).set_params(**params).fit(X, y)
+    return fitted, time.perf_counter() - began
 
 
 def _log_parent(
