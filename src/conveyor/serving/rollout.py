@@ -312,33 +312,21 @@ def recover_interrupted(settings: Settings, engine: Engine, who: str) -> list[Ro
         ]
     recovered = []
     for state in stale:
-        moved = current_version(settings, CHAMPION) == state.challenger_version
-        with session_scope(engine) as session:
-            claimed = update(Rollout).where(
-                Rollout.id == state.id, Rollout.status == "promoted", Rollout.ended_at.is_(None)
-            )
-            if moved:
-                result: Any = session.execute(
-                    claimed.values(ended_at=utcnow()).execution_options(synchronize_session=False)
-                )
-                record = ("promote", "finished after an interrupted promotion: the champion alias had moved",
-                          {"version": state.challenger_version, "recovered": True}, who)  # fmt: skip
-            else:
-                active = session.scalars(select(Rollout.id).where(Rollout.status == "active")).first()
-                values: dict[str, Any] = {"status": "rolled_back", "ended_at": utcnow()}
+        if current_version(settings, CHAMPION) == state.challenger_version:
+            record = ("promote", "finished after an interrupted promotion: the champion alias had moved",
+                      {"version": state.challenger_version, "recovered": True}, who)  # fmt: skip
+            changed = _end_claim(engine, state, record, settings)
+        else:
+            share = _share(state.mode, state.stage, settings.serving)  # the claim zeroed it
+            reason = "a promotion died before the champion alias moved; the rollout is active again"
+            record = ("recover", reason, {"version": state.challenger_version, "recovered": True}, who)
+            changed = _reopen(engine, state, share, (settings, record))
+            if changed is None:  # another rollout is active: this one ends, unpromoted
                 reason = "a promotion died before the champion alias moved; another rollout had started, so it ended"
-                if active is None:
-                    share = _share(state.mode, state.stage, settings.serving)  # the claim zeroed it
-                    values = {"status": "active", "share": share, "active_guard": 1, "claimed_at": None}
-                    reason = "a promotion died before the champion alias moved; the rollout is active again"
-                result = session.execute(claimed.values(**values).execution_options(synchronize_session=False))
                 record = ("recover", reason, {"version": state.challenger_version, "recovered": True}, who)
-            if result.rowcount != 1:
-                continue  # another process recovered it first
-            row = session.get(Rollout, state.id, populate_existing=True)
-            assert row is not None
-            _append(settings, session, row, *record)
-            recovered.append(_status(row))
+                changed = _end_claim(engine, state, record, settings, status="rolled_back")
+        if changed is not None:  # None: another process recovered it first
+            recovered.append(changed)
     return recovered
 
 
@@ -611,23 +599,59 @@ def _claim(
         return _status(row)
 
 
-def _reopen(engine: Engine, state: RolloutStatus) -> None:
-    """Undo a claimed promotion whose registry move failed: the rollout is active again, as it was (unless another
-    was started meanwhile: then this one stays ended, its ``ended_at`` empty)."""
+def _reopen(
+    engine: Engine, state: RolloutStatus, share: float, audit: tuple[Settings, tuple[Any, ...]] | None = None
+) -> RolloutStatus | None:
+    """Undo a claimed promotion whose alias move failed or died: the rollout is active again at ``share``, with
+    ``audit``'s decision appended if given. None when it was no longer claimed, or another rollout is active (then
+    this one stays claimed: :func:`recover_interrupted` ends it)."""
     from sqlalchemy.exc import IntegrityError
 
     from conveyor.store.models import Rollout
 
     try:
         with session_scope(engine) as session:
-            session.execute(
-                update(Rollout)
-                .where(Rollout.id == state.id, Rollout.status == "promoted", Rollout.ended_at.is_(None))
-                .values(status="active", share=state.share, active_guard=1)
-                .execution_options(synchronize_session=False)
+            result: Any = session.execute(
+                _claimed(state.id).values(status="active", share=share, active_guard=1, claimed_at=None)
             )
+            if result.rowcount != 1:
+                return None
+            row = session.get(Rollout, state.id, populate_existing=True)
+            assert row is not None
+            if audit is not None:
+                _append(audit[0], session, row, *audit[1])
+            return _status(row)
     except IntegrityError:
-        log.exception("rollout %d could not be reopened: another rollout is active", state.id)
+        log.warning("rollout %d could not be reopened: another rollout is active", state.id)
+        return None
+
+
+def _claimed(rollout_id: int) -> Any:
+    """An UPDATE of ``rollout_id`` only while a promotion holds it unfinished (claimed, no end)."""
+    from conveyor.store.models import Rollout
+
+    return (
+        update(Rollout)
+        .where(Rollout.id == rollout_id, Rollout.status == "promoted", Rollout.ended_at.is_(None))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _end_claim(
+    engine: Engine, state: RolloutStatus, record: tuple[Any, ...], settings: Settings, **changes: Any
+) -> RolloutStatus | None:
+    """End the claimed rollout (``ended_at`` now, plus ``changes``) with ``record`` appended; None when it was no
+    longer claimed (another process ended or recovered it)."""
+    from conveyor.store.models import Rollout
+
+    with session_scope(engine) as session:
+        result: Any = session.execute(_claimed(state.id).values(ended_at=utcnow(), **changes))
+        if result.rowcount != 1:
+            return None
+        row = session.get(Rollout, state.id, populate_existing=True)
+        assert row is not None
+        _append(settings, session, row, *record)
+        return _status(row)
 
 
 def promote(
@@ -654,29 +678,19 @@ def _promote(
     settings: Settings, engine: Engine, state: RolloutStatus, who: str, reason: str, details: dict[str, Any] | None
 ) -> RolloutStatus:
     """:func:`promote` of the rollout as ``state`` saw it (a decision on a stage promotes only from that stage)."""
-    from conveyor.store.models import Rollout
     from conveyor.tracking.registry import promote as registry_promote
 
     _claim(settings, engine, state, None, status="promoted", share=0.0, active_guard=None, claimed_at=utcnow())
     try:
         registry_promote(settings, state.challenger_version, reason=f"rollout {state.id}: {reason}", who=who)
     except BaseException:
-        _reopen(engine, state)
+        _reopen(engine, state, state.share)
         raise
-    with session_scope(engine) as session:
-        result: Any = session.execute(
-            update(Rollout)
-            .where(Rollout.id == state.id, Rollout.status == "promoted", Rollout.ended_at.is_(None))
-            .values(ended_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        if result.rowcount != 1:  # recover_interrupted took this claim for dead (its move outlived STALE_CLAIM_S)
-            raise ConveyorError(f"rollout {state.id}: the alias moved after its promotion was given up; see the audit")
-        row = session.get(Rollout, state.id, populate_existing=True)
-        assert row is not None
-        _append(settings, session, row, "promote", reason, {"version": state.challenger_version, **(details or {})},
-                who)  # fmt: skip
-        return _status(row)
+    record = ("promote", reason, {"version": state.challenger_version, **(details or {})}, who)
+    ended = _end_claim(engine, state, record, settings)
+    if ended is None:  # recover_interrupted took this claim for dead (its move outlived STALE_CLAIM_S)
+        raise ConveyorError(f"rollout {state.id}: the alias moved after its promotion was given up; see the audit")
+    return ended
 
 
 def rollback(
