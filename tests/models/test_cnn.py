@@ -485,3 +485,25 @@ def test_fit_leaves_parameters_alone_and_clone_is_unfitted(fitted: CNNClassifier
 
 def test_repr_mentions_changed_parameters_only() -> None:
     assert repr(CNNClassifier(width=8, architecture="resnet")) == "CNNClassifier(architecture='resnet', width=8)"
+
+
+def test_the_strided_shortcut_computes_what_a_strided_1x1_convolution_does() -> None:
+    """Its values and gradients equal torch's strided 1x1 convolution with the same weight (it replaces it to avoid a
+    oneDNN heap corruption at under 8 channels on one thread), and its weights keep the same state-dict key."""
+    import torch
+
+    from conveyor.models.cnn import _StridedPointwise
+
+    torch.manual_seed(0)
+    ours, reference = _StridedPointwise(4, 8, 2), torch.nn.Conv2d(4, 8, 1, stride=2, bias=False)
+    reference.weight.data.copy_(ours.weight.data)
+    x = torch.randn(3, 4, 7, 9)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expected = ours(a), reference(b)
+    assert out.shape == (3, 8, 4, 5)
+    torch.testing.assert_close(out, expected)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+    torch.testing.assert_close(ours.weight.grad, reference.weight.grad)
+    assert list(ours.state_dict()) == ["weight"]

@@ -108,6 +108,19 @@ def _small_cnn(in_channels: int, n_classes: int, width: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+class _StridedPointwise(nn.Conv2d):
+    """A 1x1 convolution at ``stride``, computed as the 1x1 convolution of the input's every ``stride``-th pixel: the
+    same values and the same weights (``weight``, no bias), but not oneDNN's strided 1x1 backward, which corrupts
+    the heap (an abort, or a silent exit) on channels-last tensors of under 8 channels on one thread (torch 2.13)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__(in_channels, out_channels, 1, bias=False)
+        self.step = int(stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x[:, :, :: self.step, :: self.step])
+
+
 class _BasicBlock(nn.Module):
     """Two 3x3 conv + BN with an identity shortcut (a 1x1 conv + BN where the shape changes), then ReLU."""
 
@@ -123,7 +136,7 @@ class _BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+                _StridedPointwise(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
