@@ -28,7 +28,7 @@ def train_with_cnn(root: Path) -> TrainResult:
 def test_cnn_is_a_candidate_on_the_same_split_and_repeats_with_the_same_seed(tmp_path: Path) -> None:
     first, second = train_with_cnn(tmp_path / "a"), train_with_cnn(tmp_path / "b")
     names = sorted(c.name for c in first.candidates)
-    assert names == ["cnn@pixels", "logreg@intensity"]
+    assert names == ["cnn@pixels", "logreg@intensity", "stack@pixels+intensity"]
     cnn_first = next(c for c in first.candidates if c.extractor == PIXELS)
     cnn_second = next(c for c in second.candidates if c.extractor == PIXELS)
     logreg = next(c for c in first.candidates if c.extractor != PIXELS)

@@ -9,6 +9,10 @@ standardised, since an SVM's decision values and a forest's probabilities live o
 
 A binary base contributes one column (its positive-class score: the other is its negative), a multi-class base one
 per class.
+
+A stack may also combine a network on the pixels with the tabular finalists: its input is then
+:class:`ImagesAndFeatures` (the preprocessed images and their feature vectors, row for row), and the network's
+entry in ``columns`` is :data:`PIXEL_INPUT`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,35 @@ from sklearn.utils.validation import check_is_fitted
 
 from conveyor.models.scores import decision_scores
 
-__all__ = ["StackedClassifier", "combiner", "stack_inputs"]
+__all__ = ["PIXEL_INPUT", "ImagesAndFeatures", "StackedClassifier", "combiner", "stack_inputs"]
+
+PIXEL_INPUT = "pixels"
+"""A base's ``columns`` entry that says it reads the images, not feature columns."""
+
+
+class ImagesAndFeatures:
+    """Images and their feature vectors, row for row: the input of a stack whose bases read either.
+
+    Indexing with a slice, an index array or a mask selects the same rows of both (``pixels`` may be a lazy
+    :class:`conveyor.training.pixels.ImageRows`, read only when a base converts it)."""
+
+    def __init__(self, pixels: Any, features: Any) -> None:
+        if len(pixels) != len(features):
+            raise ValueError(f"{len(pixels)} images but {len(features)} feature vectors")
+        self.pixels = pixels
+        self.features = np.asarray(features, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self),)
+
+    def __getitem__(self, rows: Any) -> ImagesAndFeatures:
+        if isinstance(rows, (int, np.integer)):
+            rows = [int(rows)]
+        return ImagesAndFeatures(self.pixels[rows], self.features[rows])
 
 
 def stack_inputs(scores: Sequence[np.ndarray]) -> np.ndarray:
@@ -49,8 +81,9 @@ class StackedClassifier(ClassifierMixin, BaseEstimator):
     ----------
     bases : list of fitted classifiers
         Used as they are (already fitted on the whole training split), never refitted.
-    columns : list of integer arrays
-        The columns of X each base reads, in its own training order.
+    columns : list of integer arrays or PIXEL_INPUT
+        The columns of X each base reads, in its own training order; :data:`PIXEL_INPUT` for a base on the images
+        (X is then :class:`ImagesAndFeatures`, and the other bases read its ``features``).
     seed : int
         The combiner's random state.
 
@@ -73,12 +106,25 @@ class StackedClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = self.combiner_.classes_
         return self
 
+    @property
+    def reads_pixels(self) -> bool:
+        """Whether a base reads the images (X must then be :class:`ImagesAndFeatures`)."""
+        return any(isinstance(cols, str) and cols == PIXEL_INPUT for cols in self.columns or [])
+
     def base_scores(self, X: Any) -> np.ndarray:
-        """The combiner's inputs for X: each base's scores on its own columns."""
-        X = np.asarray(X)
+        """The combiner's inputs for X: each base's scores on its own columns (or on the images)."""
         assert self.bases is not None and self.columns is not None
+        if isinstance(X, ImagesAndFeatures):
+            pixels, features = X.pixels, X.features
+        elif self.reads_pixels:
+            raise ValueError("this stack has a base on the images: give it ImagesAndFeatures, not a feature matrix")
+        else:
+            pixels, features = None, np.asarray(X)
         return stack_inputs(
-            [decision_scores(base, X[:, cols]) for base, cols in zip(self.bases, self.columns, strict=True)]
+            [
+                decision_scores(base, pixels if isinstance(cols, str) else features[:, cols])
+                for base, cols in zip(self.bases, self.columns, strict=True)
+            ]
         )
 
     def decision_function(self, X: Any) -> np.ndarray:

@@ -136,7 +136,7 @@ def load_champion(settings: Settings) -> Champion:
 def monitored_extractors(settings: Settings, champion: Champion) -> list[tuple[str, dict[str, Any]]]:
     """The feature tables drift and OOD look at: the champion's own extractors; for a model on pixels, the intensity
     features if the workspace computes them (else none: image statistics only)."""
-    if champion.spec.input_kind == "features" and champion.spec.extractors:
+    if champion.spec.input_kind != "image" and champion.spec.extractors:
         return [(name, dict(params)) for name, params in champion.spec.extractors]
     if "intensity" in settings.features.extractors:
         return [("intensity", dict(settings.features.params.get("intensity", {})))]

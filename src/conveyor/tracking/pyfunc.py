@@ -32,12 +32,13 @@ __all__ = ["ConveyorModel", "ModelSpec", "decode_inputs"]
 @dataclass(frozen=True)
 class ModelSpec:
     """What a registered model is, stored as ``spec.json`` beside its classifier: what it takes (``input_kind``: feature
-    vectors or pixels), how an image becomes its input (``preprocess`` settings, ``extractors`` with their
-    parameters), what it answers (``classes``; ``positive`` for two), and where it came from (``family``,
-    ``extractor``, ``dataset_version``). ``roi``: for features computed inside a segmented region, its ``key`` and the
-    U-Net's input ``size`` (the U-Net's weights travel with the model as the artifact ``roi_weights``)."""
+    vectors, pixels, or ``both``: a stack with a network among its bases), how an image becomes its input
+    (``preprocess`` settings, ``extractors`` with their parameters), what it answers (``classes``; ``positive`` for
+    two), and where it came from (``family``, ``extractor``, ``dataset_version``). ``roi``: for features computed
+    inside a segmented region, its ``key`` and the U-Net's input ``size`` (the U-Net's weights travel with the model
+    as the artifact ``roi_weights``)."""
 
-    input_kind: Literal["features", "image"]
+    input_kind: Literal["features", "image", "both"]
     preprocess: dict[str, Any]
     extractors: list[tuple[str, dict[str, Any]]]
     classes: list[str]
@@ -137,8 +138,9 @@ class ConveyorModel(PythonModel):
 
     @property
     def takes_pixels(self) -> bool:
-        """A network on the preprocessed pixels (colour kept when the settings keep it), not feature vectors."""
-        return self.spec.input_kind == "image"
+        """A network on the preprocessed pixels (colour kept when the settings keep it), alone or in a stack: not
+        feature vectors alone."""
+        return self.spec.input_kind != "features"
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
@@ -170,14 +172,21 @@ class ConveyorModel(PythonModel):
         """Probabilities (n, classes) of preprocessed images."""
         if not images:
             return np.empty((0, len(self.classes)))
-        if self.takes_pixels:
+        if self.spec.input_kind == "image":
             return self._proba(np.stack(images))
+        if self.spec.input_kind == "both":
+            from conveyor.models.stacking import ImagesAndFeatures
+            from conveyor.preprocess.transforms import to_gray_unit
+
+            gray = [to_gray_unit(image) if image.ndim == 3 else image for image in images]  # what topology reads
+            return self._proba(ImagesAndFeatures(np.stack(images), self.pipeline.vectors(self.pipeline.prepare(gray))))
         return self._proba(self.pipeline.vectors(self.pipeline.prepare(images)))
 
     def predict_features(self, vectors: np.ndarray) -> np.ndarray:
         """Probabilities (n, classes) of feature vectors (a feature model; the store's columns for its extractors)."""
         if self.takes_pixels:
-            raise ValueError("this model takes pixels, not feature vectors")
+            takes = "pixels" if self.spec.input_kind == "image" else "pixels and features"
+            raise ValueError(f"this model takes {takes}, not feature vectors alone")
         return self._proba(np.asarray(vectors, dtype=np.float64))
 
     def _proba(self, inputs: Any) -> np.ndarray:

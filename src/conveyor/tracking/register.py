@@ -39,7 +39,7 @@ IMAGE_PACKAGES = ("torch", "monai")
 def model_requirements(input_kind: str) -> list[str]:
     """Pinned requirements of the model's environment, from the installed distributions: conveyor itself first (its
     code is the model's code: the model ships its artifacts, not a copy of the package), then what it imports."""
-    names = ("conveyor", *INFERENCE_PACKAGES) + (IMAGE_PACKAGES if input_kind == "image" else ())
+    names = ("conveyor", *INFERENCE_PACKAGES) + (IMAGE_PACKAGES if input_kind != "features" else ())
     pins = []
     for name in names:
         try:

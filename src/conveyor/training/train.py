@@ -409,6 +409,9 @@ def _candidates(
                 continue
             params = fixed.get((PIXELS, fam.name)) if plan.mode == "refit" else None
             candidates.append(_fit_image_candidate(fam, inputs[PIXELS], data, settings, params, scorer))
+        mixed = _mixed_stacked(candidates, inputs, data, settings, scorer) if cfg.stacking else None
+        if mixed is not None:
+            candidates.append(mixed)
     if not candidates:
         raise ConveyorError("no candidate to train: training.families names no family for the configured inputs")
     candidates.sort(key=lambda c: (c.stage != "final", -c.cv_score, c.cv_score_std))
@@ -574,7 +577,7 @@ def _record(
             spec = _model_spec(settings, best, data.classes, data.positive, data.version, plan.region)
             region = plan.region if spec.roi is not None else None
             registered, alias = register_model(settings, decision.estimator, spec, details, region, decision.conformal)
-            if best.extractor != PIXELS and settings.training.importance.enabled:
+            if not _reads_pixels(best.extractor) and settings.training.importance.enabled:
                 _log_importance(settings, data, best, decision.estimator, inputs[best.extractor], Path(tmp))
         else:
             from conveyor.tracking.registry import audit
@@ -659,6 +662,50 @@ def _stacked(
         {"members": [c.name for c in bases]}, metrics, found.seconds + sum(c.fit_seconds for c in bases), "final",
         len(data.y_train), data.folds, estimator=found.estimator, oof_scores=found.oof_scores,
     )  # fmt: skip
+
+
+def _mixed_stacked(
+    candidates: list[CandidateResult], inputs: dict[str, _Inputs], data: _Data, settings: Settings, scorer: Scorer
+) -> CandidateResult | None:
+    """The best network stacked with the tabular finalists (:func:`conveyor.training.stacking.fit_mixed_stack`),
+    its input the pixels and the finalists' table side by side; None without both, on a region's table (the network
+    sees the whole image), or with a validation fold too small to score a combiner on."""
+    from conveyor.models.stacking import ImagesAndFeatures
+    from conveyor.training.stacking import STACK, fit_mixed_stack, stack_table
+
+    tabular = [
+        c for c in candidates
+        if c.stage == "final" and c.family != STACK and c.oof_scores is not None and c.estimator is not None
+    ]  # fmt: skip
+    networks = [c for c in candidates if c.extractor == PIXELS and hasattr(c.estimator, "val_proba_")]
+    table = stack_table([c.extractor for c in tabular], list(inputs)) if tabular else None
+    if not networks or table is None or table.startswith(ROI_PREFIX):
+        return None
+    network = max(networks, key=lambda c: c.cv_score)
+    cfg = settings.training
+    found = fit_mixed_stack(
+        [(c.extractor, c.estimator, c.oof_scores) for c in tabular], network.estimator, table, inputs[table].columns,
+        data.y_train, data.groups, data.folds, scorer, cfg.seed,
+    )  # fmt: skip
+    if found is None:
+        return None
+    pixels, features = inputs[PIXELS], inputs[table]
+    inputs[found.table] = _Inputs(
+        ImagesAndFeatures(pixels.X_train, features.X_train), ImagesAndFeatures(pixels.X_test, features.X_test),
+        features.columns, ImagesAndFeatures(pixels.X_calibration, features.X_calibration),
+    )  # fmt: skip
+    metrics = _test_metrics(found.estimator, inputs[found.table].X_test, data, settings)
+    members = [c.name for c in tabular] + [network.name]
+    return CandidateResult(
+        found.table, STACK, float(np.mean(found.fold_scores)), float(np.std(found.fold_scores)), {"members": members},
+        metrics, found.seconds + sum(c.fit_seconds for c in (*tabular, network)), "final",
+        len(network.estimator.val_index_), len(found.fold_scores), estimator=found.estimator,
+    )  # fmt: skip
+
+
+def _reads_pixels(extractor: str) -> bool:
+    """Whether a candidate on ``extractor`` reads the images: a network, or a stack with one."""
+    return extractor == PIXELS or extractor.startswith(f"{PIXELS}+")
 
 
 def _refit(estimator: Any, params: dict[str, Any], X: Any, y: np.ndarray, parent: int) -> tuple[Any, float]:
@@ -961,7 +1008,7 @@ def _model_spec(
     settings: Settings, best: CandidateResult, classes: list[str], positive: str | None, vid: str, region: Any = None
 ) -> ModelSpec:
     extractors = configured_extractors(settings)
-    table = best.extractor.removeprefix(ROI_PREFIX)
+    table = best.extractor.removeprefix(f"{PIXELS}+").removeprefix(ROI_PREFIX)
     roi = None
     if best.extractor.startswith(ROI_PREFIX):
         roi = {"key": region.key, "size": list(region.size)}
@@ -974,7 +1021,7 @@ def _model_spec(
     from conveyor.tracking.pyfunc import ModelSpec
 
     return ModelSpec(
-        input_kind="image" if best.extractor == PIXELS else "features",
+        input_kind="image" if best.extractor == PIXELS else "both" if _reads_pixels(best.extractor) else "features",
         preprocess=settings.preprocess.model_dump(mode="json"),
         extractors=[(e.name, e.config()["params"]) for e in chosen],  # JSON-ready parameters
         classes=classes,
