@@ -178,8 +178,6 @@ def _report(n: int, rows: list[_Row]) -> None:
     print(f"Dask overhead against the local pool on 2 workers: features {two[2] / local[2] - 1:+.0%}, "
           f"training {two[3] / local[3] - 1:+.0%} (goal <= +10%); in CPU seconds: features "
           f"{two[5] / local[5] - 1:+.0%}, training {two[6] / local[6] - 1:+.0%}")  # fmt: skip
-    print("training on one Dask worker ran in this process: joblib runs a Parallel whose backend counts one worker "
-          "thread sequentially, where it is called")  # fmt: skip
     per_image = one[2] / n  # core-seconds per image, one Dask worker (includes the scheduling)
     per_fit = one[3] / one[4]
     print(

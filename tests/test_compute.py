@@ -209,6 +209,28 @@ def test_a_forest_fitted_on_the_cluster_grows_its_trees_inside_its_task(
     assert sum(calls for _, calls in tasks) == 3
 
 
+def test_a_cluster_of_one_worker_thread_runs_the_fits_not_the_driver(tmp_path: Path, postgres_url: str) -> None:
+    """joblib runs a Parallel whose backend counts one job in the caller: the search's fits must reach the cluster."""
+    from distributed import Client, LocalCluster, get_task_stream
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+
+    from conveyor.compute import joblib_backend
+    from conveyor.training.evaluate import Scorer
+    from conveyor.training.search import search
+
+    X, y = make_classification(n_samples=60, n_features=4, random_state=0)
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None
+    ) as one:
+        settings = _settings(tmp_path / "ws", db_url=postgres_url, compute={"scheduler": one.scheduler_address})
+        with Client(one.scheduler_address) as client, get_task_stream(client) as stream, joblib_backend(settings):
+            found = search("grid", {"lr": (LogisticRegression(), {})}, {"t": X}, y, folds=3,
+                           scorer=Scorer("f1", 2, 1), seed=0)  # fmt: skip
+    assert found.fits == 3
+    assert sum(calls for name, calls in _fits_per_task([str(t["key"]) for t in stream.data]) if name == "_indexed") == 3
+
+
 def test_a_worker_killed_mid_run_loses_and_doubles_nothing(
     cluster: Cluster, source: Path, tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

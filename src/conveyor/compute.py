@@ -137,11 +137,32 @@ def joblib_backend(settings: Settings) -> Iterator[None]:
 
     require_cluster_db(settings)
     client = dask_client(settings)
+    _register_cluster_backend()
     try:
-        with joblib.parallel_backend("dask", client=client, retries=settings.compute.retries):
+        with joblib.parallel_backend(_CLUSTER_BACKEND, client=client, retries=settings.compute.retries):
             yield
     finally:
         client.close()
+
+
+_CLUSTER_BACKEND = "conveyor-dask"
+
+
+def _register_cluster_backend() -> None:
+    """Register joblib's Dask backend under :data:`_CLUSTER_BACKEND`, counting at least two jobs.
+
+    joblib runs a ``Parallel`` whose backend counts one job in the calling process, without the backend: on a
+    cluster of one worker thread the search's fits ran in the driver, not on the cluster it names. Counting two
+    sends them to the cluster, where the one thread takes them in turn.
+    """
+    import joblib
+    from joblib._dask import DaskDistributedBackend
+
+    class ClusterBackend(DaskDistributedBackend):  # type: ignore[misc]
+        def effective_n_jobs(self, n_jobs: int) -> int:
+            return max(2, int(super().effective_n_jobs(n_jobs)))
+
+    joblib.register_parallel_backend(_CLUSTER_BACKEND, ClusterBackend)
 
 
 def in_this_process() -> contextlib.AbstractContextManager[Any]:
