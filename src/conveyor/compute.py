@@ -158,7 +158,7 @@ def _register_cluster_backend() -> None:
     import joblib
     from joblib._dask import DaskDistributedBackend
 
-    class ClusterBackend(DaskDistributedBackend):  # type: ignore[misc]
+    class ClusterBackend(DaskDistributedBackend):
         def effective_n_jobs(self, n_jobs: int) -> int:
             return max(2, int(super().effective_n_jobs(n_jobs)))
 
