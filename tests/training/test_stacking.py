@@ -299,3 +299,30 @@ def test_a_mixed_stack_that_wins_is_served_from_the_image_bytes_as_evaluated(
     assert accuracy == pytest.approx(result.calibrated.accuracy)
     with pytest.raises(ValueError, match="takes pixels and features, not feature vectors alone"):
         model.unwrap_python_model().predict_features(np.zeros((1, 3)))
+
+
+@pytest.mark.slow
+def test_a_refit_after_a_stack_and_a_network_topped_the_ranking_refits_the_best_tabular_candidate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The previous ranking's first entries are the mixed stack and the network (no search fits those): a refit of one
+    candidate refits the best tabular one, then stacks and fits the network again."""
+    import conveyor.training.stacking as stacking
+    from tests.training.test_cnn_family import LEAN_CNN
+
+    real = stacking.fit_mixed_stack
+
+    def winning(*args, **kwargs):  # type: ignore[no-untyped-def]
+        found = real(*args, **kwargs)
+        return stacking.StackFit(found.estimator, found.table, [s + 1.0 for s in found.fold_scores], None,
+                                 found.seconds)  # fmt: skip
+
+    monkeypatch.setattr(stacking, "fit_mixed_stack", winning)
+    settings = small_settings(tmp_path / "ws", families=["logreg", "cnn"], cnn=LEAN_CNN,
+                              search={"refit_candidates": 1})  # fmt: skip
+    generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=40, size=96, seed=9))
+    ingest(tmp_path / "src", settings)
+    assert train(settings).best.name == "stack@pixels+intensity"
+    again = train(settings, mode="refit")
+    assert again.search.mode == "refit"
+    assert sorted(c.name for c in again.candidates) == ["cnn@pixels", "logreg@intensity", "stack@pixels+intensity"]

@@ -394,7 +394,7 @@ def _candidates(
         min_samples=cfg.search.min_samples, race_folds=min(cfg.search.folds, data.folds),
         points_per_candidate=cfg.search.points_per_candidate, finalists=cfg.search.finalists,
         within_se=cfg.search.within_se,
-        previous=[] if previous is None else previous.ranking[: cfg.search.refit_candidates],
+        previous=[] if previous is None else _searched(previous.ranking, plan)[: cfg.search.refit_candidates],
         jobs=cfg.search.jobs, on_progress=on_progress, groups=data.groups,
     ) if plan.tabular else SearchOutcome(plan.mode, [], [], 0, 0.0)  # fmt: skip
     candidates = _finalists(outcome, plan.settings_of, inputs, data, settings)
@@ -701,6 +701,13 @@ def _mixed_stacked(
         metrics, found.seconds + sum(c.fit_seconds for c in (*tabular, network)), "final",
         len(network.estimator.val_index_), len(found.fold_scores), estimator=found.estimator,
     )  # fmt: skip
+
+
+def _searched(ranking: list[dict[str, Any]], plan: _Plan) -> list[dict[str, Any]]:
+    """The entries of a previous ranking that the search itself fits (a tabular family on a table), best first: a
+    stack or a network at the top of it is refitted after the search, not by it."""
+    families = {f.name for f in plan.tabular}
+    return [e for e in ranking if e["family"] in families and e["extractor"] in plan.extractors]
 
 
 def _reads_pixels(extractor: str) -> bool:
