@@ -299,6 +299,13 @@ def test_a_mixed_stack_that_wins_is_served_from_the_image_bytes_as_evaluated(
     assert accuracy == pytest.approx(result.calibrated.accuracy)
     with pytest.raises(ValueError, match="takes pixels and features, not feature vectors alone"):
         model.unwrap_python_model().predict_features(np.zeros((1, 3)))
+    from conveyor.monitoring.monitor import monitor_batch
+
+    generate_dataset(tmp_path / "batch", SyntheticSpec(n_per_class=8, size=96, seed=33))
+    summary = monitor_batch(tmp_path / "batch", settings)
+    groups = {c["group"] for c in summary["drift"]["columns"]}
+    assert summary["model_version"] == 1 and summary["performance"]["model"]["n"] == 16
+    assert groups == {"features", "image"}  # its own feature columns drift-tested, beside the image statistics
 
 
 @pytest.mark.slow
