@@ -231,6 +231,42 @@ def test_a_cluster_of_one_worker_thread_runs_the_fits_not_the_driver(tmp_path: P
     assert sum(calls for name, calls in _fits_per_task([str(t["key"]) for t in stream.data]) if name == "_indexed") == 3
 
 
+def test_the_clusters_workers_keep_megabyte_arrays_on_their_heap(
+    cluster: Cluster, tmp_path: Path, postgres_url: str
+) -> None:
+    """A Dask nanny's MALLOC_TRIM_THRESHOLD_ maps every array over 128 kB afresh (both arrays, in a bare worker);
+    conveyor's client gives its workers glibc's thresholds back, so neither is."""
+    from conveyor.compute import dask_client
+
+    def _megabyte_arrays_mapped() -> int:
+        """How many of two 1 MB arrays, allocated one after the other, glibc gave pages of their own (mmap)."""
+        import ctypes
+
+        names = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")  # fmt: skip
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in names]
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+        mapped = 0
+        for _ in range(2):
+            before = libc.mallinfo2().hblks
+            array = np.ones(1 << 20, np.uint8)
+            mapped += libc.mallinfo2().hblks - before
+            del array
+        return int(mapped)
+
+    settings = _settings(tmp_path / "ws", db_url=postgres_url, compute={"scheduler": cluster.address})
+    client = dask_client(settings)
+    try:
+        mapped = client.run(_megabyte_arrays_mapped)
+    finally:
+        client.close()
+    assert len(mapped) == 2 and set(mapped.values()) == {0}
+
+
 def test_a_worker_killed_mid_run_loses_and_doubles_nothing(
     cluster: Cluster, source: Path, tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
