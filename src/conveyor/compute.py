@@ -15,6 +15,7 @@ mounts at the same place (NFS works as it is). The raw store and the feature tab
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
@@ -194,8 +195,9 @@ def joblib_backend(settings: Settings) -> Iterator[None]:
 _CLUSTER_BACKEND = "conveyor-dask"
 
 
+@functools.cache
 def _register_cluster_backend() -> None:
-    """Register joblib's Dask backend under :data:`_CLUSTER_BACKEND`, counting at least two jobs.
+    """Register joblib's Dask backend under :data:`_CLUSTER_BACKEND`, counting at least two jobs (once a process).
 
     joblib runs a ``Parallel`` whose backend counts one job in the calling process, without the backend: on a
     cluster of one worker thread the search's fits ran in the driver, not on the cluster it names. Counting two

@@ -36,6 +36,12 @@ def test_a_spec_with_a_missing_or_unknown_field_is_refused() -> None:
         ModelSpec.from_json(json.dumps(data))
 
 
+def test_a_spec_with_an_unknown_input_kind_is_refused() -> None:
+    data = {**json.loads(SPEC.to_json()), "input_kind": "pixels"}
+    with pytest.raises(ValueError, match=r"input_kind 'pixels' is not one of \['features', 'image', 'both'\]"):
+        ModelSpec.from_json(json.dumps(data))
+
+
 def test_a_spec_saved_before_regions_existed_computes_on_the_whole_image() -> None:
     data = json.loads(SPEC.to_json())
     del data["roi"]

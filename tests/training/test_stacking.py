@@ -104,6 +104,21 @@ def test_the_stack_is_scored_on_every_fold_with_out_of_fold_scores_for_every_ima
     assert [c.tolist() for c in found.estimator.columns] == [[0, 1], [2]]
 
 
+def _make_win(monkeypatch: pytest.MonkeyPatch, fit: str) -> None:
+    """Lift every fold score of the stacks ``conveyor.training.stacking.<fit>`` fits by 1: they top the ranking."""
+    import dataclasses
+
+    import conveyor.training.stacking as stacking
+
+    real = getattr(stacking, fit)
+
+    def winning(*args, **kwargs):  # type: ignore[no-untyped-def]
+        found = real(*args, **kwargs)
+        return dataclasses.replace(found, fold_scores=[score + 1.0 for score in found.fold_scores])
+
+    monkeypatch.setattr(stacking, fit, winning)
+
+
 @pytest.fixture(scope="module")
 def stacked(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("stacked")
@@ -126,16 +141,7 @@ def test_a_stack_that_wins_on_cv_is_registered_and_served_as_evaluated(
 ) -> None:
     """The stack made to win the ranking (its fold scores lifted by 1): calibration, the gate, registration and the
     served model then run as for any winner, and the served answers are the evaluated ones."""
-    import conveyor.training.stacking as stacking
-
-    real = stacking.fit_stack
-
-    def winning(*args, **kwargs):  # type: ignore[no-untyped-def]
-        found = real(*args, **kwargs)
-        return stacking.StackFit(found.estimator, found.table, [s + 1.0 for s in found.fold_scores],
-                                 found.oof_scores, found.seconds)  # fmt: skip
-
-    monkeypatch.setattr(stacking, "fit_stack", winning)
+    _make_win(monkeypatch, "fit_stack")
     settings = small_settings(tmp_path / "ws", families=["logreg", "random_forest"], extractors=["intensity", "all"])
     generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=40, size=96, seed=3))
     ingest(tmp_path / "src", settings)
@@ -193,6 +199,13 @@ def test_a_stack_with_a_network_reads_the_images_and_its_other_bases_their_colum
                              network.predict_proba(images)])  # fmt: skip
     np.testing.assert_allclose(stack.base_scores(both), expected)
     assert float(np.mean(stack.predict(both) == y)) > 0.85
+
+
+def test_a_base_that_names_anything_but_pixels_for_its_columns_is_refused() -> None:
+    X, y = _two_views(n=40)
+    network = _MeanBrightness(_images_of(X[:, 2]), np.arange(40))
+    with pytest.raises(ValueError, match="column positions or 'pixels', got 'pixel'"):
+        StackedClassifier([network], ["pixel"]).fit([network.val_proba_], y)
 
 
 def test_a_stack_with_a_network_refuses_a_feature_matrix_alone() -> None:
@@ -271,17 +284,9 @@ def test_a_mixed_stack_that_wins_is_served_from_the_image_bytes_as_evaluated(
 ) -> None:
     """The stack of the network and logistic regression made to win (fold scores lifted by 1): the registered model
     takes both the pixels and the features it computes from the same bytes, and answers as it was evaluated."""
-    import conveyor.training.stacking as stacking
     from tests.training.test_cnn_family import LEAN_CNN
 
-    real = stacking.fit_mixed_stack
-
-    def winning(*args, **kwargs):  # type: ignore[no-untyped-def]
-        found = real(*args, **kwargs)
-        return stacking.StackFit(found.estimator, found.table, [s + 1.0 for s in found.fold_scores], None,
-                                 found.seconds)  # fmt: skip
-
-    monkeypatch.setattr(stacking, "fit_mixed_stack", winning)
+    _make_win(monkeypatch, "fit_mixed_stack")
     settings = small_settings(tmp_path / "ws", families=["logreg", "cnn"], cnn=LEAN_CNN)
     generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=40, size=96, seed=9))
     ingest(tmp_path / "src", settings)
@@ -314,17 +319,9 @@ def test_a_refit_after_a_stack_and_a_network_topped_the_ranking_refits_the_best_
 ) -> None:
     """The previous ranking's first entries are the mixed stack and the network (no search fits those): a refit of one
     candidate refits the best tabular one, then stacks and fits the network again."""
-    import conveyor.training.stacking as stacking
     from tests.training.test_cnn_family import LEAN_CNN
 
-    real = stacking.fit_mixed_stack
-
-    def winning(*args, **kwargs):  # type: ignore[no-untyped-def]
-        found = real(*args, **kwargs)
-        return stacking.StackFit(found.estimator, found.table, [s + 1.0 for s in found.fold_scores], None,
-                                 found.seconds)  # fmt: skip
-
-    monkeypatch.setattr(stacking, "fit_mixed_stack", winning)
+    _make_win(monkeypatch, "fit_mixed_stack")
     settings = small_settings(tmp_path / "ws", families=["logreg", "cnn"], cnn=LEAN_CNN,
                               search={"refit_candidates": 1})  # fmt: skip
     generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=40, size=96, seed=9))

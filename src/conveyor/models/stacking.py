@@ -50,14 +50,15 @@ class ImagesAndFeatures:
     def __len__(self) -> int:
         return len(self.features)
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (len(self),)
-
     def __getitem__(self, rows: Any) -> ImagesAndFeatures:
         if isinstance(rows, (int, np.integer)):
             rows = [int(rows)]
         return ImagesAndFeatures(self.pixels[rows], self.features[rows])
+
+
+def _on_pixels(columns: Any) -> bool:
+    """Whether a base's ``columns`` entry says it reads the images."""
+    return isinstance(columns, str) and columns == PIXEL_INPUT
 
 
 def stack_inputs(scores: Sequence[np.ndarray]) -> np.ndarray:
@@ -99,6 +100,9 @@ class StackedClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, oof_scores: Sequence[np.ndarray], y: np.ndarray) -> StackedClassifier:
         if self.bases is None or self.columns is None or len(self.bases) != len(self.columns):
             raise ValueError("a stack needs as many column sets as bases")
+        odd = [c for c in self.columns if isinstance(c, str) and c != PIXEL_INPUT]
+        if odd:
+            raise ValueError(f"a base's columns are column positions or {PIXEL_INPUT!r}, got {odd[0]!r}")
         if len(oof_scores) != len(self.bases):
             raise ValueError(f"{len(oof_scores)} out-of-fold score arrays for {len(self.bases)} bases")
         y = np.asarray(y)
@@ -109,7 +113,7 @@ class StackedClassifier(ClassifierMixin, BaseEstimator):
     @property
     def reads_pixels(self) -> bool:
         """Whether a base reads the images (X must then be :class:`ImagesAndFeatures`)."""
-        return any(isinstance(cols, str) and cols == PIXEL_INPUT for cols in self.columns or [])
+        return any(_on_pixels(cols) for cols in self.columns or [])
 
     def base_scores(self, X: Any) -> np.ndarray:
         """The combiner's inputs for X: each base's scores on its own columns (or on the images)."""
@@ -122,7 +126,7 @@ class StackedClassifier(ClassifierMixin, BaseEstimator):
             pixels, features = None, np.asarray(X)
         return stack_inputs(
             [
-                decision_scores(base, pixels if isinstance(cols, str) else features[:, cols])
+                decision_scores(base, pixels if _on_pixels(cols) else features[:, cols])
                 for base, cols in zip(self.bases, self.columns, strict=True)
             ]
         )

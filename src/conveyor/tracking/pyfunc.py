@@ -29,6 +29,10 @@ except ImportError:  # pragma: no cover
 __all__ = ["ConveyorModel", "ModelSpec", "decode_inputs"]
 
 
+INPUT_KINDS = ("features", "image", "both")
+"""What a registered model takes: feature vectors, pixels, or both (a stack with a network among its bases)."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a registered model is, stored as ``spec.json`` beside its classifier: what it takes (``input_kind``: feature
@@ -68,6 +72,8 @@ class ModelSpec:
         names = {f.name for f in fields(cls)}
         if set(data) != names:
             raise ValueError(f"spec.json: fields {sorted(set(data) ^ names)} missing or unknown")
+        if data["input_kind"] not in INPUT_KINDS:
+            raise ValueError(f"spec.json: input_kind {data['input_kind']!r} is not one of {list(INPUT_KINDS)}")
         return cls(**{**data, "extractors": [(str(name), dict(params)) for name, params in data["extractors"]]})
 
 

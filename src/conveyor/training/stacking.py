@@ -28,7 +28,7 @@ from conveyor.models.stacking import PIXEL_INPUT, StackedClassifier, combiner, s
 from conveyor.training.evaluate import Scorer
 from conveyor.training.search import cv_splits
 
-__all__ = ["STACK", "StackFit", "fit_mixed_stack", "fit_stack", "mixed_table", "stack_table"]
+__all__ = ["MIXED_PREFIX", "STACK", "StackFit", "fit_mixed_stack", "fit_stack", "mixed_table", "stack_table"]
 
 STACK = "stack"
 """The stacked candidate's family name in the candidate table."""
@@ -87,9 +87,13 @@ def fit_stack(
     return StackFit(estimator, table, fold_scores, out, time.perf_counter() - began)
 
 
+MIXED_PREFIX = f"{PIXEL_INPUT}+"
+"""The start of a mixed stack's input name (:func:`mixed_table`)."""
+
+
 def mixed_table(table: str) -> str:
     """The input name of a stack of a network and tabular bases on ``table``: the pixels and that table."""
-    return f"{PIXEL_INPUT}+{table}"
+    return MIXED_PREFIX + table
 
 
 def fit_mixed_stack(

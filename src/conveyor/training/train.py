@@ -41,6 +41,7 @@ from conveyor.errors import ConfigError, ConveyorError
 from conveyor.features.store import ROI_PREFIX, compute_features, configured_extractors, load_matrix
 from conveyor.models.conformal import MondrianConformal
 from conveyor.models.families import Family, family, with_selection
+from conveyor.models.stacking import PIXEL_INPUT
 from conveyor.storage import RAW, Storage
 from conveyor.training.baselines import evaluate_baselines
 from conveyor.training.evaluate import (
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CandidateResult", "TrainResult", "train"]
 
-PIXELS = "pixels"  # the input name of image families in the candidate table
+PIXELS = PIXEL_INPUT  # the input name of image families in the candidate table
 
 Progress = Callable[[int, int, str | None, float | None], None]
 
@@ -712,7 +713,9 @@ def _searched(ranking: list[dict[str, Any]], plan: _Plan) -> list[dict[str, Any]
 
 def _reads_pixels(extractor: str) -> bool:
     """Whether a candidate on ``extractor`` reads the images: a network, or a stack with one."""
-    return extractor == PIXELS or extractor.startswith(f"{PIXELS}+")
+    from conveyor.training.stacking import MIXED_PREFIX
+
+    return extractor == PIXELS or extractor.startswith(MIXED_PREFIX)
 
 
 def _refit(estimator: Any, params: dict[str, Any], X: Any, y: np.ndarray, parent: int) -> tuple[Any, float]:
@@ -1015,7 +1018,9 @@ def _model_spec(
     settings: Settings, best: CandidateResult, classes: list[str], positive: str | None, vid: str, region: Any = None
 ) -> ModelSpec:
     extractors = configured_extractors(settings)
-    table = best.extractor.removeprefix(f"{PIXELS}+").removeprefix(ROI_PREFIX)
+    from conveyor.training.stacking import MIXED_PREFIX
+
+    table = best.extractor.removeprefix(MIXED_PREFIX).removeprefix(ROI_PREFIX)
     roi = None
     if best.extractor.startswith(ROI_PREFIX):
         roi = {"key": region.key, "size": list(region.size)}
