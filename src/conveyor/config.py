@@ -227,6 +227,12 @@ class CNNSettings(BaseModel):
     )
     max_epochs: int = Field(30, ge=1)
     patience: int = Field(6, ge=1, description="Epochs without a lower validation loss before stopping.")
+    min_steps: int = Field(
+        500,
+        ge=0,
+        description="Fewest optimiser steps: a small training split's max_epochs and patience are multiplied by the "
+        "smallest whole factor that reaches them (a large split already does).",
+    )
     batch_size: int = Field(32, ge=2)
     augment: Literal["batch", "monai", "none"] = Field(
         "batch",

@@ -279,6 +279,22 @@ def test_early_stopping_when_validation_loss_does_not_improve(train: tuple) -> N
     assert len(model.history_) == 1 + 2
 
 
+def test_min_steps_stretches_the_epochs_and_the_patience_of_a_small_split(train: tuple) -> None:
+    # 64 training images in batches of 16: 4 steps an epoch, 12 in 3 epochs; 30 steps need a factor of 3.
+    X, y = train
+    model = quick(learning_rate=0.0, patience=2, max_epochs=3, min_steps=30).fit(X, y)
+    assert (model.max_epochs_, model.patience_) == (9, 6)
+    assert model.stop_reason_ == "early_stopping"
+    assert len(model.history_) == 1 + 6
+
+
+def test_min_steps_a_split_already_reaches_changes_nothing(train: tuple) -> None:
+    X, y = train
+    model = quick(max_epochs=3, patience=5, min_steps=12).fit(X, y)
+    assert (model.max_epochs_, model.patience_) == (3, 5)
+    assert len(model.history_) == 3
+
+
 def test_runs_max_epochs_without_a_reason_to_stop(fitted: CNNClassifier) -> None:
     assert len(fitted.history_) == 6 or fitted.stop_reason_ == "early_stopping"
     if len(fitted.history_) == 6:
@@ -412,6 +428,7 @@ def test_fit_rejects_bad_input_with_a_clear_message(X: np.ndarray, y: Any, messa
         ({"n_threads": 0}, "n_threads"),
         ({"seed": -1}, "seed"),
         ({"max_epochs": True}, "max_epochs"),
+        ({"min_steps": -1}, "min_steps: expected an integer >= 0"),
     ],
 )
 def test_fit_rejects_bad_parameters(params: dict, message: str, train: tuple) -> None:

@@ -530,6 +530,10 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         Most passes over the training fold.
     patience : int, default=6
         Stop after this many epochs without a lower validation loss.
+    min_steps : int, default=0
+        Fewest optimiser steps ``max_epochs`` must allow: a training fold of few batches gets its ``max_epochs`` and
+        ``patience`` multiplied by the smallest whole factor that reaches it (a split of 120 images is 4 batches an
+        epoch, so 30 epochs are only 120 steps, too few to learn from), and one of many batches is unaffected.
     val_fraction : float, default=0.2
         Share of each class held out (at least one image per class) for early stopping and calibration.
     augment : {"batch", "monai", "none"}, default="batch"
@@ -573,6 +577,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         epoch's last step), ``seconds``.
     best_epoch_ : int
         The epoch whose weights were kept (lowest validation loss).
+    max_epochs_, patience_ : int
+        ``max_epochs`` and ``patience`` as training used them, stretched to reach ``min_steps``.
     stop_reason_ : str
         ``"max_epochs"``, ``"early_stopping"`` or ``"time_budget"``.
     tta_ : bool
@@ -608,6 +614,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         batch_size: int = 32,
         max_epochs: int = 30,
         patience: int = 6,
+        min_steps: int = 0,
         val_fraction: float = 0.2,
         augment: str | bool = "batch",
         schedule: str = "cosine",
@@ -623,6 +630,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.patience = patience
+        self.min_steps = min_steps
         self.val_fraction = val_fraction
         self.augment = augment
         self.schedule = schedule
@@ -706,6 +714,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                 augment = _batch_augmentation(augment_seed)
             elif _augment_kind(self.augment) == "monai":
                 augment = _augmentation(augment_seed, image_shape)
+            max_epochs, patience = self._epochs(train_idx.size)
             history, best_state, best_epoch, stop_reason = self._train(
                 model,
                 images,
@@ -717,6 +726,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                 np.random.default_rng(order_seq),
                 started,
                 epoch_callback,
+                max_epochs,
+                patience,
             )
             model.load_state_dict(best_state)
             model.eval()
@@ -732,6 +743,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         self.model_ = model
         self.history_ = history
         self.best_epoch_ = best_epoch
+        self.max_epochs_, self.patience_ = max_epochs, patience
         self.stop_reason_ = stop_reason
         self.tta_ = tta
         self.temperature_ = temperature
@@ -744,7 +756,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     def _check_params(self) -> None:
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture: expected one of {list(ARCHITECTURES)}, got {self.architecture!r}")
-        for name, minimum in (("width", 1), ("batch_size", 1), ("max_epochs", 1), ("patience", 1), ("seed", 0)):
+        integers = (("width", 1), ("batch_size", 1), ("max_epochs", 1), ("patience", 1), ("min_steps", 0), ("seed", 0))
+        for name, minimum in integers:
             value = getattr(self, name)
             if not _is_integer(value) or value < minimum:
                 raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
@@ -762,6 +775,13 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         if self.n_threads is not None and not (_is_integer(self.n_threads) and self.n_threads >= 1):
             raise ValueError(f"n_threads: expected None or an integer >= 1, got {self.n_threads!r}")
 
+    def _epochs(self, n_train: int) -> tuple[int, int]:
+        """``max_epochs`` and ``patience``, both multiplied by the smallest whole factor that gives ``min_steps``
+        optimiser steps over a training fold of ``n_train`` images."""
+        steps = int(self.max_epochs) * math.ceil(n_train / self.batch_size)
+        stretch = max(1, math.ceil(int(self.min_steps) / steps))
+        return int(self.max_epochs) * stretch, int(self.patience) * stretch
+
     def _train(
         self,
         model: nn.Module,
@@ -774,6 +794,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         rng: np.random.Generator,
         started: float,
         epoch_callback: Callable[[dict[str, Any]], None] | None,
+        max_epochs: int,
+        patience: int,
     ) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor], int, str]:
         """The epoch loop: returns the history, the best weights, the best epoch and why it stopped."""
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.learning_rate, weight_decay=1e-4)
@@ -783,10 +805,10 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         history: list[dict[str, Any]] = []
         best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
         stop_reason = "max_epochs"
-        planned, step, lr = int(self.max_epochs), 0, float(self.learning_rate)
-        bars = _EpochBars(self.max_epochs, n_batches) if self.progress else None
+        planned, step, lr = int(max_epochs), 0, float(self.learning_rate)
+        bars = _EpochBars(max_epochs, n_batches) if self.progress else None
         try:
-            for epoch in range(1, self.max_epochs + 1):
+            for epoch in range(1, max_epochs + 1):
                 epoch_start = time.perf_counter()
                 model.train()
                 total, seen = 0.0, 0
@@ -831,12 +853,12 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
                     epoch_callback(dict(row))
                 if val_loss < best_loss:
                     best_loss, best_epoch, best_state = val_loss, epoch, copy.deepcopy(model.state_dict())
-                elif epoch - best_epoch >= self.patience:
+                elif epoch - best_epoch >= patience:
                     stop_reason = "early_stopping"
                     break
                 elapsed = time.perf_counter() - started
-                planned = _planned_epochs(epoch, elapsed, row["seconds"], self.time_budget_s, self.max_epochs)
-                if planned <= epoch < self.max_epochs:
+                planned = _planned_epochs(epoch, elapsed, row["seconds"], self.time_budget_s, max_epochs)
+                if planned <= epoch < max_epochs:
                     stop_reason = "time_budget"
                     break
         finally:

@@ -125,9 +125,9 @@ def _configure_cnn(estimator: BaseEstimator, settings: Settings) -> tuple[BaseEs
             raise ConfigError(f"training.cnn.grid: {name!r} has no values to search")
     fits = math.prod(len(values) for values in grid.values()) + int(cnn.refit)
     estimator.set_params(
-        architecture=cnn.architecture, max_epochs=cnn.max_epochs, patience=cnn.patience, batch_size=cnn.batch_size,
-        augment=cnn.augment, schedule=cnn.schedule, tta=cnn.tta, time_budget_s=cnn.time_budget_s / fits,
-        n_threads=cnn.threads, progress=cnn.progress,
+        architecture=cnn.architecture, max_epochs=cnn.max_epochs, patience=cnn.patience, min_steps=cnn.min_steps,
+        batch_size=cnn.batch_size, augment=cnn.augment, schedule=cnn.schedule, tta=cnn.tta,
+        time_budget_s=cnn.time_budget_s / fits, n_threads=cnn.threads, progress=cnn.progress,
     )  # fmt: skip
     return estimator, grid
 
