@@ -13,6 +13,7 @@ to test, near-duplicates on one side), then, in a fresh copy of that workspace p
   learning rate, test-time augmentation, one grid point {learning_rate: 3e-3, width: 16} whose early-stopped model is
   final, patience 6, 1800 s.
 * ``refit``: ``new`` scored on a grouped holdout, then refitted on the whole training split (``training.cnn.refit``).
+* ``30_epochs``: ``new`` without ``min_steps`` (as before it): a small set's 30 epochs are a few hundred steps at most.
 
 Prints, per set and recipe, the served (calibrated) model's test macro-F1 (F1 of the positive class and balanced
 accuracy on the two-class set) with 95% bootstrap intervals, accuracy, ECE of the served confidence, the CNN's fit
@@ -59,6 +60,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
     "new": {},
     "refit": {"refit": True},
+    "30_epochs": {"min_steps": 0},
 }
 
 
