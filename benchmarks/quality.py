@@ -63,7 +63,8 @@ def report(name: str, label: str, feature_ms: float, result: TrainResult) -> Non
     cal = result.calibrated
     print(
         f"winner by CV: {result.best.name}; calibrated test F1 {cal.f1:.3f}, balanced accuracy "
-        f"{cal.balanced_accuracy:.3f}, ECE {cal.ece:.3f} (goals: {GOALS[name]})"
+        f"{cal.balanced_accuracy:.3f}, ECE {cal.ece:.3f} (a calibrated model shows {cal.ece_chance:.3f} by chance on "
+        f"{cal.n} test images; goals: {GOALS[name]})"
     )
 
 

@@ -314,6 +314,7 @@ def _print_training(result: Any, compact: bool = False) -> None:
     out.print(
         f"best: [bold]{result.best.name}[/], calibrated test {label} {getattr(cal, metric):.3f} (F1 {cal.f1:.3f}), "
         f"calibration error (ECE) {'-' if cal.ece is None else f'{cal.ece:.3f}'}"
+        + ("" if cal.ece_chance is None else f" (a calibrated model shows {cal.ece_chance:.3f} on {cal.n} images)")
     )
     if result.clip_test is not None:
         clip = result.clip_test

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from sklearn import metrics as skm
 
+from conveyor.models.ece import chance_ece
 from conveyor.training import evaluate as evaluate_module
 from conveyor.training.evaluate import (
     Interval,
@@ -229,6 +230,33 @@ def test_evaluate_reports_the_same_ece() -> None:
     y_true, y_pred, proba, classes = random_case(100, 3, seed=11)
     m = evaluate(y_true, y_pred, proba, classes, n_boot=0)
     assert m.ece == expected_calibration_error(y_true, proba, classes)
+
+
+def test_chance_ece_of_one_item_at_confidence_0_9_is_0_1() -> None:
+    # Right in 90% of the draws (ECE |1 - 0.9|), wrong in 10% (ECE 0.9): the median is 0.1.
+    assert chance_ece(np.array([0.9])) == pytest.approx(0.1, abs=1e-12)
+
+
+def test_chance_ece_of_certain_items_is_0() -> None:
+    assert chance_ece(np.ones(45)) == 0.0
+
+
+def test_chance_ece_shrinks_as_the_set_grows() -> None:
+    small, large = chance_ece(np.full(45, 0.8)), chance_ece(np.full(4500, 0.8))
+    assert large < small / 5
+    assert large < 0.01
+
+
+def test_chance_ece_needs_an_item() -> None:
+    with pytest.raises(ValueError, match="no confidences"):
+        chance_ece(np.array([]))
+
+
+def test_evaluate_reports_the_chance_ece_of_its_confidences() -> None:
+    y_true, y_pred, proba, classes = random_case(100, 3, seed=11)
+    m = evaluate(y_true, y_pred, proba, classes, n_boot=0)
+    assert m.ece_chance == chance_ece(proba.max(axis=1))
+    assert m.as_dict()["ece_chance"] == m.ece_chance
 
 
 # --------------------------------------------------------------------------------------------------------- as_dict

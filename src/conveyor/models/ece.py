@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["top_label_ece"]
+__all__ = ["chance_ece", "top_label_ece"]
 
 
 def top_label_ece(proba: np.ndarray, codes: np.ndarray, n_bins: int = 10) -> float:
@@ -17,3 +17,31 @@ def top_label_ece(proba: np.ndarray, codes: np.ndarray, n_bins: int = 10) -> flo
     confidence_sum = np.bincount(bins, weights=confidence, minlength=n_bins)
     correct_sum = np.bincount(bins, weights=correct, minlength=n_bins)
     return float(np.abs(correct_sum - confidence_sum).sum() / len(codes))
+
+
+_CHUNK_CELLS = 2_000_000  # (draw x item) cells at a time: memory stays ~tens of MB on any test split
+
+
+def chance_ece(confidence: np.ndarray, n_bins: int = 10, draws: int = 200, seed: int = 0) -> float:
+    """The top-label ECE a perfectly calibrated model with these confidences shows by chance alone: the median over
+    ``draws`` simulations in which each item is right with probability equal to its confidence.
+
+    An ECE is an average over few items per bin, so it is never 0 on a finite set: on 45 test images a calibrated
+    model at ~0.85 confidence shows about 0.09. An ECE near this value is as small as the set can tell apart.
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    n = confidence.size
+    if n == 0:
+        raise ValueError("chance_ece: no confidences")
+    bins = np.clip(np.ceil(confidence * n_bins).astype(np.intp) - 1, 0, n_bins - 1)
+    confidence_sum = np.bincount(bins, weights=confidence, minlength=n_bins)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_CELLS // n)
+    eces = []
+    for start in range(0, draws, chunk):
+        size = min(chunk, draws - start)
+        correct = (rng.random((size, n)) < confidence).astype(np.float64)
+        keys = (bins + n_bins * np.arange(size)[:, None]).ravel()
+        correct_sum = np.bincount(keys, weights=correct.ravel(), minlength=size * n_bins).reshape(size, n_bins)
+        eces.append(np.abs(correct_sum - confidence_sum).sum(axis=1) / n)
+    return float(np.median(np.concatenate(eces)))

@@ -63,7 +63,7 @@ the rollout policy share."""
 
 METRIC_LABELS = {"balanced_accuracy": "balanced accuracy", "f1": "F1", "accuracy": "accuracy", "roc_auc": "ROC-AUC"}
 
-_DICT_ORDER = ("f1", "accuracy", "balanced_accuracy", "precision", "recall", "roc_auc", "ece")
+_DICT_ORDER = ("f1", "accuracy", "balanced_accuracy", "precision", "recall", "roc_auc", "ece", "ece_chance")
 # Resamples are processed in chunks of at most this many (item x resample) cells, so memory stays ~tens of MB
 # whatever the size of the test set.
 _CHUNK_CELLS = 2_000_000
@@ -92,6 +92,8 @@ class Metrics:
         ece: expected calibration error of the max-probability confidence (10 equal bins); None without
             probabilities.
         n: number of items evaluated.
+        ece_chance: the ECE a perfectly calibrated model with the same confidences would show on these n items by
+            chance alone (:func:`conveyor.models.ece.chance_ece`): an ``ece`` near it is as low as n items can show.
     """
 
     f1: float
@@ -103,6 +105,7 @@ class Metrics:
     intervals: dict[str, Interval]
     ece: float | None
     n: int
+    ece_chance: float | None = None
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         """Flat ``{name: value}`` for MLflow's ``log_metrics``; None values are left out.
@@ -360,6 +363,12 @@ def expected_calibration_error_codes(proba: np.ndarray, codes: np.ndarray, n_bin
     return top_label_ece(proba, codes, n_bins)
 
 
+def _chance_ece(confidence: np.ndarray) -> float:
+    from conveyor.models.ece import chance_ece  # the models package imports scikit-learn: only when used
+
+    return chance_ece(confidence)
+
+
 def expected_calibration_error(y_true: Labels, proba: np.ndarray, classes: Labels, n_bins: int = 10) -> float:
     """Expected calibration error of the max-probability confidence.
 
@@ -467,6 +476,7 @@ def evaluate(
         intervals=intervals,
         ece=None if scores is None else expected_calibration_error_codes(scores, t),
         n=n,
+        ece_chance=None if scores is None else _chance_ece(scores.max(axis=1)),
     )
 
 
