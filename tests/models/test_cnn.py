@@ -155,6 +155,14 @@ def test_pickle_round_trip_predicts_identically(fitted: CNNClassifier, held_out:
     assert loaded.temperature_ == fitted.temperature_ and loaded.classes_.tolist() == fitted.classes_.tolist()
 
 
+def test_a_model_pickled_before_min_steps_existed_loads_with_its_parameters(fitted: CNNClassifier) -> None:
+    state = fitted.__getstate__()
+    del state["min_steps"]
+    loaded = CNNClassifier.__new__(CNNClassifier)
+    loaded.__setstate__(state)
+    assert loaded.get_params()["min_steps"] == 0
+
+
 def test_joblib_round_trip_predicts_identically(fitted: CNNClassifier, held_out: tuple, tmp_path) -> None:
     path = tmp_path / "model.joblib"
     joblib.dump(fitted, path)

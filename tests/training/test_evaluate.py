@@ -252,6 +252,12 @@ def test_chance_ece_needs_an_item() -> None:
         chance_ece(np.array([]))
 
 
+@pytest.mark.parametrize("confidence", [[0.5, 1.2], [0.5, np.nan], [-0.1]])
+def test_chance_ece_refuses_what_is_not_a_probability(confidence: list[float]) -> None:
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\]"):
+        chance_ece(np.array(confidence))
+
+
 def test_evaluate_reports_the_chance_ece_of_its_confidences() -> None:
     y_true, y_pred, proba, classes = random_case(100, 3, seed=11)
     m = evaluate(y_true, y_pred, proba, classes, n_boot=0)

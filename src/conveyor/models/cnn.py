@@ -926,6 +926,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
+        state.setdefault("min_steps", 0)  # a model pickled before min_steps existed trained without it
         weights = state.pop("_weights", None)
         super().__setstate__(state)
         if weights is not None:

@@ -13,8 +13,7 @@ def top_label_ece(proba: np.ndarray, codes: np.ndarray, n_bins: int = 10) -> flo
     on a tie) is ``codes`` (class indices)."""
     confidence = proba.max(axis=1)
     correct = (proba.argmax(axis=1) == codes).astype(np.float64)
-    bins = np.clip(np.ceil(confidence * n_bins).astype(np.intp) - 1, 0, n_bins - 1)
-    confidence_sum = np.bincount(bins, weights=confidence, minlength=n_bins)
+    bins, confidence_sum = _binned(confidence, n_bins)
     correct_sum = np.bincount(bins, weights=correct, minlength=n_bins)
     return float(np.abs(correct_sum - confidence_sum).sum() / len(codes))
 
@@ -33,8 +32,9 @@ def chance_ece(confidence: np.ndarray, n_bins: int = 10, draws: int = 200, seed:
     n = confidence.size
     if n == 0:
         raise ValueError("chance_ece: no confidences")
-    bins = np.clip(np.ceil(confidence * n_bins).astype(np.intp) - 1, 0, n_bins - 1)
-    confidence_sum = np.bincount(bins, weights=confidence, minlength=n_bins)
+    if not np.all((confidence >= 0.0) & (confidence <= 1.0)):  # NaN fails too
+        raise ValueError("chance_ece: confidences must be probabilities in [0, 1]")
+    bins, confidence_sum = _binned(confidence, n_bins)
     rng = np.random.default_rng(seed)
     chunk = max(1, _CHUNK_CELLS // n)
     eces = []
@@ -45,3 +45,9 @@ def chance_ece(confidence: np.ndarray, n_bins: int = 10, draws: int = 200, seed:
         correct_sum = np.bincount(keys, weights=correct.ravel(), minlength=size * n_bins).reshape(size, n_bins)
         eces.append(np.abs(correct_sum - confidence_sum).sum(axis=1) / n)
     return float(np.median(np.concatenate(eces)))
+
+
+def _binned(confidence: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's bin ``(b/n, (b+1)/n]`` (0 in the first) and the sum of the confidences in each bin."""
+    bins = np.clip(np.ceil(confidence * n_bins).astype(np.intp) - 1, 0, n_bins - 1)
+    return bins, np.bincount(bins, weights=confidence, minlength=n_bins)
