@@ -59,7 +59,11 @@ def dask_client(settings: Settings) -> Any:
             f"compute.scheduler {address}: no Dask scheduler answered within {timeout:g} s ({exc})"
         ) from exc
     if settings.compute.worker_malloc == "glibc":
-        client.register_plugin(_glibc_malloc_plugin(), name=WORKER_MALLOC_PLUGIN)
+        try:
+            client.register_plugin(_glibc_malloc_plugin(), name=WORKER_MALLOC_PLUGIN)
+        except BaseException:  # no connection left open behind the error
+            client.close()
+            raise
     return client
 
 

@@ -56,6 +56,7 @@ from conveyor.training.gate import GateDecision, judge_gate
 from conveyor.training.pixels import PixelStore
 from conveyor.training.search import SearchMode, SearchOutcome, choose_mode, search
 from conveyor.training.segmentation import feature_region
+from conveyor.training.stacking import MIXED_PREFIX
 from conveyor.training.subgroups import SubgroupReport, subgroup_report
 from conveyor.workspace import open_workspace
 
@@ -713,8 +714,6 @@ def _searched(ranking: list[dict[str, Any]], plan: _Plan) -> list[dict[str, Any]
 
 def _reads_pixels(extractor: str) -> bool:
     """Whether a candidate on ``extractor`` reads the images: a network, or a stack with one."""
-    from conveyor.training.stacking import MIXED_PREFIX
-
     return extractor == PIXELS or extractor.startswith(MIXED_PREFIX)
 
 
@@ -1018,8 +1017,6 @@ def _model_spec(
     settings: Settings, best: CandidateResult, classes: list[str], positive: str | None, vid: str, region: Any = None
 ) -> ModelSpec:
     extractors = configured_extractors(settings)
-    from conveyor.training.stacking import MIXED_PREFIX
-
     table = best.extractor.removeprefix(MIXED_PREFIX).removeprefix(ROI_PREFIX)
     roi = None
     if best.extractor.startswith(ROI_PREFIX):
