@@ -18,7 +18,13 @@ from tests.training.test_train import load_champion, small_settings
 
 pytestmark = pytest.mark.slow
 
-LEAN_CNN = {"grid": {"learning_rate": [3e-3], "width": [8]}, "max_epochs": 8, "patience": 3, "progress": False}
+LEAN_CNN = {
+    "grid": {"learning_rate": [3e-3], "width": [8]},
+    "max_epochs": 8,
+    "patience": 3,
+    "networks": 1,
+    "progress": False,
+}
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,13 @@ from conveyor.training.train import PIXELS, TrainResult, train
 from tests.training.test_train import small_settings
 
 #: One grid point and a few epochs: the behaviour, not the search, is tested.
-LEAN_CNN = {"grid": {"learning_rate": [3e-3], "width": [8]}, "max_epochs": 8, "patience": 3, "progress": False}
+LEAN_CNN = {
+    "grid": {"learning_rate": [3e-3], "width": [8]},
+    "max_epochs": 8,
+    "patience": 3,
+    "networks": 1,
+    "progress": False,
+}
 
 
 def train_with_cnn(root: Path) -> TrainResult:
@@ -47,7 +53,7 @@ def test_the_cnn_settings_set_its_parameters_grid_search_and_time_share(refit: b
     settings = small_settings(
         Path("unused"), seed=7,
         cnn={"architecture": "densenet", "grid": {"width": [4, 8, 16]}, "time_budget_s": 100.0, "threads": 1,
-             "augment": "monai", "schedule": "constant", "tta": False, "refit": refit},
+             "augment": "monai", "schedule": "constant", "tta": False, "refit": refit, "networks": 1},
     )  # fmt: skip
     estimator, grid = family("cnn").estimator_and_grid(settings)
     assert grid == {"width": [4, 8, 16]}
@@ -62,14 +68,28 @@ def test_the_cnn_defaults_are_the_new_recipe() -> None:
     from conveyor.models.families import family
 
     settings = small_settings(Path("unused"))
-    estimator, grid = family("cnn").estimator_and_grid(settings)
+    ensemble, grid = family("cnn").estimator_and_grid(settings)
     assert grid == {"learning_rate": [3e-3], "width": [16]}
+    assert (type(ensemble).__name__, ensemble.networks, ensemble.up_to) == ("SeedEnsemble", 5, 1000)
+    estimator = ensemble.estimator
     params = estimator.get_params()
     assert (params["architecture"], params["augment"], params["schedule"], params["tta"]) == (
         "resnet_small", "batch", "cosine", True
     )  # fmt: skip
     assert (params["max_epochs"], params["patience"], params["time_budget_s"]) == (30, 6, 1800.0)
     assert family("cnn").search_under(settings) == "validation"
+
+
+def test_one_network_is_the_network_itself_and_the_ensemble_size_is_set() -> None:
+    from conveyor.models.cnn import CNNClassifier
+    from conveyor.models.families import family
+
+    one, _ = family("cnn").estimator_and_grid(small_settings(Path("unused"), cnn={"networks": 1}))
+    assert type(one) is CNNClassifier
+    several, _ = family("cnn").estimator_and_grid(
+        small_settings(Path("unused"), cnn={"networks": 3, "ensemble_up_to": 200, "time_budget_s": 90.0})
+    )
+    assert (several.networks, several.up_to, several.estimator.time_budget_s) == (3, 200, 90.0)
 
 
 @pytest.mark.slow
@@ -104,13 +124,16 @@ def test_a_bad_cnn_grid_is_refused_before_anything_trains(tmp_path: Path, grid: 
     assert not any((tmp_path / "ws" / "features").rglob("*.parquet"))  # refused before the features were computed
 
 
-@pytest.mark.parametrize(("refit", "fitted_sizes"), [(False, [40]), (True, [32, 40])])
+@pytest.mark.parametrize(
+    ("refit", "networks", "fitted_sizes"), [(False, 1, [40]), (True, 1, [32, 40]), (False, 2, [40, 40])]
+)
 def test_the_cnn_search_fits_each_point_once_or_adds_a_refit(
-    refit: bool, fitted_sizes: list[int], monkeypatch: pytest.MonkeyPatch
+    refit: bool, networks: int, fitted_sizes: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without refit one fit on the whole training split, scored on its own grouped validation fold, is final; with
     it the grid is scored on a grouped holdout (four fifths of the groups fit) and the best refitted on all. Every
-    fit gets the groups of its own images for its early-stopping fold."""
+    fit gets the groups of its own images for its early-stopping fold. Two networks: two fits of the whole split,
+    scored on the images either held out."""
     from conveyor.models.cnn import CNNClassifier
     from conveyor.models.families import family
     from conveyor.training.evaluate import Scorer
@@ -130,7 +153,14 @@ def test_the_cnn_search_fits_each_point_once_or_adds_a_refit(
 
     monkeypatch.setattr(CNNClassifier, "fit", counting_fit)
     data = _Data("v", [], ["blob", "none"], "none", list(y), list(y_test), codes, 3, groups)
-    cnn = {"grid": {"width": [4]}, "max_epochs": 1, "threads": 1, "progress": False, "refit": refit}
+    cnn = {
+        "grid": {"width": [4]},
+        "max_epochs": 1,
+        "threads": 1,
+        "progress": False,
+        "refit": refit,
+        "networks": networks,
+    }
     settings = small_settings(Path("unused"), families=["cnn"], cnn=cnn)
     scorer = Scorer("balanced_accuracy", 2, 1)
     result = _fit_image_candidate(family("cnn"), _Inputs(X, X_test), data, settings, None, scorer)

@@ -108,7 +108,9 @@ def _cnn_search(settings: Settings) -> Literal["holdout", "validation"]:
 
 def _configure_cnn(estimator: BaseEstimator, settings: Settings) -> tuple[BaseEstimator, dict[str, list[Any]]]:
     """``training.cnn``: the architecture, the training recipe, and the search's time budget shared equally by its
-    fits (one per grid point, and the refit with ``refit``).
+    fits (one per grid point, and the refit with ``refit``); with ``networks`` above 1, each fit is a
+    :class:`~conveyor.models.ensemble.SeedEnsemble` of that many networks on a split of at most ``ensemble_up_to``
+    images (the fit's share of the budget then shared by its networks).
 
     Raises:
         ConfigError: the grid names a parameter CNNClassifier does not have, or gives one no values.
@@ -129,6 +131,10 @@ def _configure_cnn(estimator: BaseEstimator, settings: Settings) -> tuple[BaseEs
         batch_size=cnn.batch_size, augment=cnn.augment, schedule=cnn.schedule, tta=cnn.tta,
         time_budget_s=cnn.time_budget_s / fits, n_threads=cnn.threads, progress=cnn.progress,
     )  # fmt: skip
+    if cnn.networks > 1:
+        from conveyor.models.ensemble import SeedEnsemble
+
+        return SeedEnsemble(estimator, networks=cnn.networks, up_to=cnn.ensemble_up_to), grid
     return estimator, grid
 
 

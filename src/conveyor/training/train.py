@@ -974,10 +974,10 @@ def _log_candidate(result: CandidateResult, data: _Data, X_test: Any, tmp: Path,
 
 def _calibrate(best: CandidateResult, y_train: np.ndarray, settings: Settings) -> Any:
     """The winner, refitted on the whole training split, with its confidence calibrated on its out-of-fold scores
-    from the search. A network calibrates itself (temperature scaling on its validation fold) and is used as is."""
+    from the search. A network (or a seed ensemble of them) calibrates itself on its validation fold: used as is."""
     from conveyor.training.calibration import OutOfFoldCalibrated
 
-    if hasattr(best.estimator, "temperature_") or best.oof_scores is None:
+    if hasattr(best.estimator, "val_proba_") or best.oof_scores is None:
         return best.estimator
     method = settings.training.calibration
     return OutOfFoldCalibrated(best.estimator, method=method).fit(best.oof_scores, y_train)
