@@ -115,3 +115,10 @@ def test_an_unfitted_ensemble_refuses_to_predict(data: tuple) -> None:
 
     with pytest.raises(NotFittedError):
         SeedEnsemble(quick()).predict_proba(data[0])
+
+
+def test_each_member_names_its_progress_bars(data: tuple, capsys: pytest.CaptureFixture[str]) -> None:
+    X, y = data
+    model = SeedEnsemble(quick(progress=True), networks=2).fit(X, y)
+    assert [m.progress for m in model.members_] == ["network 1/2", "network 2/2"]
+    assert "network 2/2, epoch 1/1" in capsys.readouterr().err

@@ -556,8 +556,9 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
     n_threads : int or None, default=None
         Torch intra-op threads during ``fit`` and ``predict_proba`` (None: every core this process may use, or
         ``OMP_NUM_THREADS`` where that is fewer, as joblib sets it in workers that fit side by side).
-    progress : bool, default=False
-        Show a progress bar per epoch on stderr (batches done, running loss, then the validation loss and F1).
+    progress : bool or str, default=False
+        Show a progress bar per epoch on stderr (batches done, running loss, then the validation loss and F1); a
+        string also names the network before the epoch (``"network 2/5"``).
 
     Attributes
     ----------
@@ -622,7 +623,7 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         time_budget_s: float | None = None,
         seed: int = 0,
         n_threads: int | None = None,
-        progress: bool = False,
+        progress: bool | str = False,
     ) -> None:
         self.architecture = architecture
         self.width = width
@@ -806,7 +807,8 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
         best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
         stop_reason = "max_epochs"
         planned, step, lr = int(max_epochs), 0, float(self.learning_rate)
-        bars = _EpochBars(max_epochs, n_batches) if self.progress else None
+        label = f"{self.progress}, " if isinstance(self.progress, str) else ""
+        bars = _EpochBars(max_epochs, n_batches, label) if self.progress else None
         try:
             for epoch in range(1, max_epochs + 1):
                 epoch_start = time.perf_counter()
@@ -942,11 +944,11 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 class _EpochBars:
     """One progress bar per epoch on stderr (rich): batches done and the running loss, then the validation scores."""
 
-    def __init__(self, max_epochs: int, n_batches: int) -> None:
+    def __init__(self, max_epochs: int, n_batches: int, label: str = "") -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.max_epochs, self.n_batches = max_epochs, n_batches
+        self.max_epochs, self.n_batches, self.label = max_epochs, n_batches, label
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
             TimeElapsedColumn(), console=Console(stderr=True),
@@ -956,7 +958,9 @@ class _EpochBars:
     def start(self, epoch: int) -> None:
         if self.task is None:
             self.progress.start()
-        self.task = self.progress.add_task(f"epoch {epoch}/{self.max_epochs}", total=self.n_batches, note="")
+        self.task = self.progress.add_task(
+            f"{self.label}epoch {epoch}/{self.max_epochs}", total=self.n_batches, note=""
+        )
 
     def batch(self, loss: float) -> None:
         self.progress.update(self.task, advance=1, note=f"loss {loss:.4f}")

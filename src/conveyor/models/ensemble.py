@@ -33,7 +33,8 @@ class SeedEnsemble(ClassifierMixin, BaseEstimator):
     up_to : int or None, default=1000
         Largest training split that gets ``networks`` members; a larger one gets one. None: no limit.
 
-    An estimator with a ``time_budget_s`` parameter shares it equally among the members that train.
+    An estimator with a ``time_budget_s`` parameter shares it equally among the members that train; one with
+    ``progress`` on names each member's bars (``"network 2/5"``).
     ``set_params`` passes a name that is not one of these three to ``estimator`` (``learning_rate=...`` is
     ``estimator__learning_rate=...``), so a grid of the network's parameters searches the ensemble unchanged.
 
@@ -82,10 +83,11 @@ class SeedEnsemble(ClassifierMixin, BaseEstimator):
         params = self.estimator.get_params()
         shared = {} if params.get("time_budget_s") is None else {"time_budget_s": params["time_budget_s"] / count}
         extra = {} if val_groups is None else {"val_groups": val_groups}
-        members = [
-            clone(self.estimator).set_params(seed=int(params["seed"]) + i, **shared).fit(X, labels, **extra)
-            for i in range(count)
-        ]
+        members = []
+        for i in range(count):
+            named = {"progress": f"network {i + 1}/{count}"} if count > 1 and params.get("progress") else {}
+            member = clone(self.estimator).set_params(seed=int(params["seed"]) + i, **shared, **named)
+            members.append(member.fit(X, labels, **extra))
         classes = members[0].classes_
         sums = np.zeros((len(labels), len(classes)))
         held = np.zeros(len(labels))
