@@ -23,6 +23,7 @@ LEAN_CNN = {
     "grid": {"learning_rate": [3e-3], "width": [8]},
     "max_epochs": 4,
     "patience": 3,
+    "min_steps": 0,
     "networks": 2,
     "progress": False,
 }

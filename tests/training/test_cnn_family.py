@@ -13,11 +13,12 @@ from conveyor.data.synthetic import SyntheticSpec, generate_dataset
 from conveyor.training.train import PIXELS, TrainResult, train
 from tests.training.test_train import small_settings
 
-#: One grid point and a few epochs: the behaviour, not the search, is tested.
+#: One grid point, a few epochs (not stretched to min_steps) and one network: the behaviour, not the search, is tested.
 LEAN_CNN = {
     "grid": {"learning_rate": [3e-3], "width": [8]},
     "max_epochs": 8,
     "patience": 3,
+    "min_steps": 0,
     "networks": 1,
     "progress": False,
 }
@@ -160,6 +161,7 @@ def test_the_cnn_search_fits_each_point_once_or_adds_a_refit(
         "progress": False,
         "refit": refit,
         "networks": networks,
+        "min_steps": 0,
     }
     settings = small_settings(Path("unused"), families=["cnn"], cnn=cnn)
     scorer = Scorer("balanced_accuracy", 2, 1)
