@@ -8,11 +8,11 @@ whole split, so a CV score on 146 images rather than 30), every image is in the 
 and the served answer is the mean of the fold networks' probabilities.
 
 For each set beside the checkout (``--limit`` images per class for a quick run): ingest into a temporary workspace
-(conveyor's split), then the one network (``training.cnn``'s defaults) and the k fold networks, and print
-CV balanced accuracy (the one network: on its validation fold; the ensemble: out of fold over the whole training
-split), test balanced accuracy, F1 (macro-F1 with more than two classes), ECE with the ECE a calibrated model would
-show by chance, and fit seconds. The ensemble's rows: the mean of the members' calibrated probabilities as it is, and
-re-calibrated by a temperature fitted on the out-of-fold log-probabilities.
+(conveyor's split), then the one network (``training.cnn``'s defaults with ``networks: 1``) and the k fold networks,
+and print CV balanced accuracy (the one network: on its validation fold; the ensemble: out of fold over the whole
+training split), test balanced accuracy, F1 (macro-F1 with more than two classes), ECE with the ECE a calibrated model
+would show by chance, and fit seconds. The ensemble's rows: the mean of the members' calibrated probabilities as it
+is, and re-calibrated by a temperature fitted on the out-of-fold log-probabilities.
 
 With ``--seeds N`` it also refits the one network with N-1 more seeds and prints the spread of its test scores
 from the seed alone, and the mean of those N networks (a seed ensemble).
@@ -77,7 +77,7 @@ def run_set(name: str, source: Path, folds: int, limit: int | None, seeds: int) 
     with tempfile.TemporaryDirectory(prefix=f"ensemble-{name}-") as tmp:
         if limit is not None:
             source = limited_copy(source, Path(tmp) / "source", limit)
-        settings = Settings(home=Path(tmp) / "ws", training={"cnn": {"progress": False}})
+        settings = Settings(home=Path(tmp) / "ws", training={"cnn": {"progress": False, "networks": 1}})
         ingest(source, settings)
         data = _dataset(settings, None)
         y, seed = data.y_train, settings.training.seed

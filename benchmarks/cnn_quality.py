@@ -6,14 +6,18 @@ to test, near-duplicates on one side), then, in a fresh copy of that workspace p
 ``cnn`` family alone. The recipes (``training.cnn``):
 
 * ``old``: the network and search before issue 16: the plain ``small`` ConvNet, MONAI's per-image augmentation, a
-  constant learning rate, no test-time augmentation, the grid {learning_rate: [1e-3, 3e-3], width: [8, 16]} scored on
-  a grouped holdout of the training split and the best refitted on all of it, patience 5, 900 s for the search. (One
-  difference from the code of then: the network's own early-stopping fold now keeps near-duplicate groups whole.)
+  constant learning rate, no test-time augmentation, one network, the grid {learning_rate: [1e-3, 3e-3], width: [8,
+  16]} scored on a grouped holdout of the training split and the best refitted on all of it, patience 5, 900 s for the
+  search. (One difference from the code of then: the network's own early-stopping fold now keeps near-duplicate groups
+  whole.)
 * ``new``: the defaults: ``resnet_small`` at width 16, augmentation on the batch tensor, a warm-up then cosine
   learning rate, test-time augmentation, one grid point {learning_rate: 3e-3, width: 16} whose early-stopped model is
   final, patience 6, 1800 s.
 * ``refit``: ``new`` scored on a grouped holdout, then refitted on the whole training split (``training.cnn.refit``).
-* ``30_epochs``: ``new`` without ``min_steps`` (as before it): a small set's 30 epochs are a few hundred steps at most.
+* ``30_epochs``: ``new`` without ``min_steps`` or the seed ensemble (as before them): a small set's 30 epochs are a few
+  hundred steps at most.
+* ``one_network``: ``new`` without the seed ensemble (``networks: 1``; a set over ``ensemble_up_to`` images trains one
+  network anyway).
 
 Prints, per set and recipe, the served (calibrated) model's test macro-F1 (F1 of the positive class and balanced
 accuracy on the two-class set) with 95% bootstrap intervals, accuracy, ECE of the served confidence, the CNN's fit
@@ -57,10 +61,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         "schedule": "constant",
         "tta": False,
         "refit": True,
+        "networks": 1,
     },
     "new": {},
     "refit": {"refit": True},
-    "30_epochs": {"min_steps": 0},
+    "30_epochs": {"min_steps": 0, "networks": 1},
+    "one_network": {"networks": 1},
 }
 
 

@@ -72,7 +72,8 @@ def linear(seed: int) -> Any:
 
 def run_set(name: str, source: Path) -> None:
     with tempfile.TemporaryDirectory(prefix=f"hybrid-{name}-") as tmp:
-        settings = Settings(home=Path(tmp) / "ws", training={"cnn": {"progress": False}})
+        # One network: an embedding means something only for the network that made it (no seed ensemble).
+        settings = Settings(home=Path(tmp) / "ws", training={"cnn": {"progress": False, "networks": 1}})
         ingest(source, settings)
         compute_features(settings)
         data = _dataset(settings, None)
