@@ -23,7 +23,6 @@ Usage: python benchmarks/cnn_ensemble.py [--sets yes_no,4class] [--folds 5] [--l
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cnn_quality import limited_copy  # a sibling script: benchmarks/ is on sys.path when one runs
 from sklearn.base import clone
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
@@ -44,17 +44,6 @@ from conveyor.training.train import PIXELS, _dataset, _load_inputs
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SETS = {"yes_no": DATA / "brain_mri_yes_no", "4class": DATA / "brain_mri_4class_train"}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm"}
-
-
-def limited_copy(source: Path, target: Path, limit: int) -> Path:
-    """The first ``limit`` image files (by name) of each class folder of ``source``, copied under ``target``."""
-    for label in sorted(p for p in source.iterdir() if p.is_dir()):
-        files = sorted(p for p in label.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
-        (target / label.name).mkdir(parents=True)
-        for path in files:
-            shutil.copy2(path, target / label.name / path.name)
-    return target
 
 
 def seed_rows(seeds: int, fit: Any, single: Any, X_test: Any, y_test: np.ndarray, scores: Any) -> None:

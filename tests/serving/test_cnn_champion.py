@@ -15,24 +15,19 @@ from conveyor.data.ingest import ingest
 from conveyor.data.synthetic import SyntheticSpec, generate_dataset
 from conveyor.training.train import PIXELS, train
 from tests.serving.conftest import png, with_serving
+from tests.training.test_cnn_family import LEAN_CNN
 from tests.training.test_train import load_champion, small_settings
 
 pytestmark = pytest.mark.slow
 
-LEAN_CNN = {
-    "grid": {"learning_rate": [3e-3], "width": [8]},
-    "max_epochs": 4,
-    "patience": 3,
-    "min_steps": 0,
-    "networks": 2,
-    "progress": False,
-}
+#: The family tests' lean settings, as a seed ensemble of two networks of half the epochs.
+CHAMPION_CNN = {**LEAN_CNN, "max_epochs": 4, "networks": 2}
 
 
 @pytest.fixture(scope="module")
 def cnn_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     root = tmp_path_factory.mktemp("cnn-champion")
-    settings = small_settings(root / "ws", families=["cnn"], cnn=LEAN_CNN)
+    settings = small_settings(root / "ws", families=["cnn"], cnn=CHAMPION_CNN)
     generate_dataset(root / "src", SyntheticSpec(n_per_class=40, size=96, seed=11))
     ingest(root / "src", settings)
     result = train(settings)
