@@ -122,7 +122,12 @@ def _make_win(monkeypatch: pytest.MonkeyPatch, fit: str) -> None:
 @pytest.fixture(scope="module")
 def stacked(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("stacked")
-    settings = small_settings(root / "ws", families=["logreg", "random_forest"], extractors=["intensity", "all"])
+    settings = small_settings(
+        root / "ws",
+        families=["logreg", "random_forest"],
+        extractors=["intensity", "all"],
+        importance={"enabled": False},
+    )
     generate_dataset(root / "src", SyntheticSpec(n_per_class=40, size=96, seed=3))
     ingest(root / "src", settings)
     return settings, train(settings)
@@ -142,7 +147,12 @@ def test_a_stack_that_wins_on_cv_is_registered_and_served_as_evaluated(
     """The stack made to win the ranking (its fold scores lifted by 1): calibration, the gate, registration and the
     served model then run as for any winner, and the served answers are the evaluated ones."""
     _make_win(monkeypatch, "fit_stack")
-    settings = small_settings(tmp_path / "ws", families=["logreg", "random_forest"], extractors=["intensity", "all"])
+    settings = small_settings(
+        tmp_path / "ws",
+        families=["logreg", "random_forest"],
+        extractors=["intensity", "all"],
+        importance={"enabled": False},
+    )  # the importance of a registered stack is not what this tests (it took half the test)
     generate_dataset(tmp_path / "src", SyntheticSpec(n_per_class=40, size=96, seed=3))
     ingest(tmp_path / "src", settings)
     result = train(settings)
