@@ -122,12 +122,7 @@ def _make_win(monkeypatch: pytest.MonkeyPatch, fit: str) -> None:
 @pytest.fixture(scope="module")
 def stacked(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("stacked")
-    settings = small_settings(
-        root / "ws",
-        families=["logreg", "random_forest"],
-        extractors=["intensity", "all"],
-        importance={"enabled": False},
-    )
+    settings = small_settings(root / "ws", families=["logreg", "random_forest"], extractors=["intensity", "all"])
     generate_dataset(root / "src", SyntheticSpec(n_per_class=40, size=96, seed=3))
     ingest(root / "src", settings)
     return settings, train(settings)
