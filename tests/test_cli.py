@@ -38,6 +38,36 @@ def test_ingest_of_a_missing_folder_fails_with_a_message(tmp_path: Path) -> None
     assert json.loads(result.stdout) == {"error": f"{tmp_path / 'nope'}: no such file or folder", "type": "SourceError"}
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())  # the terminal wraps long messages
+
+
+def test_an_invalid_setting_in_a_variable_is_named_with_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_TRAINING__CNN__NETWORKS", "0")
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 2
+    assert _one_line(result.stderr) == (
+        "error: invalid settings (conveyor.yaml or CONVEYOR_* variables): "
+        "training.cnn.networks: Input should be greater than or equal to 1 (got '0')"
+    )
+
+
+def test_a_malformed_json_variable_is_refused_with_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_TRAINING__FAMILIES", "[cnn")
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 2
+    assert 'error parsing value for field "training" from source "EnvSettingsSource"' in _one_line(result.stderr)
+
+
+def test_a_malformed_conveyor_yaml_is_refused_with_its_line(tmp_path: Path) -> None:
+    write(tmp_path / "ws" / "conveyor.yaml", b"training:\n  cnn: [unclosed\n")
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 2
+    squeezed = "".join(result.stderr.split())  # the terminal wraps anywhere in a long path
+    assert squeezed.startswith("error:invalidsettings(conveyor.yamlorCONVEYOR_*variables):whileparsingaflowsequence")
+    assert f'in"{tmp_path / "ws" / "conveyor.yaml"}",line2,column8' in squeezed
+
+
 def test_second_ingest_says_nothing_new(tmp_path: Path) -> None:
     write(tmp_path / "src" / "a" / "x.png", png_bytes(seed=1))
     runner.invoke(app, ["ingest", str(tmp_path / "src")])

@@ -29,7 +29,27 @@ app = typer.Typer(
 
 
 def _settings() -> Settings:
-    return get_settings()
+    """The process's settings. Invalid ones (in conveyor.yaml or a CONVEYOR_* variable) end the command with each
+    setting's name, what is wrong and the value given, and exit status 2, instead of a traceback."""
+    import yaml
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+    from rich.markup import escape
+
+    try:
+        return get_settings()
+    except (ValidationError, SettingsError, yaml.YAMLError) as exc:
+        if isinstance(exc, ValidationError):
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']} (got {e['input']!r})" for e in exc.errors()
+            )
+        else:  # a value that is not even parseable: malformed YAML, or malformed JSON in a CONVEYOR_* variable
+            problems = f"{exc}" + ("" if exc.__cause__ is None else f": {exc.__cause__}")
+        err.print(
+            f"[bold red]error:[/] invalid settings (conveyor.yaml or CONVEYOR_* variables): {escape(problems)}",
+            highlight=False,
+        )
+        raise typer.Exit(2) from None
 
 
 @contextmanager
@@ -730,6 +750,8 @@ def main() -> None:
     disable_telemetry()
     from contextlib import suppress
 
-    with suppress(OSError, ValueError):  # an unusable workspace or settings: the command itself reports it
+    import yaml
+
+    with suppress(OSError, ValueError, yaml.YAMLError):  # an unusable workspace or settings: the command reports it
         route_to_log(get_settings().logs_dir / "conveyor.log")
     app()
