@@ -102,6 +102,7 @@ def test_it_takes_images_as_the_network_does() -> None:
         ({"networks": 0}, "networks: expected an integer >= 1, got 0"),
         ({"networks": 2.5}, "networks: expected an integer >= 1, got 2.5"),
         ({"up_to": 0}, "up_to: expected an integer >= 1 or None, got 0"),
+        ({"up_to": True}, "up_to: expected an integer >= 1 or None, got True"),
         ({"estimator": None}, "estimator: a classifier to train several of is required"),
     ],
 )

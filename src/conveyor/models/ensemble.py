@@ -76,7 +76,9 @@ class SeedEnsemble(ClassifierMixin, BaseEstimator):
             raise ValueError("estimator: a classifier to train several of is required")
         if not isinstance(self.networks, int) or isinstance(self.networks, bool) or self.networks < 1:
             raise ValueError(f"networks: expected an integer >= 1, got {self.networks!r}")
-        if self.up_to is not None and (not isinstance(self.up_to, int) or self.up_to < 1):
+        if self.up_to is not None and (
+            not isinstance(self.up_to, int) or isinstance(self.up_to, bool) or self.up_to < 1
+        ):
             raise ValueError(f"up_to: expected an integer >= 1 or None, got {self.up_to!r}")
         labels = np.asarray(y)
         count = self.networks if self.up_to is None or len(labels) <= self.up_to else 1
